@@ -1,0 +1,96 @@
+"""The shared LRU block cache: byte-bounded, thread-safe, one fetch per key.
+
+One instance serves every image of a mount.  ``get_or_load(key, loader)``
+returns the cached value or runs ``loader`` exactly once per key even when
+many threads ask at the same moment (the others wait for that result).  A
+loader's exception reaches every waiter and nothing is cached, so a failed
+read is retried next time instead of remembered as wrong bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Callable, Hashable
+
+
+class _Pending:
+    __slots__ = ("event", "value", "error")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class BlockCache:
+    """An LRU of ``bytes`` values bounded by their total length."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = max(0, int(capacity_bytes))
+        self._lock = threading.Lock()
+        self._data: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._pending: dict[Hashable, _Pending] = {}
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+        self.loads = 0
+
+    def get_or_load(self, key: Hashable, loader: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return value
+            self.misses += 1
+            pending = self._pending.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._pending[key] = _Pending()
+        if not owner:
+            pending.event.wait()
+            if pending.error is not None:
+                raise pending.error
+            return pending.value  # type: ignore[return-value]
+        try:
+            value = loader()
+        except BaseException as exc:
+            with self._lock:
+                del self._pending[key]
+            pending.error = exc
+            pending.event.set()
+            raise
+        with self._lock:
+            self.loads += 1
+            del self._pending[key]
+            if 0 < len(value) <= self.capacity:
+                old = self._data.pop(key, None)
+                if old is not None:
+                    self.size -= len(old)
+                self._data[key] = value
+                self.size += len(value)
+                while self.size > self.capacity:
+                    _, evicted = self._data.popitem(last=False)
+                    self.size -= len(evicted)
+        pending.value = value
+        pending.event.set()
+        return value
+
+    def get(self, key: Hashable) -> bytes | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def discard_prefix(self, owner: Hashable) -> None:
+        """Drop every entry whose key is a tuple starting with ``owner``."""
+        with self._lock:
+            for key in [k for k in self._data if isinstance(k, tuple) and k and k[0] == owner]:
+                self.size -= len(self._data.pop(key))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.size = 0

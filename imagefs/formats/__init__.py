@@ -1,0 +1,69 @@
+"""Image formats: a registry of cheap magic probes and header parsers.
+
+``probe(source)`` looks at the first bytes of an (already decompressed)
+stream and returns the matching :class:`~imagefs.formats.base.ImageHeader`,
+or raises :class:`~imagefs.errors.NotAnImageError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from imagefs.errors import NotAnImageError
+from imagefs.formats.base import BlockImage, ImageHeader
+from imagefs.io.source import ByteSource
+
+#: How many leading bytes the magic checks look at.
+PROBE_BYTES = 64
+
+
+@dataclass(frozen=True)
+class FormatEntry:
+    name: str
+    matches: Callable[[bytes], bool]       # cheap test on the first PROBE_BYTES
+    parse: Callable[[ByteSource], ImageHeader]
+
+
+def _entries() -> list[FormatEntry]:
+    # Imported here so that each format module stays independent of the others.
+    from imagefs.formats import ntfsclone, partclone, partimage
+    return [
+        FormatEntry("partclone", partclone.is_partclone, partclone.probe),
+        FormatEntry("ntfsclone", ntfsclone.is_ntfsclone, ntfsclone.probe),
+        FormatEntry("partimage", partimage.is_partimage, partimage.probe),
+    ]
+
+
+_REGISTRY: list[FormatEntry] | None = None
+
+
+def registry() -> list[FormatEntry]:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = _entries()
+    return _REGISTRY
+
+
+def detect(head: bytes) -> FormatEntry | None:
+    """The format whose magic ``head`` starts with, if any."""
+    for entry in registry():
+        if entry.matches(head):
+            return entry
+    return None
+
+
+def probe(source: ByteSource) -> ImageHeader:
+    """Parse the header of the image in ``source``."""
+    head = source.read_at(0, PROBE_BYTES)
+    entry = detect(head)
+    if entry is None:
+        if not head:
+            raise NotAnImageError(source.name, "the file is empty",
+                                  "it holds no image; check the backup")
+        raise NotAnImageError(source.name, "not a partclone, ntfsclone or partimage image",
+                              "check that this is the file you meant")
+    return entry.parse(source)
+
+
+__all__ = ["BlockImage", "ImageHeader", "FormatEntry", "detect", "probe", "registry"]

@@ -1,0 +1,110 @@
+"""What every image format provides to the layers above.
+
+Opening an image happens in two steps so that a mount of thousands of images
+stays lazy:
+
+1. ``probe`` (see :mod:`imagefs.formats`) reads only the header and returns
+   an :class:`ImageHeader`: enough for the file size in ``ls -l`` and for the
+   ``.info`` text.
+2. :meth:`ImageHeader.open` reads the bitmap or walks the record stream and
+   returns a :class:`BlockImage`, the block map the virtual partition reads
+   through.  This is the expensive step; the catalog does it on first read.
+
+A block image maps block numbers ``0 .. total_blocks-1`` to stored data or to
+holes.  Bytes from ``total_blocks * block_size`` to ``device_size`` are
+zeros (partclone drops partial tails; see formats.md 2.3).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+from imagefs.io.source import ByteSource
+
+#: Progress callback: called with the number of bytes just processed.
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ImageHeader(ABC):
+    """The parsed header of an image, cheap to obtain."""
+
+    source: ByteSource
+    format_name: str          # "partclone", "ntfsclone", "partimage"
+    format_version: str       # "2", "1", "10.1", "0.6.1"
+    fs_type: str              # as the image names it ("EXTFS", "NTFS", "ext3fs")
+    device_size: int          # bytes of the virtual partition
+    block_size: int
+    total_blocks: int
+    used_blocks: int | None   # as stated by the header (None if it has none)
+    checksum: str = "none"    # human-readable checksum mode
+    notes: list[str] = field(default_factory=list)   # oddities worth reporting
+
+    @property
+    def path(self) -> str:
+        return self.source.name
+
+    def fields(self) -> list[tuple[str, str]]:
+        """Format-specific header lines for the ``.info`` dump (label, value)."""
+        return []
+
+    @abstractmethod
+    def open(self, index_store: object | None = None,
+             progress: Progress | None = None) -> "BlockImage":
+        """Read the block map (bitmap or record index) and return the image."""
+
+
+class BlockImage(ABC):
+    """An opened image: which blocks are stored and how to read them.
+
+    Implementations are thread-safe: all state is built in ``__init__`` and
+    only read afterwards; reads go through ``read_at`` of the source.
+    """
+
+    header: ImageHeader
+
+    @property
+    def block_size(self) -> int:
+        return self.header.block_size
+
+    @property
+    def total_blocks(self) -> int:
+        return self.header.total_blocks
+
+    @property
+    def device_size(self) -> int:
+        return self.header.device_size
+
+    @property
+    @abstractmethod
+    def stored_blocks(self) -> int:
+        """Number of blocks the image stores (bitmap popcount)."""
+
+    @abstractmethod
+    def extents(self, first: int, count: int) -> list[tuple[int, int, bool]]:
+        """Split ``[first, first + count)`` into runs ``(start, length, stored)``.
+
+        Runs are consecutive and alternate between stored and not stored;
+        ``first + count <= total_blocks``.
+        """
+
+    @abstractmethod
+    def read_stored(self, first: int, count: int) -> bytes:
+        """The data of ``count`` consecutive *stored* blocks from ``first``.
+
+        Returns exactly ``count * block_size`` bytes (a partial final block is
+        padded with zeros).  Raises TruncatedError if the source ends early.
+        """
+
+    @abstractmethod
+    def verify(self, progress: Progress | None = None) -> None:
+        """Check every checksum; raise ChecksumError naming the first bad place."""
+
+    def stats(self) -> dict[str, object]:
+        """Numbers for ``.info`` once the map is built (may be empty)."""
+        return {}
+
+    def close(self) -> None:
+        self.header.source.close()

@@ -1,0 +1,69 @@
+"""Data areas of stored blocks with a fixed-size record after every group.
+
+partclone v2 puts a checksum after every ``bpc`` blocks, partclone v1 a CRC
+after every block, partimage a 16-byte ``CHK`` record after every 64 KiB of
+data, and an ntfsclone run is 1 header byte before every cluster (the same
+shape shifted by one byte).  All are: the ``r``-th stored block is at
+
+    data_start + r * block_size + (r // group) * trailer
+
+so a run of consecutive stored blocks is one contiguous byte range of the
+source, read with one ``read_at`` and then stripped of the trailers.
+"""
+
+from __future__ import annotations
+
+from imagefs.errors import TRUNCATED_HINT, TruncatedError
+from imagefs.io.source import ByteSource
+
+
+class GroupedLayout:
+    """Maps stored-block ranks to source offsets and reads runs of them."""
+
+    __slots__ = ("source", "data_start", "block_size", "group", "trailer", "_stride")
+
+    def __init__(self, source: ByteSource, data_start: int, block_size: int,
+                 group: int = 0, trailer: int = 0) -> None:
+        self.source = source
+        self.data_start = data_start
+        self.block_size = block_size
+        # group 0 or trailer 0: blocks back to back.
+        self.group = group if (group > 0 and trailer > 0) else 0
+        self.trailer = trailer if self.group else 0
+        self._stride = self.group * block_size + self.trailer
+
+    def offset(self, rank: int) -> int:
+        """Source offset of the stored block of rank ``rank``."""
+        if self.group:
+            return self.data_start + rank * self.block_size + (rank // self.group) * self.trailer
+        return self.data_start + rank * self.block_size
+
+    def read_ranks(self, rank: int, count: int) -> bytes:
+        """Data of stored blocks ``rank .. rank + count - 1``, trailers removed."""
+        bs = self.block_size
+        start = self.offset(rank)
+        length = self.offset(rank + count - 1) + bs - start
+        raw = self.source.read_at(start, length)
+        if len(raw) < length:
+            raise TruncatedError(self.source.name,
+                                 f"data area ends at byte {start + len(raw)}, "
+                                 f"before stored block #{rank + len(raw) // max(bs, 1)}",
+                                 TRUNCATED_HINT)
+        if not self.group:
+            return raw
+        g = self.group
+        first_in_group = g - rank % g          # blocks until the first trailer
+        if first_in_group >= count:
+            return raw
+        mv = memoryview(raw)
+        head = first_in_group * bs
+        parts = [mv[:head]]
+        pos = head + self.trailer
+        remaining = count - first_in_group
+        stride = self._stride
+        while remaining > 0:
+            take = min(remaining, g) * bs
+            parts.append(mv[pos:pos + take])
+            pos += stride
+            remaining -= g
+        return b"".join(parts)

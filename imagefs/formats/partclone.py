@@ -1,0 +1,421 @@
+"""partclone images, format 2 (partclone >= 0.3) and format 1 (0.2.x).
+
+Layouts are in formats.md section 2.  Format 2:
+``[header 110][bitmap ceil(total/8)][bitmap crc 4][blocks with a checksum
+after every bpc blocks, and after a final partial group]``.
+Format 1: ``[header 4160][1 byte per block][BiTmAgIc][block + 4-byte crc]*``.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from dataclasses import dataclass, field
+
+from imagefs.checksums import pc_crc32, pc_crc32_v1_block, xxhash_module
+from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, ChecksumError, FormatError,
+                            TruncatedError, UnsupportedError)
+from imagefs.formats.base import BlockImage, ImageHeader, Progress
+from imagefs.formats.bitmap import RankedBitmap
+from imagefs.formats.layout import GroupedLayout
+from imagefs.io.source import ByteSource
+
+MAGIC = b"partclone-image"
+V2_HEADER_SIZE = 110
+V1_HEADER_SIZE = 4160
+V1_BITMAP_MAGIC = b"BiTmAgIc"
+
+CHECKSUM_NONE, CHECKSUM_CRC32, CHECKSUM_XXH64, CHECKSUM_XXH128 = 0x00, 0x20, 0x30, 0x31
+CHECKSUM_NAMES = {CHECKSUM_NONE: "none", CHECKSUM_CRC32: "CRC32",
+                  CHECKSUM_XXH64: "XXH64", CHECKSUM_XXH128: "XXH3-128"}
+CHECKSUM_SIZES = {CHECKSUM_NONE: 0, CHECKSUM_CRC32: 4, CHECKSUM_XXH64: 8, CHECKSUM_XXH128: 16}
+
+MAX_BLOCK_SIZE = 64 << 20       # partclone's own limit
+#: Refuse bitmaps that would not fit a sane amount of memory (2**40 blocks =
+#: 128 GiB of bitmap: no real file system comes near; a corrupt count does).
+MAX_TOTAL_BLOCKS = 1 << 40
+
+_SCAN = 4 << 20                  # verify reads in chunks of about this size
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def is_partclone(head: bytes) -> bool:
+    return head.startswith(MAGIC)
+
+
+def probe(source: ByteSource) -> ImageHeader:
+    head = source.read_at(0, V2_HEADER_SIZE)
+    if len(head) < 34:
+        raise TruncatedError(source.name, "partclone header is truncated", TRUNCATED_HINT)
+    version = head[30:34]
+    if head[15] == 0 and version == b"0002":
+        return PartcloneV2Header.parse(source, head)
+    if version == b"0001":
+        return PartcloneV1Header.parse(source)
+    raise UnsupportedError(source.name, f"partclone image version {version!r} is not known",
+                           "only image formats 1 and 2 exist; the file may be damaged")
+
+
+# --------------------------------------------------------------------------- v2
+
+@dataclass
+class PartcloneV2Header(ImageHeader):
+    partclone_version: str = ""
+    endian: str = "<"
+    fs_used_blocks: int = 0
+    cpu_bits: int = 64
+    checksum_mode: int = 0
+    checksum_size: int = 0
+    blocks_per_checksum: int = 0
+    reseed: bool = True
+    bitmap_mode: int = 1
+    bitmap_bytes: int = 0
+    data_start: int = 0
+    expected_size: int = 0
+
+    @classmethod
+    def parse(cls, source: ByteSource, head: bytes) -> "PartcloneV2Header":
+        name = source.name
+        if len(head) < V2_HEADER_SIZE:
+            raise TruncatedError(name, f"partclone header is truncated ({len(head)} of "
+                                 f"{V2_HEADER_SIZE} bytes)", TRUNCATED_HINT)
+        marker = head[34:36]
+        if marker == b"\xde\xc0":
+            e = "<"
+        elif marker == b"\xc0\xde":
+            e = ">"
+        else:
+            raise FormatError(name, f"partclone header has an unknown endianness marker "
+                              f"{marker.hex()}", CORRUPT_HINT)
+        stored_crc = struct.unpack_from(e + "I", head, 106)[0]
+        if pc_crc32(head[:106]) != stored_crc:
+            raise FormatError(name, "partclone header checksum does not match", CORRUPT_HINT)
+        (device_size, total, fs_used, used, block_size, _optsize, bin_version, cpu_bits,
+         mode, csize, bpc, reseed, bitmap_mode) = struct.unpack_from(e + "QQQQIIHHHHIBB", head, 52)
+        if bin_version != 2:
+            raise FormatError(name, f"partclone header says image version {bin_version}, "
+                              "not 2", CORRUPT_HINT)
+        if not 0 < block_size <= MAX_BLOCK_SIZE:
+            raise FormatError(name, f"partclone block size {block_size} is out of range",
+                              CORRUPT_HINT)
+        if total > MAX_TOTAL_BLOCKS:
+            raise FormatError(name, f"partclone block count {total} is absurd", CORRUPT_HINT)
+        if used > total:
+            raise FormatError(name, f"partclone header claims {used} used of {total} "
+                              "blocks", CORRUPT_HINT)
+        if total * block_size > device_size:
+            raise FormatError(name, f"{total} blocks of {block_size} bytes exceed the "
+                              f"device size {device_size}", CORRUPT_HINT)
+        if mode not in CHECKSUM_SIZES:
+            raise UnsupportedError(name, f"partclone checksum mode {mode:#x} is unknown",
+                                   "a newer partclone may have written it")
+        if CHECKSUM_SIZES[mode] != csize:
+            raise FormatError(name, f"checksum size {csize} does not match mode "
+                              f"{CHECKSUM_NAMES[mode]}", CORRUPT_HINT)
+        if mode != CHECKSUM_NONE and bpc == 0:
+            raise FormatError(name, "checksums enabled but blocks-per-checksum is 0",
+                              CORRUPT_HINT)
+        if bitmap_mode not in (0, 1):
+            raise UnsupportedError(name, f"partclone bitmap mode {bitmap_mode} is not "
+                                   "supported in format 2", CORRUPT_HINT)
+        nb = (total + 7) // 8 if bitmap_mode == 1 else 0
+        data_start = V2_HEADER_SIZE + (nb + 4 if bitmap_mode == 1 else 0)
+        if bitmap_mode == 0:
+            used = total
+        groups = -(-used // bpc) if (bpc and csize) else 0
+        expected = data_start + used * block_size + groups * csize
+        header = cls(
+            source=source, format_name="partclone", format_version="2",
+            fs_type=_cstr(head[36:52]), device_size=device_size, block_size=block_size,
+            total_blocks=total, used_blocks=used,
+            checksum=CHECKSUM_NAMES[mode] + (f", every {bpc} blocks" if csize else ""),
+            partclone_version=_cstr(head[16:30]), endian=e, fs_used_blocks=fs_used,
+            cpu_bits=cpu_bits, checksum_mode=mode, checksum_size=csize,
+            blocks_per_checksum=bpc if csize else 0, reseed=bool(reseed),
+            bitmap_mode=bitmap_mode, bitmap_bytes=nb, data_start=data_start,
+            expected_size=expected)
+        if fs_used != used:
+            header.notes.append(f"the file system reported {fs_used} used blocks; the "
+                                f"bitmap holds {used} (normal for btrfs and exFAT)")
+        return header
+
+    def fields(self) -> list[tuple[str, str]]:
+        return [
+            ("written by", f"partclone {self.partclone_version}"),
+            ("byte order", "little-endian" if self.endian == "<" else "big-endian"),
+            ("writer word size", f"{self.cpu_bits} bits"),
+            ("used blocks (file system)", str(self.fs_used_blocks)),
+            ("checksum mode", CHECKSUM_NAMES[self.checksum_mode]),
+            ("checksum size", f"{self.checksum_size} bytes"),
+            ("blocks per checksum", str(self.blocks_per_checksum)),
+            ("checksum reseed", "yes" if self.reseed else "no"),
+            ("bitmap", f"{self.bitmap_bytes} bytes" if self.bitmap_mode else "none"),
+            ("data area", f"bytes {self.data_start} to {self.expected_size}"),
+        ]
+
+    def open(self, index_store: object | None = None,
+             progress: Progress | None = None) -> "PartcloneImage":
+        return PartcloneImage(self)
+
+
+def _to_lsb_first(raw: bytes, word_bytes: int) -> bytes:
+    """A big-endian writer's bitmap (native words) in LSB-first byte order."""
+    pad = (-len(raw)) % word_bytes
+    words = array({4: "I", 8: "Q"}[word_bytes], raw + b"\0" * pad)
+    words.byteswap()
+    return words.tobytes()[:len(raw)]
+
+
+class PartcloneImage(BlockImage):
+    """A partclone format 2 image opened for reading."""
+
+    def __init__(self, header: PartcloneV2Header) -> None:
+        self.header = header
+        src = header.source
+        name = src.name
+        total = header.total_blocks
+        if header.bitmap_mode == 1:
+            nb = header.bitmap_bytes
+            raw = src.read_at(V2_HEADER_SIZE, nb + 4)
+            if len(raw) < nb + 4:
+                raise TruncatedError(name, f"bitmap is truncated ({max(len(raw) - 4, 0)} of "
+                                     f"{nb} bytes)", TRUNCATED_HINT)
+            stored_crc = struct.unpack_from(header.endian + "I", raw, nb)[0]
+            bits = raw[:nb]
+            if pc_crc32(bits) != stored_crc:
+                raise FormatError(name, "bitmap checksum does not match", CORRUPT_HINT)
+            if header.endian == ">":
+                bits = _to_lsb_first(bits, max(header.cpu_bits // 8, 4))
+            self.bitmap = RankedBitmap(bits, total)
+            del raw, bits
+            if self.bitmap.count != header.used_blocks:
+                raise FormatError(name, f"bitmap marks {self.bitmap.count} blocks as used but "
+                                  f"the header says {header.used_blocks}", CORRUPT_HINT)
+        else:
+            self.bitmap = RankedBitmap(b"\xff" * ((total + 7) // 8), total)
+        self.layout = GroupedLayout(src, header.data_start, header.block_size,
+                                    header.blocks_per_checksum, header.checksum_size)
+        self.truncated = src.size < header.expected_size
+        if self.truncated:
+            header.notes.append(f"the image is truncated: {src.size} of "
+                                f"{header.expected_size} bytes; reads past the end fail")
+        elif src.size > header.expected_size:
+            header.notes.append(f"{src.size - header.expected_size} unexpected bytes follow "
+                                "the data area (ignored)")
+
+    @property
+    def stored_blocks(self) -> int:
+        return self.bitmap.count
+
+    def extents(self, first: int, count: int) -> list[tuple[int, int, bool]]:
+        return self.bitmap.extents(first, count)
+
+    def read_stored(self, first: int, count: int) -> bytes:
+        return self.layout.read_ranks(self.bitmap.rank(first), count)
+
+    def stats(self) -> dict[str, object]:
+        return {"index memory": self.bitmap.memory_bytes()}
+
+    def _checksum_fn(self):
+        """Return (fresh_state, update(state, data) -> state, digest(state) -> bytes)."""
+        h = self.header
+        e = h.endian
+        if h.checksum_mode == CHECKSUM_CRC32:
+            return (lambda: 0xFFFFFFFF, lambda state, data: pc_crc32(data, state),
+                    lambda s: struct.pack(e + "I", s))
+        xx = xxhash_module()
+        if h.checksum_mode == CHECKSUM_XXH64:
+            algo, size = xx.xxh64, 8
+        else:
+            algo, size = xx.xxh3_128, 16
+        order = "little" if e == "<" else "big"
+
+        def update(state, data):
+            state.update(data)
+            return state
+
+        # XXH3-128's struct {low64, high64} is written raw: little-endian
+        # u128 on a little-endian writer.
+        return (algo, update, lambda s: s.intdigest().to_bytes(size, order))
+
+    def verify(self, progress: Progress | None = None) -> None:
+        h = self.header
+        src = h.source
+        name = src.name
+        if h.checksum_mode == CHECKSUM_NONE or not h.checksum_size:
+            # Nothing to check but the length.
+            if self.truncated:
+                raise TruncatedError(name, f"data area is truncated: {src.size} of "
+                                     f"{h.expected_size} bytes", TRUNCATED_HINT)
+            if progress:
+                progress(h.expected_size)
+            return
+        fresh, update, digest = self._checksum_fn()
+        bs, bpc, cs = h.block_size, h.blocks_per_checksum, h.checksum_size
+        used = self.bitmap.count
+        group_len = bpc * bs + cs
+        groups_per_read = max(1, _SCAN // group_len)
+        state = fresh()
+        rank = 0
+        pos = h.data_start
+        group_no = 0
+        while rank < used:
+            nblocks = min(used - rank, groups_per_read * bpc)
+            ngroups = -(-nblocks // bpc)
+            length = nblocks * bs + ngroups * cs
+            raw = src.read_at(pos, length)
+            if len(raw) < length:
+                raise TruncatedError(name, f"data area ends at byte {pos + len(raw)} "
+                                     f"(expected {h.expected_size})", TRUNCATED_HINT)
+            mv = memoryview(raw)
+            off = 0
+            for _ in range(ngroups):
+                n = min(bpc, used - rank)
+                if h.reseed:
+                    state = fresh()
+                state = update(state, mv[off:off + n * bs])
+                stored = bytes(mv[off + n * bs:off + n * bs + cs])
+                if digest(state) != stored:
+                    block = self._block_of_rank(rank)
+                    raise ChecksumError(
+                        name, f"checksum of block group {group_no} (blocks with data "
+                        f"#{rank}..#{rank + n - 1}, first is partition block {block}) does not "
+                        f"match; group starts at image byte {pos + off}", CORRUPT_HINT,
+                        image_offset=pos + off, block=block)
+                off += n * bs + cs
+                rank += n
+                group_no += 1
+            pos += length
+            if progress:
+                progress(length)
+
+    def _block_of_rank(self, rank: int) -> int:
+        """The partition block number of the stored block with this rank."""
+        lo, hi = 0, self.total_blocks
+        while lo < hi:                      # smallest k with rank(k+1) > rank
+            mid = (lo + hi) // 2
+            if self.bitmap.rank(mid + 1) > rank:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+
+# --------------------------------------------------------------------------- v1
+
+@dataclass
+class PartcloneV1Header(ImageHeader):
+    crc_size: int = 4
+    data_start: int = 0
+    expected_size: int = 0
+
+    @classmethod
+    def parse(cls, source: ByteSource) -> "PartcloneV1Header":
+        name = source.name
+        head = source.read_at(0, 64)
+        if len(head) < 64:
+            raise TruncatedError(name, "partclone v1 header is truncated", TRUNCATED_HINT)
+        block_size, device_size, total, used = struct.unpack_from("<IQQQ", head, 36)
+        if not 0 < block_size <= MAX_BLOCK_SIZE:
+            raise FormatError(name, f"partclone block size {block_size} is out of range",
+                              CORRUPT_HINT)
+        if total > MAX_TOTAL_BLOCKS // 8:
+            raise FormatError(name, f"partclone block count {total} is absurd", CORRUPT_HINT)
+        if total * block_size > device_size:
+            raise FormatError(name, f"{total} blocks of {block_size} bytes exceed the "
+                              f"device size {device_size}", CORRUPT_HINT)
+        data_start = V1_HEADER_SIZE + total + len(V1_BITMAP_MAGIC)
+        return cls(source=source, format_name="partclone", format_version="1",
+                   fs_type=_cstr(head[15:30]), device_size=device_size,
+                   block_size=block_size, total_blocks=total, used_blocks=used,
+                   checksum="CRC32 (format 1, every block)", data_start=data_start)
+
+    def fields(self) -> list[tuple[str, str]]:
+        return [("written by", "partclone 0.2.x (image format 1)"),
+                ("checksum size", f"{self.crc_size} bytes after every block"),
+                ("data area", f"from byte {self.data_start}")]
+
+    def open(self, index_store: object | None = None,
+             progress: Progress | None = None) -> "PartcloneV1Image":
+        return PartcloneV1Image(self)
+
+
+class PartcloneV1Image(BlockImage):
+    """A partclone format 1 image (one bitmap byte per block)."""
+
+    def __init__(self, header: PartcloneV1Header) -> None:
+        self.header = header
+        src = header.source
+        name = src.name
+        total = header.total_blocks
+        raw = src.read_at(V1_HEADER_SIZE, total + len(V1_BITMAP_MAGIC))
+        if len(raw) < total + len(V1_BITMAP_MAGIC):
+            raise TruncatedError(name, "partclone v1 bitmap is truncated", TRUNCATED_HINT)
+        if raw[total:] != V1_BITMAP_MAGIC:
+            raise FormatError(name, "partclone v1 bitmap is not followed by BiTmAgIc",
+                              CORRUPT_HINT)
+        self.bitmap = RankedBitmap.from_byte_flags(raw[:total], total)
+        del raw
+        used = self.bitmap.count
+        bs = header.block_size
+        # The "64-bit bug" variant has 8-byte CRCs: tell by the stream length.
+        size4 = header.data_start + used * (bs + 4)
+        size8 = header.data_start + used * (bs + 8)
+        if src.size == size8 and src.size != size4:
+            header.crc_size = 8
+        header.expected_size = header.data_start + used * (bs + header.crc_size)
+        if header.used_blocks != used:
+            header.notes.append(f"the header says {header.used_blocks} used blocks; the "
+                                f"bitmap holds {used}")
+        self.layout = GroupedLayout(src, header.data_start, bs, 1, header.crc_size)
+        self.truncated = src.size < header.expected_size
+        if self.truncated:
+            header.notes.append(f"the image is truncated: {src.size} of "
+                                f"{header.expected_size} bytes; reads past the end fail")
+
+    @property
+    def stored_blocks(self) -> int:
+        return self.bitmap.count
+
+    def extents(self, first: int, count: int) -> list[tuple[int, int, bool]]:
+        return self.bitmap.extents(first, count)
+
+    def read_stored(self, first: int, count: int) -> bytes:
+        return self.layout.read_ranks(self.bitmap.rank(first), count)
+
+    def verify(self, progress: Progress | None = None) -> None:
+        """Check the running v1 register block by block.
+
+        The v1 CRC only sees each block's first byte (formats.md section 1),
+        so this mostly checks the stream's structure and length.
+        """
+        h = self.header
+        src = h.source
+        bs, cs = h.block_size, h.crc_size
+        used = self.bitmap.count
+        stride = bs + cs
+        per_read = max(1, (4 << 20) // stride)
+        state = 0xFFFFFFFF
+        rank = 0
+        pos = h.data_start
+        while rank < used:
+            n = min(per_read, used - rank)
+            raw = src.read_at(pos, n * stride)
+            if len(raw) < n * stride:
+                raise TruncatedError(src.name, f"data area ends at byte {pos + len(raw)} "
+                                     f"(expected {h.expected_size})", TRUNCATED_HINT)
+            for i in range(n):
+                off = i * stride
+                state = pc_crc32_v1_block(state, raw[off], bs)
+                stored = int.from_bytes(raw[off + bs:off + bs + 4], "little")
+                if stored != state:
+                    raise ChecksumError(src.name, f"checksum after data block #{rank + i} "
+                                        f"does not match; block starts at image byte "
+                                        f"{pos + off}", CORRUPT_HINT, image_offset=pos + off)
+            rank += n
+            pos += n * stride
+            if progress:
+                progress(n * stride)

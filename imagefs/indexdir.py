@@ -1,0 +1,115 @@
+"""Where persisted indexes live and how they are keyed, written and loaded.
+
+Indexes (ntfsclone run lists, codec seek indexes) are derived data: they live
+in ``$XDG_CACHE_HOME/imagefs`` (or a configured directory), never beside the
+backups.  Each index file is named by a key computed from the source's
+pieces (path, size, mtime), so a changed source gets a new key; the payload
+also carries the key and a checksum, so a stale or corrupt file is detected
+on load and rebuilt, never trusted.  Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+import zlib
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"IMAGEFS-INDEX\x00\x01\x00"   # 16 bytes; last byte pair = container version
+_HEADER = struct.Struct("<16s32sQI")     # magic, key digest, payload length, crc32
+
+
+def default_index_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imagefs")
+
+
+def source_key(kind: str, paths: Iterable[str], extra: str = "") -> str:
+    """A hex key for an index of ``kind`` over the files ``paths``.
+
+    Includes each file's absolute path, size and mtime (ns), so the key
+    changes whenever a piece is replaced, appended to or touched.
+    """
+    h = hashlib.sha256()
+    h.update(kind.encode())
+    h.update(b"\0")
+    h.update(extra.encode())
+    for path in paths:
+        st = os.stat(path)
+        h.update(b"\0")
+        h.update(os.path.abspath(path).encode("utf-8", "surrogateescape"))
+        h.update(f"\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+class IndexStore:
+    """Load and save index payloads (bytes) by key in one directory."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory or default_index_dir()
+
+    def path_for(self, kind: str, key: str) -> str:
+        return os.path.join(self.directory, f"{kind}-{key[:40]}.idx")
+
+    def load(self, kind: str, key: str) -> bytes | None:
+        """The payload saved under ``key``, or None if absent, stale or corrupt."""
+        path = self.path_for(kind, key)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_HEADER.size)
+                if len(head) < _HEADER.size:
+                    raise ValueError("short header")
+                magic, digest, length, crc = _HEADER.unpack(head)
+                if magic != _MAGIC:
+                    raise ValueError("bad magic")
+                if digest != bytes.fromhex(key)[:32]:
+                    raise ValueError("key mismatch")
+                payload = f.read(length + 1)
+                if len(payload) != length:
+                    raise ValueError("wrong payload length")
+                if zlib.crc32(payload) != crc:
+                    raise ValueError("payload checksum mismatch")
+                return payload
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, struct.error) as exc:
+            log.warning("index %s is unusable (%s); rebuilding it", path, exc)
+            return None
+
+    def save(self, kind: str, key: str, payload: bytes) -> str | None:
+        """Atomically write ``payload``; returns the path, or None if not writable."""
+        path = self.path_for(kind, key)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".idx")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(_HEADER.pack(_MAGIC, bytes.fromhex(key)[:32], len(payload),
+                                         zlib.crc32(payload)))
+                    f.write(payload)
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+            return path
+        except OSError as exc:
+            log.warning("cannot save index in %s (%s); it will be rebuilt next time",
+                        self.directory, exc)
+            return None
+
+
+def dumps_json(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def loads_json(payload: bytes) -> object:
+    return json.loads(payload.decode())

@@ -1,0 +1,144 @@
+"""Piece sets: one stream cut into files by ``split`` or by partimage.
+
+Two naming schemes exist in the wild:
+
+* GNU ``split``: ``NAME.aa NAME.ab ...``.  With an explicit ``-a N`` the
+  suffix has a fixed width (``aa`` .. ``zz``, 676 pieces for N = 2).  With
+  the default length split widens the suffix instead of running out:
+  ``.. yz`` is followed by ``zaaa``, ``.. zyzz`` by ``zzaaaa`` and so on.
+  Both orders are accepted.
+* partimage volumes: ``NAME.000 NAME.001 ...`` (``%s.%03d``).
+
+Only the *first* piece starts a set; a set with a hole in its sequence is
+reported as broken (the missing name is stated).  A missing *last* piece
+cannot be seen from names alone: the formats notice the short stream.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_ALPHA = re.compile(r"^(?P<stem>.+)\.(?P<suffix>[a-z]{2,})$")
+_DIGITS = re.compile(r"^(?P<stem>.+)\.(?P<suffix>\d{3})$")
+
+SPLIT = "split"          # byte cut of one stream
+VOLUMES = "volumes"      # partimage volumes, each its own (compressed) stream
+
+
+@dataclass
+class PieceSet:
+    """A detected piece set: ``names`` in stream order."""
+
+    stem: str                  # NAME without the split suffix
+    kind: str                  # SPLIT or VOLUMES
+    names: list[str] = field(default_factory=list)
+    missing: str | None = None  # first missing piece name, if the sequence has a hole
+
+
+def _increment(suffix: str) -> str | None:
+    """The next suffix of the same width in base 26, or None after z...z."""
+    chars = list(suffix)
+    i = len(chars) - 1
+    while i >= 0:
+        if chars[i] != "z":
+            chars[i] = chr(ord(chars[i]) + 1)
+            return "".join(chars)
+        chars[i] = "a"
+        i -= 1
+    return None
+
+
+def next_auto_suffix(suffix: str) -> str:
+    """GNU split's successor with its default, self-widening suffix length.
+
+    At width w the suffixes run while the first w/2 letters are not all 'z';
+    reaching that prefix widens by two letters: yz -> zaaa, zyzz -> zzaaaa.
+    """
+    width = len(suffix)
+    nxt = _increment(suffix)
+    half = width // 2
+    if nxt is None or nxt.startswith("z" * half):
+        return "z" * half + "a" * (width - half + 2)
+    return nxt
+
+
+def next_fixed_suffix(suffix: str) -> str | None:
+    """split -a N successor; None when the suffixes are exhausted."""
+    return _increment(suffix)
+
+
+def split_stem(name: str) -> tuple[str, str, str] | None:
+    """Return (stem, suffix, kind) if ``name`` looks like a piece name."""
+    m = _ALPHA.match(name)
+    if m:
+        return m.group("stem"), m.group("suffix"), SPLIT
+    m = _DIGITS.match(name)
+    if m:
+        return m.group("stem"), m.group("suffix"), VOLUMES
+    return None
+
+
+def is_first_piece(name: str) -> bool:
+    parts = split_stem(name)
+    if parts is None:
+        return False
+    _, suffix, kind = parts
+    return suffix == ("0" * len(suffix) if kind == VOLUMES else "a" * len(suffix))
+
+
+def collect_piece_set(first_name: str, siblings: set[str] | list[str]) -> PieceSet | None:
+    """The piece set that ``first_name`` starts, given the directory's names.
+
+    Returns None if ``first_name`` is not the first piece of a set of two or
+    more, or of a set of one whose suffix is nonetheless a first-piece suffix
+    (``x.aa`` alone is still a set: its stem is the display name).
+    """
+    parts = split_stem(first_name)
+    if parts is None or not is_first_piece(first_name):
+        return None
+    stem, suffix, kind = parts
+    names = set(siblings)
+    result = PieceSet(stem=stem, kind=kind, names=[first_name])
+    if kind == VOLUMES:
+        n = 1
+        while True:
+            cand = f"{stem}.{n:03d}"
+            if cand not in names:
+                break
+            result.names.append(cand)
+            n += 1
+        # A later volume beyond a hole means a missing middle volume.
+        for other in names:
+            p = split_stem(other)
+            if p and p[0] == stem and p[2] == VOLUMES and int(p[1]) > n:
+                result.missing = f"{stem}.{n:03d}"
+                break
+        return result
+    # Follow whichever successor rule the present names continue with.
+    cur = suffix
+    while True:
+        fixed = next_fixed_suffix(cur)
+        auto = next_auto_suffix(cur)
+        if fixed is not None and f"{stem}.{fixed}" in names:
+            cur = fixed
+        elif f"{stem}.{auto}" in names:
+            cur = auto
+        else:
+            break
+        result.names.append(f"{stem}.{cur}")
+    present = set(result.names)
+    for other in names:
+        p = split_stem(other)
+        if p and p[0] == stem and p[2] == SPLIT and other not in present \
+                and len(p[1]) >= len(suffix):
+            # A piece of this set exists beyond the sequence: something between is missing.
+            nxt = next_fixed_suffix(cur) or next_auto_suffix(cur)
+            result.missing = f"{stem}.{nxt}"
+            break
+    return result
+
+
+def member_names(piece_set: PieceSet) -> set[str]:
+    """Names to hide from the mount's listing (all pieces of the set)."""
+    return set(piece_set.names)

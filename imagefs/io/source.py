@@ -1,0 +1,297 @@
+"""Byte sources with ``read_at(offset, size)``.
+
+A byte source is an immutable sequence of bytes with a known ``size``.
+``read_at`` never moves a shared cursor (it is ``os.pread`` underneath), so
+one source serves any number of threads at once.  ``read_at`` returns fewer
+bytes than asked only at the end of the source; a source that turns out to
+be shorter than it claims raises :class:`~imagefs.errors.TruncatedError`.
+
+Sources stack: a piece set is a :class:`ConcatSource` of :class:`FileSource`
+pieces, a decompressed stream (imagefs.codecs) wraps any source, and the
+formats read through whatever they are given.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Protocol, Sequence, runtime_checkable
+from bisect import bisect_right
+
+from imagefs.errors import SourceError, TRUNCATED_HINT, TruncatedError
+
+
+@runtime_checkable
+class ByteSource(Protocol):
+    """What every layer below the virtual partition implements."""
+
+    #: A short human-readable name (a path, or a description of the stack).
+    name: str
+
+    @property
+    def size(self) -> int:
+        """Total length in bytes."""
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Return ``size`` bytes from ``offset`` (fewer only at the end)."""
+
+    def close(self) -> None:
+        """Release resources; reads after close may reopen them."""
+
+
+class FdPool:
+    """A bounded LRU of open read-only file descriptors, shared by sources.
+
+    A mount can expose thousands of images made of thousands of pieces; the
+    pool keeps at most ``capacity`` descriptors open and reopens on demand.
+    A descriptor in use by a pread is never closed under it: users hold a
+    lease (``acquire``/``release``) and eviction only closes idle entries.
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._idle: OrderedDict[str, int] = OrderedDict()   # path -> fd, LRU order
+        self._busy: dict[str, list[int]] = {}                # path -> leased fds
+        self.opens = 0  # how many open() calls were made (tests use it)
+
+    def _open(self, path: str) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise SourceError(path, f"cannot open: {exc.strerror}",
+                              "check that the file exists and is readable") from None
+        with self._lock:
+            self.opens += 1
+        return fd
+
+    def acquire(self, path: str) -> int:
+        with self._lock:
+            fd = self._idle.pop(path, None)
+            if fd is not None:
+                self._busy.setdefault(path, []).append(fd)
+                return fd
+        fd = self._open(path)
+        with self._lock:
+            self._busy.setdefault(path, []).append(fd)
+            self._evict_locked()
+        return fd
+
+    def release(self, path: str, fd: int) -> None:
+        to_close = None
+        with self._lock:
+            leased = self._busy.get(path)
+            if leased is not None and fd in leased:
+                leased.remove(fd)
+                if not leased:
+                    del self._busy[path]
+            if path in self._idle:
+                to_close = fd            # keep one idle fd per path
+            else:
+                self._idle[path] = fd
+            self._evict_locked()
+        if to_close is not None:
+            os.close(to_close)
+
+    def _evict_locked(self) -> None:
+        busy = sum(len(v) for v in self._busy.values())
+        while self._idle and len(self._idle) + busy > self.capacity:
+            _, fd = self._idle.popitem(last=False)
+            os.close(fd)
+
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._idle) + sum(len(v) for v in self._busy.values())
+
+    def close_path(self, path: str) -> None:
+        with self._lock:
+            fd = self._idle.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        with self._lock:
+            fds = list(self._idle.values())
+            self._idle.clear()
+        for fd in fds:
+            os.close(fd)
+
+
+_default_pool: FdPool | None = None
+_default_pool_lock = threading.Lock()
+
+
+def default_fd_pool() -> FdPool:
+    """The process-wide descriptor pool (bounded well below RLIMIT_NOFILE)."""
+    global _default_pool
+    with _default_pool_lock:
+        if _default_pool is None:
+            try:
+                import resource
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            except (ImportError, ValueError, OSError):
+                soft = 1024
+            # Leave room for FUSE, logging, sockets and the codecs' own files.
+            cap = max(16, min(512, soft // 4)) if soft > 0 else 256
+            _default_pool = FdPool(cap)
+        return _default_pool
+
+
+class FileSource:
+    """One regular file read with pread through a shared :class:`FdPool`.
+
+    The size is taken once at construction: backups are immutable, and a file
+    that shrinks afterwards shows up as a TruncatedError on read.
+    """
+
+    def __init__(self, path: str | os.PathLike, pool: FdPool | None = None,
+                 size: int | None = None) -> None:
+        self.path = os.fspath(path)
+        self.name = self.path
+        self._pool = pool or default_fd_pool()
+        if size is None:
+            try:
+                size = os.stat(self.path).st_size
+            except OSError as exc:
+                raise SourceError(self.path, f"cannot read: {exc.strerror}",
+                                  "check that the file exists and is readable") from None
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise ValueError("negative offset or size")
+        size = min(size, self._size - offset)
+        if size <= 0:
+            return b""
+        fd = self._pool.acquire(self.path)
+        try:
+            data = os.pread(fd, size, offset)
+            if len(data) < size:
+                # pread may return short reads on some file systems; loop.
+                parts = [data]
+                got = len(data)
+                while got < size:
+                    more = os.pread(fd, size - got, offset + got)
+                    if not more:
+                        break
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+        except OSError as exc:
+            raise SourceError(self.path, f"read error at byte {offset}: {exc.strerror}",
+                              "check the disk holding the backup") from None
+        finally:
+            self._pool.release(self.path, fd)
+        if len(data) < size:
+            raise TruncatedError(self.path, f"file ended at byte {offset + len(data)} "
+                                 f"but was {self._size} bytes when opened", TRUNCATED_HINT)
+        return data
+
+    def close(self) -> None:
+        self._pool.close_path(self.path)
+
+    def __repr__(self) -> str:
+        return f"FileSource({self.path!r}, size={self._size})"
+
+
+class MemorySource:
+    """Bytes held in memory (tests, small synthesized streams)."""
+
+    def __init__(self, data: bytes, name: str = "<memory>") -> None:
+        self._data = bytes(data)
+        self.name = name
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise ValueError("negative offset or size")
+        return self._data[offset:offset + size]
+
+    def close(self) -> None:
+        pass
+
+
+class SliceSource:
+    """The window ``[start, start + length)`` of another source."""
+
+    def __init__(self, base: ByteSource, start: int, length: int | None = None,
+                 name: str | None = None) -> None:
+        if length is None:
+            length = base.size - start
+        if start < 0 or length < 0 or start + length > base.size:
+            raise TruncatedError(base.name, f"needs bytes up to {start + length} "
+                                 f"but has {base.size}", TRUNCATED_HINT)
+        self.base = base
+        self.start = start
+        self.length = length
+        self.name = name or base.name
+
+    @property
+    def size(self) -> int:
+        return self.length
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        size = min(size, self.length - offset)
+        if size <= 0:
+            return b""
+        return self.base.read_at(self.start + offset, size)
+
+    def close(self) -> None:
+        self.base.close()
+
+
+class ConcatSource:
+    """Several sources read as one stream, in order (split pieces, volumes).
+
+    Offsets map to parts through a cumulative table and ``bisect``; a read
+    crossing part boundaries is served by one read per part.
+    """
+
+    def __init__(self, parts: Sequence[ByteSource], name: str | None = None) -> None:
+        if not parts:
+            raise ValueError("ConcatSource needs at least one part")
+        self.parts = list(parts)
+        self.name = name or self.parts[0].name
+        starts = []
+        pos = 0
+        for part in self.parts:
+            starts.append(pos)
+            pos += part.size
+        self._starts = starts
+        self._size = pos
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        size = min(size, self._size - offset)
+        if size <= 0:
+            return b""
+        index = bisect_right(self._starts, offset) - 1
+        out = []
+        while size > 0:
+            part = self.parts[index]
+            local = offset - self._starts[index]
+            chunk = part.read_at(local, min(size, part.size - local))
+            if not chunk:
+                raise TruncatedError(part.name, f"piece ended at byte {local}", TRUNCATED_HINT)
+            out.append(chunk)
+            offset += len(chunk)
+            size -= len(chunk)
+            index += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
