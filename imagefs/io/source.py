@@ -222,26 +222,34 @@ class MemorySource:
 
 
 class SliceSource:
-    """The window ``[start, start + length)`` of another source."""
+    """The window ``[start, start + length)`` of another source.
+
+    ``length`` None means "to the end of the base"; it is resolved only when
+    ``size`` is first needed, so slicing a compressed stream does not force
+    its index to be built.
+    """
 
     def __init__(self, base: ByteSource, start: int, length: int | None = None,
                  name: str | None = None) -> None:
-        if length is None:
-            length = base.size - start
-        if start < 0 or length < 0 or start + length > base.size:
-            raise TruncatedError(base.name, f"needs bytes up to {start + length} "
-                                 f"but has {base.size}", TRUNCATED_HINT)
+        if start < 0 or (length is not None and length < 0):
+            raise ValueError("negative start or length")
         self.base = base
         self.start = start
-        self.length = length
+        self._length = length
         self.name = name or base.name
 
     @property
     def size(self) -> int:
-        return self.length
+        if self._length is None:
+            self._length = max(0, self.base.size - self.start)
+        elif self.start + self._length > self.base.size:
+            raise TruncatedError(self.base.name, f"needs bytes up to {self.start + self._length} "
+                                 f"but has {self.base.size}", TRUNCATED_HINT)
+        return self._length
 
     def read_at(self, offset: int, size: int) -> bytes:
-        size = min(size, self.length - offset)
+        if self._length is not None:
+            size = min(size, self._length - offset)
         if size <= 0:
             return b""
         return self.base.read_at(self.start + offset, size)
@@ -254,7 +262,9 @@ class ConcatSource:
     """Several sources read as one stream, in order (split pieces, volumes).
 
     Offsets map to parts through a cumulative table and ``bisect``; a read
-    crossing part boundaries is served by one read per part.
+    crossing part boundaries is served by one read per part.  The table is
+    built on first need: a read inside the first part does not ask the other
+    parts for their sizes (which, for compressed parts, means indexing).
     """
 
     def __init__(self, parts: Sequence[ByteSource], name: str | None = None) -> None:
@@ -262,27 +272,40 @@ class ConcatSource:
             raise ValueError("ConcatSource needs at least one part")
         self.parts = list(parts)
         self.name = name or self.parts[0].name
-        starts = []
-        pos = 0
-        for part in self.parts:
-            starts.append(pos)
-            pos += part.size
-        self._starts = starts
-        self._size = pos
+        self._starts: list[int] | None = None
+        self._size = 0
+
+    def _table(self) -> list[int]:
+        if self._starts is None:
+            starts = []
+            pos = 0
+            for part in self.parts:
+                starts.append(pos)
+                pos += part.size
+            self._size = pos
+            self._starts = starts
+        return self._starts
 
     @property
     def size(self) -> int:
+        self._table()
         return self._size
 
     def read_at(self, offset: int, size: int) -> bytes:
+        if self._starts is None and len(self.parts) > 1:
+            # Fast path for header probes: stay inside part 0 if we can.
+            head = self.parts[0].read_at(offset, size)
+            if len(head) == size:
+                return head
+        starts = self._table()
         size = min(size, self._size - offset)
         if size <= 0:
             return b""
-        index = bisect_right(self._starts, offset) - 1
+        index = bisect_right(starts, offset) - 1
         out = []
         while size > 0:
             part = self.parts[index]
-            local = offset - self._starts[index]
+            local = offset - starts[index]
             chunk = part.read_at(local, min(size, part.size - local))
             if not chunk:
                 raise TruncatedError(part.name, f"piece ended at byte {local}", TRUNCATED_HINT)
