@@ -1,0 +1,216 @@
+"""Shared helpers of the benchmark suite: commands, mounts, timing, cleanup.
+
+Everything the bench writes goes under :data:`BENCH_DIR` (or a tempdir
+inside it), never into the source tree.  Every loop that waits for
+something has a deadline, and every mount or loop device made here is
+undone in a ``finally`` block by the caller through :class:`Cleanup`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+#: Cached fixtures and the imagebackup venv live here (survives reboots of
+#: the bench, not of the machine; safe to delete at any time).
+BENCH_DIR = Path(os.environ.get("IMAGEFS_BENCH_DIR", "/var/tmp/imagefs-bench"))
+REPO = Path(__file__).resolve().parent.parent
+VENV_PY = Path(sys.executable)
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def log(msg: str) -> None:
+    """Progress line on stderr (stdout carries the results)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: Sequence[str], *, check: bool = True, quiet: bool = True,
+        timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run a command; its output is captured (and shown only on failure)."""
+    res = subprocess.run(list(map(str, cmd)), capture_output=quiet, text=True,
+                         timeout=timeout, **kw)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"command failed ({res.returncode}): {' '.join(map(str, cmd))}\n"
+                           f"{(res.stdout or '')[-2000:]}{(res.stderr or '')[-2000:]}")
+    return res
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def drop_caches() -> bool:
+    """Empty the page cache (needs root); False when it could not."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def ensure_bench_dir() -> Path:
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    return BENCH_DIR
+
+
+def bench_tempdir(prefix: str) -> Path:
+    """A fresh directory under BENCH_DIR (same file system as the fixtures)."""
+    ensure_bench_dir()
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=BENCH_DIR))
+
+
+def median(values: Sequence[float]) -> float:
+    vals = [v for v in values if v == v]   # drop NaN (a failed round)
+    return statistics.median(vals) if vals else float("nan")
+
+
+def is_mounted(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a mount point right now (reads /proc/self/mountinfo).
+
+    os.path.ismount would stat the FUSE root, which can block on a stuck
+    daemon; mountinfo never does.
+    """
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+                return True
+    return False
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.002) -> bool:
+    """Poll ``pred`` until it holds or ``timeout`` seconds pass (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def unmount(path: str | os.PathLike, fuse: bool = True) -> None:
+    """Unmount quietly; lazily if the plain attempt fails (never leave a mount)."""
+    if not is_mounted(path):
+        return
+    cmds = ([["fusermount3", "-u", path], ["fusermount", "-u", path]] if fuse else [])
+    cmds += [["umount", path], ["umount", "-l", path]]
+    for cmd in cmds:
+        if not have(cmd[0]):
+            continue
+        subprocess.run(list(map(str, cmd)), capture_output=True, timeout=60)
+        if not is_mounted(path):
+            return
+
+
+class Cleanup:
+    """A stack of undo actions run in reverse order, errors logged not raised."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+
+    def push(self, fn: Callable[[], object], what: str) -> None:
+        def guarded() -> None:
+            try:
+                fn()
+            except Exception as exc:   # cleanup must go on whatever fails
+                log(f"cleanup of {what} failed: {exc}")
+        self._stack.callback(guarded)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> "Cleanup":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def loop_device(path: Path, read_only: bool = True) -> Iterator[str]:
+    """Attach ``path`` to a free loop device; always detached afterwards."""
+    cmd = ["losetup", "--find", "--show"] + (["-r"] if read_only else []) + [str(path)]
+    dev = run(cmd).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def loop_mount(path: Path, mnt: Path, options: str = "loop,ro",
+               fstype: str | None = None) -> Iterator[Path]:
+    """``mount -o loop`` a file system image; always unmounted afterwards.
+
+    With ``-o loop`` mount(8) sets autoclear on the loop device, so the
+    unmount also detaches it.
+    """
+    mnt.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount", "-o", options] + (["-t", fstype] if fstype else []) + [str(path), str(mnt)]
+    run(cmd)
+    try:
+        yield mnt
+    finally:
+        unmount(mnt, fuse=False)
+
+
+def read_file_seq(path: str | os.PathLike, block: int = MiB,
+                  limit: int | None = None, time_limit: float | None = None) -> tuple[int, float]:
+    """Read sequentially in ``block`` reads; return (bytes, seconds).
+
+    ``limit``/``time_limit`` bound slow contenders: the figure is then the
+    throughput over the part that was read.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        total = 0
+        t0 = time.perf_counter()
+        deadline = t0 + time_limit if time_limit else None
+        while True:
+            n = block if limit is None else min(block, limit - total)
+            if n <= 0:
+                break
+            data = os.read(fd, n)
+            if not data:
+                break
+            total += len(data)
+            if deadline and time.perf_counter() > deadline:
+                break
+        return total, time.perf_counter() - t0
+    finally:
+        os.close(fd)
+
+
+def peak_rss_kib(pid: int) -> int | None:
+    """VmHWM of a live process (KiB), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def fmt_rate(nbytes: float, seconds: float) -> str:
+    if not seconds or seconds != seconds:
+        return "n/a"
+    return f"{nbytes / seconds / MiB:.0f} MiB/s"

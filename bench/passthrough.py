@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""The ceiling: a minimal mfusepy file system whose ``read`` is one ``os.pread``.
+
+    python bench/passthrough.py MOUNTPOINT FILE [FILE ...] [--stats JSON] [--no-kernel-cache]
+
+Shows each FILE (by its base name) read-only in the root of MOUNTPOINT and
+stays in the foreground until ``fusermount -u MOUNTPOINT``.  Nothing else
+happens per read: no locks, no lookups beyond one dict access, so the time
+a read takes here is what FUSE + mfusepy + one pread cost on this machine.
+
+FUSE settings (kept equal to what imagefs uses, so ratios compare the
+Python work only; see bench/README.md):
+
+- multithreaded libfuse loop (mfusepy's default, no ``-s``);
+- ``ro``; ``kernel_cache`` (immutable files: pages survive open/close, so
+  a second read is page-cache speed);
+- ``max_read=1 MiB`` and, in ``init_with_config``, ``max_readahead`` raised
+  to 1 MiB (the kernel clamps it to what it offered);
+- ``st_blksize`` 1 MiB so that cp/cat pick large buffers;
+- long attr/entry timeouts (1 h): the tree never changes.
+
+``--stats FILE`` writes the count and sizes of read requests on unmount,
+which shows the request size the kernel really sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import stat
+import sys
+import threading
+import time
+
+import mfusepy
+
+#: Largest FUSE read request asked for; the kernel caps it at max_pages
+#: (libfuse 3 negotiates 256 pages = 1 MiB).
+MAX_READ = 1 << 20
+#: Readahead asked for in init (the kernel clamps to the bdi's offer).
+MAX_READAHEAD = 1 << 20
+#: Reported st_blksize: cp and cat size their buffers by it.
+BLKSIZE = 1 << 20
+#: The tree is immutable: cache attributes and names for an hour.
+TIMEOUT = 3600.0
+
+
+class Passthrough(mfusepy.Operations):
+    """Read-only view of a fixed list of files, flat in the root."""
+
+    use_ns = True
+
+    def __init__(self, files: list[str], stats_path: str | None = None) -> None:
+        self.files = {"/" + os.path.basename(f): os.path.realpath(f) for f in files}
+        self.fds = {name: os.open(path, os.O_RDONLY) for name, path in self.files.items()}
+        self.stats_path = stats_path
+        self._lock = threading.Lock()
+        self.nreads = 0
+        self.nbytes = 0
+        self.sizes: dict[int, int] = {}
+        self._root = os.stat(os.path.dirname(next(iter(self.files.values()))))
+
+    # -- setup ---------------------------------------------------------------
+    def init_with_config(self, conn, config) -> None:
+        if conn is not None:
+            conn.max_readahead = MAX_READAHEAD
+            if hasattr(conn, "max_read"):
+                conn.max_read = MAX_READ
+        if config is not None:
+            config.kernel_cache = 1
+            config.attr_timeout = TIMEOUT
+            config.entry_timeout = TIMEOUT
+            config.negative_timeout = TIMEOUT
+
+    def destroy(self, path: str) -> None:
+        if self.stats_path:
+            with open(self.stats_path, "w") as fh:
+                json.dump({"reads": self.nreads, "bytes": self.nbytes,
+                           "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}, fh)
+        for fd in self.fds.values():
+            os.close(fd)
+
+    # -- metadata ------------------------------------------------------------
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        if path == "/":
+            st = self._root
+            return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2,
+                    "st_mtime": st.st_mtime_ns, "st_atime": st.st_atime_ns,
+                    "st_ctime": st.st_ctime_ns}
+        real = self.files.get(path)
+        if real is None:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        st = os.stat(real)
+        return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": st.st_size,
+                "st_mtime": st.st_mtime_ns, "st_atime": st.st_atime_ns,
+                "st_ctime": st.st_ctime_ns, "st_blksize": BLKSIZE,
+                "st_blocks": (st.st_size + 511) // 512}
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", ".."] + [name[1:] for name in self.files]
+
+    def open(self, path: str, flags: int) -> int:
+        if path not in self.fds:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise mfusepy.FuseOSError(errno.EROFS)
+        return self.fds[path]
+
+    # -- the hot path ----------------------------------------------------------
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        data = os.pread(fh, size, offset)
+        if self.stats_path:          # only when asked: the lock costs a little
+            with self._lock:
+                self.nreads += 1
+                self.nbytes += len(data)
+                self.sizes[size] = self.sizes.get(size, 0) + 1
+        return data
+
+    def statfs(self, path: str) -> dict:
+        return {"f_bsize": BLKSIZE, "f_frsize": BLKSIZE, "f_namemax": 255}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("mountpoint")
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--stats", help="write read-request statistics here on unmount")
+    ap.add_argument("--no-kernel-cache", action="store_true",
+                    help="drop kernel_cache (to see its effect)")
+    args = ap.parse_args(argv)
+    ops = Passthrough(args.files, args.stats)
+    opts = dict(foreground=True, ro=True, max_read=MAX_READ, fsname="passthrough",
+                default_permissions=True)
+    if not args.no_kernel_cache:
+        opts["kernel_cache"] = True
+    t0 = time.perf_counter()
+    mfusepy.FUSE(ops, args.mountpoint, **opts)
+    print(f"passthrough: unmounted after {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
