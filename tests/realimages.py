@@ -244,16 +244,20 @@ class Factory:
         if kind == "vfat":
             run(["mcopy", "-s", "-i", str(raw)] + [str(p) for p in staging.iterdir()] + ["::"])
             src.tree = tree_digest(staging)
-        elif kind in ("ntfs", "exfat"):
+        elif kind == "ntfs":
             mnt.mkdir(exist_ok=True)
-            fuse_cmd = ["ntfs-3g", str(raw), str(mnt)] if kind == "ntfs" else \
-                ["mount.exfat-fuse", str(raw), str(mnt)]
-            if kind == "exfat" and shutil.which("mount.exfat-fuse") is None:
-                with loop_device(raw) as dev, mounted(dev, mnt, "exfat"):
-                    fill_tree(mnt, seed, fill_mb)
-                    src.tree = tree_digest(mnt)
-            else:
-                run(fuse_cmd)
+            run(["ntfs-3g", str(raw), str(mnt)])
+            try:
+                fill_tree(mnt, seed, fill_mb)
+                src.tree = tree_digest(mnt)
+            finally:
+                subprocess.run(["umount", str(mnt)], check=False)
+        elif kind == "exfat":
+            # exfat-fuse wants a block device; the kernel driver may be absent.
+            need("mount.exfat-fuse")
+            mnt.mkdir(exist_ok=True)
+            with loop_device(raw) as dev:
+                run(["mount.exfat-fuse", dev, str(mnt)])
                 try:
                     fill_tree(mnt, seed, fill_mb)
                     src.tree = tree_digest(mnt)

@@ -18,7 +18,7 @@ from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, ChecksumError, FormatE
 from imagefs.formats.base import BlockImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
 from imagefs.formats.layout import GroupedLayout
-from imagefs.io.source import ByteSource
+from imagefs.io.source import ByteSource, known_size
 
 MAGIC = b"partclone-image"
 V2_HEADER_SIZE = 110
@@ -57,6 +57,30 @@ def probe(source: ByteSource) -> ImageHeader:
         return PartcloneV1Header.parse(source)
     raise UnsupportedError(source.name, f"partclone image version {version!r} is not known",
                            "only image formats 1 and 2 exist; the file may be damaged")
+
+
+def _note_truncated(header: ImageHeader, size: int) -> None:
+    note = (f"the image is truncated: {size} of {header.expected_size} bytes; "  # type: ignore[attr-defined]
+            "reads past the end fail")
+    if note not in header.notes:
+        header.notes.append(note)
+
+
+def _check_length(header: ImageHeader, bitmap_end: int) -> None:
+    """Cheap length checks at probe time, when the source size is free to know.
+
+    A source too short for its bitmap is unusable (error); one too short
+    for its data area is still partly readable (a note; reads past the end
+    fail).
+    """
+    size = known_size(header.source)
+    if size is None:
+        return
+    if size < bitmap_end:
+        raise TruncatedError(header.source.name, f"bitmap is truncated: the image has {size} "
+                             f"bytes, the bitmap ends at byte {bitmap_end}", TRUNCATED_HINT)
+    if size < getattr(header, "expected_size", 0):
+        _note_truncated(header, size)
 
 
 # --------------------------------------------------------------------------- v2
@@ -137,6 +161,7 @@ class PartcloneV2Header(ImageHeader):
             blocks_per_checksum=bpc if csize else 0, reseed=bool(reseed),
             bitmap_mode=bitmap_mode, bitmap_bytes=nb, data_start=data_start,
             expected_size=expected)
+        _check_length(header, data_start - 4 if bitmap_mode == 1 else data_start)
         if fs_used != used:
             header.notes.append(f"the file system reported {fs_used} used blocks; the "
                                 f"bitmap holds {used} (normal for btrfs and exFAT)")
@@ -179,6 +204,11 @@ class PartcloneImage(BlockImage):
         total = header.total_blocks
         if header.bitmap_mode == 1:
             nb = header.bitmap_bytes
+            # Check the length first: a corrupt block count must not make us
+            # allocate (or decompress) a huge bitmap.
+            if src.size < V2_HEADER_SIZE + nb + 4:
+                raise TruncatedError(name, f"bitmap is truncated ({max(src.size - V2_HEADER_SIZE - 4, 0)}"
+                                     f" of {nb} bytes present)", TRUNCATED_HINT)
             raw = src.read_at(V2_HEADER_SIZE, nb + 4)
             if len(raw) < nb + 4:
                 raise TruncatedError(name, f"bitmap is truncated ({max(len(raw) - 4, 0)} of "
@@ -200,8 +230,7 @@ class PartcloneImage(BlockImage):
                                     header.blocks_per_checksum, header.checksum_size)
         self.truncated = src.size < header.expected_size
         if self.truncated:
-            header.notes.append(f"the image is truncated: {src.size} of "
-                                f"{header.expected_size} bytes; reads past the end fail")
+            _note_truncated(header, src.size)
         elif src.size > header.expected_size:
             header.notes.append(f"{src.size - header.expected_size} unexpected bytes follow "
                                 "the data area (ignored)")
@@ -328,10 +357,13 @@ class PartcloneV1Header(ImageHeader):
             raise FormatError(name, f"{total} blocks of {block_size} bytes exceed the "
                               f"device size {device_size}", CORRUPT_HINT)
         data_start = V1_HEADER_SIZE + total + len(V1_BITMAP_MAGIC)
-        return cls(source=source, format_name="partclone", format_version="1",
+        header = cls(source=source, format_name="partclone", format_version="1",
                    fs_type=_cstr(head[15:30]), device_size=device_size,
                    block_size=block_size, total_blocks=total, used_blocks=used,
-                   checksum="CRC32 (format 1, every block)", data_start=data_start)
+                   checksum="CRC32 (format 1, every block)", data_start=data_start,
+                   expected_size=0)   # known only once the bitmap is counted
+        _check_length(header, data_start)
+        return header
 
     def fields(self) -> list[tuple[str, str]]:
         return [("written by", "partclone 0.2.x (image format 1)"),
@@ -351,6 +383,8 @@ class PartcloneV1Image(BlockImage):
         src = header.source
         name = src.name
         total = header.total_blocks
+        if src.size < V1_HEADER_SIZE + total + len(V1_BITMAP_MAGIC):
+            raise TruncatedError(name, "partclone v1 bitmap is truncated", TRUNCATED_HINT)
         raw = src.read_at(V1_HEADER_SIZE, total + len(V1_BITMAP_MAGIC))
         if len(raw) < total + len(V1_BITMAP_MAGIC):
             raise TruncatedError(name, "partclone v1 bitmap is truncated", TRUNCATED_HINT)
@@ -373,8 +407,7 @@ class PartcloneV1Image(BlockImage):
         self.layout = GroupedLayout(src, header.data_start, bs, 1, header.crc_size)
         self.truncated = src.size < header.expected_size
         if self.truncated:
-            header.notes.append(f"the image is truncated: {src.size} of "
-                                f"{header.expected_size} bytes; reads past the end fail")
+            _note_truncated(header, src.size)
 
     @property
     def stored_blocks(self) -> int:

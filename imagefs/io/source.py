@@ -318,3 +318,22 @@ class ConcatSource:
     def close(self) -> None:
         for part in self.parts:
             part.close()
+
+
+def known_size(source: ByteSource) -> int | None:
+    """``source.size`` if it costs nothing to know, else None.
+
+    Plain files and slices or concatenations of them know their size; a
+    decompressed stream learns it only by indexing, which a header probe
+    must not trigger.
+    """
+    if isinstance(source, (FileSource, MemorySource)):
+        return source.size
+    if isinstance(source, SliceSource):
+        base = known_size(source.base)
+        return None if base is None else source.size
+    if isinstance(source, ConcatSource):
+        if all(known_size(p) is not None for p in source.parts):
+            return source.size
+        return None
+    return None

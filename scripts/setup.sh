@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything imagefs and its tests need on Debian 12 (run as root):
+# the imaging tools, FUSE, the compressors, then a virtual environment in
+# .venv with imagefs installed in it. Safe to run again.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+export DEBIAN_FRONTEND=noninteractive
+
+packages=(
+  python3 python3-venv python3-dev gcc pkg-config
+  fuse3 libfuse3-dev kmod util-linux mount
+  partclone partimage ntfs-3g
+  e2fsprogs xfsprogs btrfs-progs dosfstools exfatprogs exfat-fuse mtools
+  gzip pigz zstd lz4 bzip2 pbzip2 lbzip2 xz-utils pixz lzop liblzo2-dev lzip plzip lrzip
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing packages: ${missing[*]}; run this script as root (sudo)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Loop devices and FUSE must be usable for the mount tests.
+modprobe loop 2>/dev/null || true
+modprobe fuse 2>/dev/null || true
+
+venv="$here/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+"$venv/bin/pip" install -q -e "$here[test,lzo]" 2>&1 | grep -v '^WARNING: Location' || true
+"$venv/bin/python" -c "import imagefs, mfusepy, rapidgzip, pyzstd, lz4, xxhash, yaml, tqdm, lzo" \
+  || { echo "setup: the Python dependencies did not install" >&2; exit 1; }
+echo "setup: done ($venv)"

@@ -1,0 +1,59 @@
+"""Helpers shared by the reader tests: read a whole virtual partition and
+compare it with ground truth in several ways."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from imagefs.blockio import VirtualPartition
+from imagefs.cache import BlockCache
+from imagefs.opener import OpenContext, open_image_header
+
+
+def open_vp(path: Path | str, cache: BlockCache | None = None,
+            ctx: OpenContext | None = None) -> VirtualPartition:
+    header, _ = open_image_header(str(path), ctx)
+    return VirtualPartition(header.open(ctx.index_store if ctx else None), cache)
+
+
+def vp_sha256(vp: VirtualPartition, step: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    for off in range(0, vp.size, step):
+        h.update(vp.read(off, step))
+    return h.hexdigest()
+
+
+def random_spans(size: int, count: int, seed: int, boundaries: list[int] = ()) -> list[tuple[int, int]]:
+    """Random (offset, length) pairs, half of them straddling given boundaries."""
+    rng = random.Random(seed)
+    spans = []
+    for i in range(count):
+        if boundaries and i % 2:
+            b = rng.choice(boundaries)
+            off = max(0, b - rng.randrange(1, 9000))
+        else:
+            off = rng.randrange(0, size)
+        length = rng.choice((1, 17, 512, 4095, 4096, 4097, 65536 + 13, 300_000, 1 << 20))
+        spans.append((off, length))
+    return spans
+
+
+def check_random_reads(vp: VirtualPartition, truth: bytes, spans: list[tuple[int, int]]) -> None:
+    for off, length in spans:
+        got = vp.read(off, length)
+        want = truth[off:off + length]
+        assert got == want, f"mismatch at offset {off} length {length}"
+
+
+def check_threads(vp: VirtualPartition, truth: bytes, seed: int, threads: int = 8,
+                  per_thread: int = 60) -> None:
+    def worker(n: int) -> int:
+        spans = random_spans(vp.size, per_thread, seed * 100 + n)
+        check_random_reads(vp, truth, spans)
+        return len(spans)
+
+    with ThreadPoolExecutor(threads) as pool:
+        assert sum(pool.map(worker, range(threads))) == threads * per_thread
