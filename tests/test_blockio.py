@@ -1,0 +1,142 @@
+"""Bitmap ranks, the shared cache and the virtual-partition reader."""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from imagefs.blockio import VirtualPartition
+from imagefs.cache import BlockCache
+from imagefs.formats.bitmap import RankedBitmap
+from imagefs.formats.layout import GroupedLayout
+from imagefs.io import MemorySource
+
+
+@pytest.mark.parametrize("total", [1, 7, 8, 9, 4095, 4096, 4097, 20000])
+def test_rank_and_extents_against_a_naive_count(total):
+    rng = random.Random(total)
+    bits = bytearray(rng.randbytes((total + 7) // 8))
+    bits[-1] |= 0xF0                        # padding bits set, as partclone leaves them
+    bm = RankedBitmap(bytes(bits), total)
+    naive = [(bits[k >> 3] >> (k & 7)) & 1 for k in range(total)]
+    running = 0
+    for k in range(total + 1):
+        assert bm.rank(k) == running
+        if k < total:
+            running += naive[k]
+    assert bm.count == sum(naive)
+    for _ in range(200):
+        a = rng.randrange(total)
+        n = rng.randrange(1, total - a + 1)
+        runs = bm.extents(a, n)
+        flat = [s for start, cnt, s in runs for _ in range(cnt)]
+        assert flat == [bool(x) for x in naive[a:a + n]]
+        assert all(runs[i][2] != runs[i + 1][2] for i in range(len(runs) - 1))
+
+
+def test_byte_flag_bitmap_counts_only_ones():
+    flags = bytes([1, 0, 2, 1, 255, 1, 1, 0, 1])
+    bm = RankedBitmap.from_byte_flags(flags, len(flags))
+    assert [bm.is_set(k) for k in range(9)] == [f == 1 for f in flags]
+
+
+def test_grouped_layout_strips_trailers():
+    bs, g, t = 16, 3, 5
+    blocks = [bytes([i]) * bs for i in range(20)]
+    stream = bytearray(b"H" * 7)
+    for i, b in enumerate(blocks):
+        stream += b
+        if (i + 1) % g == 0:
+            stream += b"C" * t
+    layout = GroupedLayout(MemorySource(bytes(stream)), 7, bs, g, t)
+    for r in range(20):
+        for n in range(1, 21 - r):
+            assert layout.read_ranks(r, n) == b"".join(blocks[r:r + n])
+
+
+def test_cache_loads_once_per_key_under_contention():
+    cache = BlockCache(1 << 20)
+    calls = []
+    gate = threading.Event()
+
+    def loader():
+        calls.append(1)
+        gate.wait(10)
+        return b"v" * 100
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cache.get_or_load, "k", loader) for _ in range(8)]
+        # Wait (bounded) until all eight threads are inside get_or_load.
+        for _ in range(10_000):
+            if cache.misses >= 8:
+                break
+            threading.Event().wait(0.001)
+        assert cache.misses == 8
+        gate.set()
+        assert all(f.result() == b"v" * 100 for f in futures)
+    assert len(calls) == 1
+
+
+def test_cache_is_bounded_in_bytes_and_lru():
+    cache = BlockCache(1000)
+    for i in range(20):
+        cache.get_or_load(i, lambda i=i: bytes([i]) * 100)
+        assert cache.size <= 1000
+    assert cache.get(19) is not None and cache.get(0) is None
+
+
+def test_cache_does_not_remember_failures():
+    cache = BlockCache(1000)
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("transient")
+        return b"ok"
+
+    with pytest.raises(OSError):
+        cache.get_or_load("k", flaky)
+    assert cache.get_or_load("k", flaky) == b"ok"
+
+
+class _FakeImage:
+    """A block image over an in-memory map, to test the reader's assembly."""
+
+    def __init__(self, bs, total, stored, device_size):
+        from types import SimpleNamespace
+        self.header = SimpleNamespace(block_size=bs, total_blocks=total, device_size=device_size,
+                                      source=MemorySource(b""))
+        self.bitmap = RankedBitmap(
+            int("".join("1" if k in stored else "0" for k in reversed(range(total))) or "0", 2)
+            .to_bytes((total + 7) // 8, "little"), total)
+        self.block_size, self.total_blocks, self.device_size = bs, total, device_size
+        self.data = {k: random.Random(k).randbytes(bs) for k in stored}
+
+    def extents(self, first, count):
+        return self.bitmap.extents(first, count)
+
+    def read_stored(self, first, count):
+        return b"".join(self.data[k] for k in range(first, first + count))
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("cache", [None, BlockCache(64 * 1024)])
+def test_reader_zero_fills_holes_and_tail(cache):
+    bs, total = 512, 300
+    stored = set(random.Random(2).sample(range(total), 120))
+    device = total * bs + 777                    # bytes past the blocks read as zeros
+    img = _FakeImage(bs, total, stored, device)
+    truth = b"".join(img.data.get(k, bytes(bs)) for k in range(total)) + bytes(777)
+    vp = VirtualPartition(img, cache, chunk_size=4096)
+    rng = random.Random(3)
+    for _ in range(500):
+        off = rng.randrange(device + 10)
+        n = rng.randrange(0, 20_000)
+        assert vp.read(off, n) == truth[off:off + n]
+    assert vp.read(0, device) == truth
