@@ -1,0 +1,549 @@
+#!/usr/bin/env python3
+"""imagefs benchmark: one command, side by side, medians of rounds.
+
+    sudo /work/venv/bin/python bench/run.py [--size-gb 2] [--rounds 3] [--quick]
+
+Needs: root (drop_caches, loop devices, mount), /dev/fuse, mkfs.ext4,
+partclone.ext4, losetup; optional: mkntfs + ntfs-3g + ntfsclone (ntfsclone
+series), libfuse3-dev + pkg-config + gcc (to pip-install imagebackup 0.2.2
+for the vpartclone contender).  Fixtures and the imagebackup venv are
+cached under /var/tmp/imagefs-bench; nothing is written into the source
+tree.  See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import contenders as ct          # noqa: E402
+import fixtures                  # noqa: E402
+import measures as ms            # noqa: E402
+from common import (BENCH_DIR, GiB, MiB, REPO, bench_tempdir, drop_caches, have,  # noqa: E402
+                    is_root, log, median, run, unmount)
+
+REQUIRED_TOOLS = ["mkfs.ext4", "partclone.ext4", "losetup", "mount", "umount"]
+
+
+class Budget:
+    """Wall-clock budget: optional sections are skipped when it runs out."""
+
+    def __init__(self, seconds: float) -> None:
+        self.t0 = time.monotonic()
+        self.seconds = seconds
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed()
+
+
+def check_requirements() -> list[str]:
+    """What is missing for the mandatory part (empty: all there)."""
+    missing = []
+    if not is_root():
+        missing.append("root (sudo): drop_caches, loop devices and mount need it")
+    if not os.path.exists("/dev/fuse"):
+        missing.append("/dev/fuse (modprobe fuse)")
+    if not (have("fusermount3") or have("fusermount")):
+        missing.append("fusermount3 (apt-get install fuse3)")
+    missing += [f"{t} (apt-get install e2fsprogs partclone util-linux mount)"
+                for t in REQUIRED_TOOLS if not have(t)]
+    return missing
+
+
+def machine_info() -> dict:
+    """nproc, memory, kernel, the disk under BENCH_DIR, date (for RESULTS.md)."""
+    mem_kib = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    disk = subprocess.run(["df", "-h", "--output=source,fstype,size", str(BENCH_DIR)],
+                          capture_output=True, text=True).stdout.strip().splitlines()[-1:]
+    cpu = ""
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    libfuse = subprocess.run(["fusermount3", "--version"], capture_output=True,
+                             text=True).stdout.strip() if have("fusermount3") else "?"
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem_kib / 2**20, 1),
+            "kernel": platform.release(), "disk": " ".join(disk), "python": platform.python_version(),
+            "libfuse": libfuse, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+# ------------------------------------------------------------- head to head
+
+def one_test(c: ct.Contender, test: str, work: Path, cfg: dict) -> dict:
+    """Mount ``c`` afresh, run one test, unmount.
+
+    A fresh mount per test keeps each contender's own caches (imagefs's
+    block cache) from carrying data from one test into the next; the start
+    is timed too, so every test also yields a time-to-first-byte sample.
+    """
+    mnt = work / f"mnt-{c.name}"
+    m = ct.start(c, mnt, work)
+    out: dict = {"mount_s": m.seconds_to_live}
+    try:
+        target = c.path(mnt)
+        out["first_byte_s"] = m.seconds_to_live + ms.first_byte(target)
+        if cfg.get("readahead_kb"):
+            ct.set_bdi_readahead_kb(mnt, cfg["readahead_kb"])
+        out["readahead_kb"] = ct.bdi_readahead_kb(mnt)
+        if test == "seq":
+            out.update(ms.sequential(target, cfg["seq_time"]))
+        elif test in ("rand1", "rand8"):
+            threads = 1 if test == "rand1" else 8
+            out.update(ms.random_reads(target, threads, cfg["rand_reads"] // threads,
+                                       cfg["rand_time"]))
+        elif test == "loopcopy":
+            out.update(ms.loop_copy(mnt / c.loop_target, work / "loopmnt", fixtures.BIG_FILE))
+    finally:
+        out["peak_rss_mib"] = (ct.stop(m) or 0) / 1024
+    return out
+
+
+def head_to_head(cs: list[ct.Contender], rounds: int, cfg: dict, work: Path,
+                 budget: Budget) -> dict:
+    """Every test for every contender, contenders rotating round by round."""
+    tests = ["seq", "rand1", "rand8", "loopcopy"]
+    raw: dict = {c.name: {t: [] for t in tests} for c in cs}
+    errors: dict = {}
+    for r in range(rounds):
+        if r >= 3 and budget.left() < 240:
+            log(f"budget: stopping after {r} rounds")
+            break
+        order = cs[r % len(cs):] + cs[:r % len(cs)]   # alternate who goes first
+        for test in tests:
+            for c in order:
+                if c.name in errors and len(errors[c.name]) > 3:
+                    continue
+                try:
+                    res = one_test(c, test, work, cfg)
+                    raw[c.name][test].append(res)
+                    log(f"round {r + 1} {test:8s} {c.name:12s} " + _brief(test, res))
+                except Exception as exc:
+                    errors.setdefault(c.name, []).append(f"{test}: {exc}")
+                    log(f"round {r + 1} {test} {c.name} FAILED: {exc}")
+    return {"raw": raw, "errors": errors, "summary": summarize(raw)}
+
+
+def _brief(test: str, res: dict) -> str:
+    if test in ("seq", "loopcopy"):
+        return f"{res['mibps']:8.1f} MiB/s  ({res['bytes'] / MiB:.0f} MiB in {res['seconds']:.2f} s)"
+    return f"{res['iops']:8.0f} IOPS  p99 {res['p99_ms']:.2f} ms"
+
+
+def summarize(raw: dict) -> dict:
+    """Medians per contender: the figures the ratios are made of."""
+    out = {}
+    for name, tests in raw.items():
+        firsts = [r["first_byte_s"] for t in tests.values() for r in t]
+        out[name] = {
+            "seq_mibps": median([r["mibps"] for r in tests["seq"]]),
+            "seq_complete": all(r.get("complete") for r in tests["seq"]) if tests["seq"] else None,
+            "rand1_iops": median([r["iops"] for r in tests["rand1"]]),
+            "rand1_p99_ms": median([r["p99_ms"] for r in tests["rand1"]]),
+            "rand8_iops": median([r["iops"] for r in tests["rand8"]]),
+            "rand8_p99_ms": median([r["p99_ms"] for r in tests["rand8"]]),
+            "first_byte_s": median(firsts),
+            "loopcopy_s": median([r["seconds"] for r in tests["loopcopy"]]),
+            "loopcopy_mibps": median([r["mibps"] for r in tests["loopcopy"]]),
+            "peak_rss_mib": max([r["peak_rss_mib"] for t in tests.values() for r in t] or [0]),
+            "readahead_kb": next((r["readahead_kb"] for t in tests.values() for r in t), None),
+            "rounds": len(tests["seq"]),
+        }
+    return out
+
+
+def ratios(summary: dict, a: str, b: str) -> dict:
+    """How many times ``a`` is faster than ``b`` per figure (>1: a is faster)."""
+    if a not in summary or b not in summary:
+        return {}
+    x, y = summary[a], summary[b]
+
+    def div(p: float, q: float) -> float:
+        return p / q if q and q == q and p == p else float("nan")
+
+    return {"seq": div(x["seq_mibps"], y["seq_mibps"]),
+            "rand1": div(x["rand1_iops"], y["rand1_iops"]),
+            "rand8": div(x["rand8_iops"], y["rand8_iops"]),
+            "first_byte": div(y["first_byte_s"], x["first_byte_s"]),
+            "loopcopy": div(y["loopcopy_s"], x["loopcopy_s"])}
+
+
+# -------------------------------------------------------------- scaling series
+
+def mount_tree(source: Path, work: Path, options: str | None) -> dict:
+    """imagefs on a tree: time to live, then ``ls -lR``; peak RSS of the daemon."""
+    c = ct.imagefs(source, "", options)
+    mnt = work / "mnt-tree"
+    m = ct.start(c, mnt, work)
+    try:
+        t0 = time.perf_counter()
+        res = subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, text=True, timeout=600)
+        ls_s = time.perf_counter() - t0
+        entries = sum(1 for line in res.stdout.splitlines() if line.startswith("-"))
+    finally:
+        rss = (ct.stop(m) or 0) / 1024
+    return {"mount_s": m.seconds_to_live, "ls_s": ls_s, "total_s": m.seconds_to_live + ls_s,
+            "files_listed": entries, "peak_rss_mib": rss, "ls_rc": res.returncode}
+
+
+def tree_series(counts: list[int], rounds: int, work: Path, options: str | None,
+                budget: Budget) -> dict:
+    out = {}
+    for n in counts:
+        if budget.left() < 60:
+            out[n] = {"skipped": "time budget"}
+            continue
+        root = fixtures.image_tree(n)
+        samples = []
+        for _ in range(rounds if n <= 1000 else 1):      # 10,000: one round (time)
+            drop_caches()            # cold: the headers come from disk
+            samples.append(mount_tree(root, work, options))
+        out[n] = {k: median([s[k] for s in samples]) for k in samples[0]}
+        log(f"tree {n:6d}: mount {out[n]['mount_s']:.2f} s + ls -lR {out[n]['ls_s']:.2f} s, "
+            f"{out[n]['files_listed']:.0f} files, peak RSS {out[n]['peak_rss_mib']:.0f} MiB")
+    return out
+
+
+def first_open_inprocess(img: Path) -> dict:
+    """probe + open (bitmap read, CRC, rank table) + first 4 KiB read, cold cache."""
+    sys.path.insert(0, str(REPO))
+    from imagefs.blockio import VirtualPartition
+    from imagefs.formats import probe
+    from imagefs.io import FileSource
+    drop_caches()
+    t0 = time.perf_counter()
+    header = probe(FileSource(str(img)))
+    t1 = time.perf_counter()
+    image = header.open()
+    t2 = time.perf_counter()
+    VirtualPartition(image, None).read(0, 4096)
+    t3 = time.perf_counter()
+    image.close()
+    return {"probe_s": t1 - t0, "open_s": t2 - t1, "first_read_s": t3 - t2, "total_s": t3 - t0}
+
+
+def first_open_mount(img: Path, work: Path, options: str | None) -> dict:
+    """Through imagefs: mount a directory holding only ``img``; open + first 4 KiB."""
+    src = work / "one"
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir()
+    os.link(img, src / img.name)
+    c = ct.imagefs(src, img.name, options)
+    mnt = work / "mnt-one"
+    drop_caches()
+    m = ct.start(c, mnt, work)
+    try:
+        t = ms.first_byte(mnt / find_vp(mnt, img.name))
+    finally:
+        ct.stop(m)
+    return {"mount_s": m.seconds_to_live, "first_byte_s": t}
+
+
+def find_vp(mnt: Path, hint: str) -> str:
+    """The virtual partition's name in a mount: ``hint`` if shown, else the first non-.info file."""
+    if (mnt / hint).exists():
+        return hint
+    for name in sorted(os.listdir(mnt)):
+        if not name.endswith(".info"):
+            return name
+    raise RuntimeError(f"no virtual partition in {mnt}: {os.listdir(mnt)}")
+
+
+def bitmap_series(sizes_gb: list[int], work: Path, with_mount: bool, options: str | None,
+                  budget: Budget) -> dict:
+    out = {}
+    for gb in sizes_gb:
+        if budget.left() < 30:
+            out[gb] = {"skipped": "time budget"}
+            continue
+        img = fixtures.synthetic_partclone(gb * GiB)
+        entry: dict = {"bitmap_mib": ((gb * GiB // 4096) + 7) // 8 / MiB}
+        try:
+            entry["inprocess"] = first_open_inprocess(img)
+        except Exception as exc:
+            entry["inprocess"] = {"error": str(exc)}
+        if with_mount:
+            try:
+                entry["mount"] = first_open_mount(img, work, options)
+            except Exception as exc:
+                entry["mount"] = {"error": str(exc)}
+        out[gb] = entry
+        log(f"bitmap {gb} GB: {json.dumps(entry)}")
+    return out
+
+
+def ntfs_series(quick: bool, work: Path, with_mount: bool, options: str | None) -> dict:
+    """ntfsclone: index build (first open) and reload vs ``cat image > /dev/null``."""
+    fx = fixtures.ntfs_image(size=(512 if quick else 1024) * MiB)
+    if fx is None:
+        return {"unavailable": "mkntfs, ntfs-3g or ntfsclone missing (apt-get install ntfs-3g)"}
+    img = fx.image
+    out: dict = {"image_mib": img.stat().st_size / MiB}
+    drop_caches()
+    t0 = time.perf_counter()
+    run(["sh", "-c", f"cat '{img}' > /dev/null"])
+    out["cat_s"] = time.perf_counter() - t0
+    sys.path.insert(0, str(REPO))
+    try:
+        from imagefs.formats import probe
+        from imagefs.indexdir import IndexStore
+        from imagefs.io import FileSource
+        idx = bench_tempdir("ntfsidx-")
+        try:
+            for label in ("build", "reload"):
+                drop_caches()
+                t0 = time.perf_counter()
+                probe(FileSource(str(img))).open(index_store=IndexStore(str(idx))).close()
+                out[f"{label}_s"] = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(idx, ignore_errors=True)
+        out["build_vs_cat"] = out["cat_s"] / out["build_s"]
+    except Exception as exc:
+        out["inprocess_error"] = f"{type(exc).__name__}: {exc}"
+    if with_mount and "inprocess_error" not in out:
+        idx = bench_tempdir("ntfsidx-")
+        opts = ",".join(filter(None, [options, f"index_dir={idx}"]))
+        try:
+            for label in ("mount_build", "mount_reload"):
+                out[label] = first_open_mount(img, work, opts)
+        except Exception as exc:
+            out["mount_error"] = str(exc)
+        finally:
+            shutil.rmtree(idx, ignore_errors=True)
+    log(f"ntfsclone: {json.dumps(out)}")
+    return out
+
+
+def inprocess_series(image: Path, rounds: int) -> dict:
+    """The issue-2 figure (VirtualPartition.read, warm page cache) on the same image."""
+    sys.path.insert(0, str(REPO))
+    import inprocess
+    inprocess.warm(image)
+    return inprocess.measure(image, rounds)
+
+
+def codecs_series(quick: bool, budget: Budget) -> dict:
+    """Delegate the compressed variants to bench/codecs_bench.py when it exists."""
+    script = REPO / "bench" / "codecs_bench.py"
+    if not script.exists():
+        return {"unavailable": "bench/codecs_bench.py not present yet"}
+    cmd = [sys.executable, str(script)]
+    helptext = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, PYTHONPATH=str(REPO))).stdout
+    if quick and "--quick" in helptext:
+        cmd.append("--quick")
+    timeout = max(60.0, budget.left() - 30)
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+        return {"cmd": " ".join(cmd), "rc": res.returncode, "seconds": time.perf_counter() - t0,
+                "stdout": res.stdout[-8000:], "stderr": res.stderr[-2000:]}
+    except subprocess.TimeoutExpired:
+        return {"cmd": " ".join(cmd), "error": f"timed out after {timeout:.0f} s"}
+
+
+# ------------------------------------------------------------------- report
+
+def fmt(x: object, spec: str = ".2f") -> str:
+    if isinstance(x, (int, float)) and x == x:
+        return format(x, spec)
+    return "n/a"
+
+
+def report(res: dict) -> str:
+    """The results as Markdown (printed, and saved next to the JSON)."""
+    L: list[str] = []
+    m = res["machine"]
+    L.append(f"Run {m['date']}: `{res['command']}` ({res['elapsed_s']:.0f} s)\n")
+    L.append(f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB RAM, kernel {m['kernel']}, "
+             f"disk {m['disk']}, Python {m['python']}, {m['libfuse']}\n")
+    fx = res.get("fixture", {})
+    L.append(f"Fixture: ext4 {fx.get('size_gib', 0):.2f} GiB, 90% full ({fx.get('files')} files), "
+             f"partclone image {fx.get('image_mib', 0):.0f} MiB (CRC32 every 256 blocks)\n")
+    h = res.get("head_to_head", {})
+    summ = h.get("summary", {})
+    if summ:
+        L.append("| figure | " + " | ".join(summ) + " | imagefs / passthrough | imagefs / imagebackup |")
+        L.append("|---|" + "---|" * (len(summ) + 2))
+        rp, ri = res.get("ratio_passthrough", {}), res.get("ratio_imagebackup", {})
+        rows = [("sequential 1 MiB, cold (MiB/s)", "seq_mibps", "seq", ".0f"),
+                ("random 4 KiB, 1 thread, cold (IOPS)", "rand1_iops", "rand1", ".0f"),
+                ("random 4 KiB, 8 threads, cold (IOPS)", "rand8_iops", "rand8", ".0f"),
+                ("random 4 KiB p99, 1 thread (ms)", "rand1_p99_ms", None, ".2f"),
+                ("start to first byte (s)", "first_byte_s", "first_byte", ".3f"),
+                ("copy 100 MB out of loop mount, cold (s)", "loopcopy_s", "loopcopy", ".2f"),
+                ("peak RSS of the daemon (MiB)", "peak_rss_mib", None, ".0f"),
+                ("kernel readahead of the mount (KiB)", "readahead_kb", None, "")]
+        for label, key, rk, spec in rows:
+            cells = [fmt(s.get(key), spec) if spec else str(s.get(key)) for s in summ.values()]
+            r1 = fmt(rp.get(rk), ".2f") + "×" if rk and rp else ""
+            r2 = fmt(ri.get(rk), ".2f") + "×" if rk and ri else ""
+            L.append(f"| {label} | " + " | ".join(cells) + f" | {r1} | {r2} |")
+        L.append("\nRatios are speed ratios (>1: imagefs faster; times are inverted). "
+                 f"Medians of {max(s['rounds'] for s in summ.values())} rounds.\n")
+    for name, why in res.get("unavailable", {}).items():
+        L.append(f"- **{name}** unavailable: {why}")
+    for name, errs in h.get("errors", {}).items():
+        L.append(f"- {name} errors: {'; '.join(errs[:3])}")
+    ip = res.get("inprocess")
+    if ip:
+        L.append("\nIn-process `VirtualPartition.read`, 1 MiB reads, warm page cache (target ≥ 1.5 GB/s): "
+                 + ", ".join(f"{k} {v['gbps']:.2f} GB/s" for k, v in ip.items()))
+    tr = res.get("trees")
+    if isinstance(tr, dict) and tr:
+        L.append("\n| images in tree | mount (s) | ls -lR (s) | total (s) | files listed | peak RSS (MiB) |")
+        L.append("|---|---|---|---|---|---|")
+        for n, e in tr.items():
+            if "skipped" in e or "error" in e:
+                L.append(f"| {n} | {e.get('skipped') or e.get('error')} | | | | |")
+            else:
+                L.append(f"| {n} | {e['mount_s']:.2f} | {e['ls_s']:.2f} | {e['total_s']:.2f} | "
+                         f"{e['files_listed']:.0f} | {e['peak_rss_mib']:.0f} |")
+    elif tr:
+        L.append(f"\nTree series: {tr}")
+    bm = res.get("bitmaps")
+    if bm:
+        L.append("\n| device (GB) | bitmap (MiB) | in-process probe+open+read (s) | via mount: open + first byte (s) |")
+        L.append("|---|---|---|---|")
+        for gb, e in bm.items():
+            if "skipped" in e:
+                L.append(f"| {gb} | skipped | | |")
+                continue
+            ip_e, mt = e.get("inprocess", {}), e.get("mount", {})
+            L.append(f"| {gb} | {e['bitmap_mib']:.2f} | {fmt(ip_e.get('total_s'), '.3f') if 'error' not in ip_e else ip_e['error']} | "
+                     f"{fmt(mt.get('first_byte_s'), '.3f') if mt and 'error' not in mt else (mt.get('error', 'n/a') if mt else 'n/a')} |")
+    nt = res.get("ntfs")
+    if nt:
+        L.append(f"\nntfsclone: {json.dumps(nt)}")
+    cd = res.get("codecs")
+    if cd:
+        L.append("\nCompressed variants (bench/codecs_bench.py):\n")
+        if "stdout" in cd:
+            L.append("```\n" + cd["stdout"].strip() + "\n```")
+        else:
+            L.append(str(cd))
+    return "\n".join(L) + "\n"
+
+
+# --------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="imagefs vs passthrough vs imagebackup, side by side")
+    ap.add_argument("--size-gb", type=float, default=2.0, help="file system size (default 2)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per figure (>= 3 for medians)")
+    ap.add_argument("--quick", action="store_true",
+                    help="1.1 GiB fixture, shorter limits, trees up to 1,000, bitmaps up to 1 TB")
+    ap.add_argument("--only", default="",
+                    help="comma list of sections: h2h,inprocess,trees,bitmaps,ntfs,codecs")
+    ap.add_argument("--no-imagebackup", action="store_true", help="skip the vpartclone contender")
+    ap.add_argument("--imagefs-options", default=None, help="extra -o options for imagefs")
+    ap.add_argument("--readahead-kb", type=int, default=0,
+                    help="set every mount's bdi read_ahead_kb to this (all contenders alike)")
+    ap.add_argument("--budget-min", type=float, default=14.0, help="wall-clock budget")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = check_requirements()
+    if missing:
+        print("bench/run.py needs:\n  " + "\n  ".join(missing), file=sys.stderr)
+        return 2
+    budget = Budget(args.budget_min * 60)
+    sections = set(filter(None, args.only.split(","))) or {
+        "h2h", "inprocess", "trees", "bitmaps", "ntfs", "codecs"}
+    quick = args.quick
+    rounds = max(1, args.rounds)
+    cmd = "sudo " + " ".join([sys.executable, "bench/run.py"] + (argv if argv is not None else sys.argv[1:]))
+    res: dict = {"command": cmd, "machine": machine_info(), "unavailable": {}}
+    work = bench_tempdir("run-")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    outdir = BENCH_DIR / "results"
+    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if quick:
+            fx = fixtures.ext4_image(int(1.1 * GiB) // MiB * MiB, name="ext4-inproc")
+        else:
+            size = int(args.size_gb * GiB) // MiB * MiB
+            fx = fixtures.ext4_image(size, name=f"ext4-{size // MiB}m")
+        res["fixture"] = {"size_gib": fx.meta["raw_bytes"] / GiB, "files": fx.meta["files"],
+                          "image_mib": fx.image.stat().st_size / MiB, "image": str(fx.image)}
+        ok_fs, why_fs = ct.imagefs_available()
+        if not ok_fs:
+            res["unavailable"]["imagefs"] = why_fs
+        # imagefs reads a directory holding a hard link of the image: the
+        # mount form users run, with the name the catalog derives from it.
+        src = work / "src"
+        src.mkdir()
+        os.link(fx.image, src / fx.image.name)
+        cs = [ct.passthrough(fx.image, fx.raw)]
+        if ok_fs:
+            cs.append(ct.imagefs(src, fx.image.name, args.imagefs_options))
+        if not args.no_imagebackup:
+            ok_ib, why_ib = ct.ensure_imagebackup()
+            if ok_ib:
+                cs.append(ct.vpartclone(fx.image))
+            else:
+                res["unavailable"]["imagebackup"] = why_ib
+        cfg = {"seq_time": 8.0 if quick else 20.0, "rand_reads": 2000 if quick else 4000,
+               "rand_time": 3.0 if quick else 5.0, "readahead_kb": args.readahead_kb}
+        if "h2h" in sections:
+            res["head_to_head"] = head_to_head(cs, rounds, cfg, work, budget)
+            res["ratio_passthrough"] = ratios(res["head_to_head"]["summary"], "imagefs", "passthrough")
+            res["ratio_imagebackup"] = ratios(res["head_to_head"]["summary"], "imagefs", "imagebackup")
+        if "inprocess" in sections:
+            res["inprocess"] = inprocess_series(fx.image, rounds)
+        opts = args.imagefs_options
+        if "trees" in sections:
+            res["trees"] = (tree_series([10, 100, 1000] if quick else [10, 100, 1000, 10000],
+                                        rounds, work, opts, budget)
+                            if ok_fs else {"unavailable": why_fs})
+        if "bitmaps" in sections:
+            res["bitmaps"] = bitmap_series([1, 16, 256, 1024] if quick else [1, 16, 256, 1024, 4096],
+                                           work, ok_fs, opts, budget)
+        if "ntfs" in sections and budget.left() > 60:
+            res["ntfs"] = ntfs_series(quick, work, ok_fs, opts)
+        if "codecs" in sections and budget.left() > 60:
+            res["codecs"] = codecs_series(quick, budget)
+    except Exception:
+        res["fatal"] = traceback.format_exc()
+        log(res["fatal"])
+    finally:
+        for d in work.glob("mnt-*"):
+            unmount(d)
+        unmount(work / "loopmnt", fuse=False)
+        from common import is_mounted
+        if not any(is_mounted(d) for d in work.iterdir() if d.is_dir()):
+            shutil.rmtree(work, ignore_errors=True)   # never recurse into a live mount
+        else:
+            log(f"left {work} in place: something is still mounted under it")
+        res["elapsed_s"] = budget.elapsed()
+        (outdir / f"{stamp}.json").write_text(json.dumps(res, indent=1, default=str))
+        text = report(res)
+        (outdir / f"{stamp}.md").write_text(text)
+        print(text)
+        log(f"results: {outdir / stamp}.json / .md")
+    return 1 if "fatal" in res else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
