@@ -1,13 +1,508 @@
-"""ntfsclone images (placeholder until implemented)."""
+"""ntfsclone special images (``ntfsclone --save-image``), formats.md section 3.
+
+Layout: a header (56 bytes for versions 10.x, 46 for the pre-10 images that
+used the NTFS version as image version), then a record stream.  A cursor
+starts at cluster 0; a ``0x01`` (NEXT) record is followed by the data of the
+cursor's cluster, a ``0x00`` (GAP) record by an s64 count of clusters to skip.
+
+No index exists in the file: the position of cluster *c* depends on every
+record before it.  Opening therefore walks the whole stream once and keeps a
+*run list* — one ``(first_cluster, count, stream_offset)`` triple per maximal
+run of NEXT records (inside a run the stride is ``cluster_size + 1``) — and
+persists it in the index directory, so later opens load it instantly.
+"""
 
 from __future__ import annotations
 
-from imagefs.errors import UnsupportedError
+import logging
+import struct
+import sys
+from array import array
+from bisect import bisect_right
+from dataclasses import dataclass
+
+from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, FormatError, TruncatedError,
+                            UnsupportedError)
+from imagefs.formats.base import BlockImage, ImageHeader, Progress
+from imagefs.formats.layout import GroupedLayout
+from imagefs.io.source import ByteSource
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"\0ntfsclone-image"
+HEADER_V10 = struct.Struct("<16sBBIQqQI")   # 50 bytes; ntfsclone pads to 56
+HEADER_OLD_SIZE = 46                        # pre-10: no offset field
+CMD_GAP, CMD_NEXT = 0x00, 0x01
+GAP_RECORD = 9                              # command byte + s64 count
+
+MIN_CLUSTER, MAX_CLUSTER = 256, 2 << 20     # NTFS allows 256 B .. 2 MiB clusters
+MAX_DEVICE = 1 << 60                        # 1 EiB: anything larger is a corrupt header
+MAX_HEADER_OFFSET = 1 << 20                 # future headers may grow, not by megabytes
+
+#: The walk reads the stream in chunks of this size: big enough that one
+#: pread amortises its syscall, small enough to stay in the CPU caches' reach.
+SCAN_CHUNK = 8 << 20
+
+INDEX_KIND = "ntfsclone"
+_INDEX_MAGIC = b"NCRUNS\x00\x01"
+_INDEX_HEAD = struct.Struct("<8sIQqQQQ")    # magic, cs, device, nr, runs, stored, end
+
+#: How many full stream walks this process did (tests check that a second
+#: open loads the persisted index instead of walking again).
+walk_count = 0
+
+_CHECKSUM_TEXT = ("none (ntfsclone stores no checksums; verify checks the record "
+                  "structure and the stream length)")
 
 
 def is_ntfsclone(head: bytes) -> bool:
-    return False
+    return head.startswith(MAGIC)
 
 
-def probe(source):
-    raise UnsupportedError(source.name, "ntfsclone support is not implemented yet")
+def probe(source: ByteSource) -> "NtfscloneHeader":
+    return NtfscloneHeader.parse(source)
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def key_paths(source: ByteSource) -> list[str] | None:
+    """The files a source's bytes come from, for the persisted index's key.
+
+    A codec source may say so itself (``key_paths``); a plain file has a
+    ``path``; a concatenation of plain files has parts.  Anything else is
+    unknown, and then nothing is persisted (a wrong key would be worse).
+    """
+    paths = getattr(source, "key_paths", None)
+    if paths:
+        return list(paths)
+    path = getattr(source, "path", None)
+    if isinstance(path, str):
+        return [path]
+    parts = getattr(source, "parts", None)
+    if parts:
+        out: list[str] = []
+        for part in parts:
+            sub = key_paths(part)
+            if sub is None:
+                return None
+            out += sub
+        return out
+    return None
+
+
+# --------------------------------------------------------------------------- header
+
+@dataclass
+class NtfscloneHeader(ImageHeader):
+    major: int = 10
+    minor: int = 1
+    nr_clusters: int = 0
+    inuse: int = 0
+    data_start: int = 56
+    endian: str = "<"
+
+    @classmethod
+    def parse(cls, source: ByteSource) -> "NtfscloneHeader":
+        name = source.name
+        head = source.read_at(0, HEADER_V10.size)
+        if len(head) < 18 or not head.startswith(MAGIC):
+            raise TruncatedError(name, "ntfsclone header is truncated", TRUNCATED_HINT)
+        major, minor = head[16], head[17]
+        if major > 10:
+            raise UnsupportedError(name, f"ntfsclone image version {major}.{minor} is newer "
+                                   "than any known (10.1)",
+                                   "restore it with the ntfsclone that wrote it")
+        if major == 10:
+            if len(head) < HEADER_V10.size:
+                raise TruncatedError(name, f"ntfsclone header is truncated ({len(head)} of "
+                                     f"{HEADER_V10.size} bytes)", TRUNCATED_HINT)
+            _, _, _, cs, device, nr, inuse, data_start = HEADER_V10.unpack(head)
+            endian = "<"
+            if not HEADER_V10.size <= data_start <= MAX_HEADER_OFFSET:
+                raise FormatError(name, f"ntfsclone header gives the record stream offset "
+                                  f"{data_start}, which is impossible", CORRUPT_HINT)
+        else:
+            # Pre-10 images: 46 bytes in the writer's native byte order and
+            # records right after.  Tell the order by the one field with few
+            # legal values, the cluster size.
+            if len(head) < HEADER_OLD_SIZE:
+                raise TruncatedError(name, "ntfsclone header is truncated", TRUNCATED_HINT)
+            endian = "<"
+            for e in ("<", ">"):
+                if _is_pow2(struct.unpack_from(e + "I", head, 18)[0]):
+                    endian = e
+                    break
+            cs, device, nr, inuse = struct.unpack_from(endian + "IQqQ", head, 18)
+            data_start = HEADER_OLD_SIZE
+        if not (_is_pow2(cs) and MIN_CLUSTER <= cs <= MAX_CLUSTER):
+            raise FormatError(name, f"ntfsclone cluster size {cs} is impossible", CORRUPT_HINT)
+        if not 0 < device <= MAX_DEVICE:
+            raise FormatError(name, f"ntfsclone device size {device} is absurd", CORRUPT_HINT)
+        if nr < 0 or nr * cs > device:
+            raise FormatError(name, f"{nr} clusters of {cs} bytes do not fit the device "
+                              f"size {device}", CORRUPT_HINT)
+        if inuse > nr + 1:
+            raise FormatError(name, f"ntfsclone header claims {inuse} clusters in use of "
+                              f"{nr}", CORRUPT_HINT)
+        header = cls(source=source, format_name="ntfsclone", format_version=f"{major}.{minor}",
+                     fs_type="NTFS", device_size=device, block_size=cs,
+                     total_blocks=-(-device // cs), used_blocks=inuse,
+                     checksum=_CHECKSUM_TEXT, major=major, minor=minor, nr_clusters=nr,
+                     inuse=inuse, data_start=data_start, endian=endian)
+        if major == 10 and minor > 1:
+            header.notes.append(f"image version 10.{minor} is newer than 10.1; read as 10.1 "
+                                "with the records at the offset its header gives")
+        return header
+
+    def fields(self) -> list[tuple[str, str]]:
+        fields = [
+            ("written by", "ntfsclone --save-image"),
+            ("cluster size", f"{self.block_size} bytes"),
+            ("NTFS clusters", str(self.nr_clusters)),
+            ("clusters in use (header)", str(self.inuse)),
+            ("record stream", f"from byte {self.data_start}"),
+            ("backup boot sector", "saved (record after the last NTFS cluster)"
+             if (self.major, self.minor) >= (10, 1) else "not saved by this version"),
+        ]
+        if self.major < 10:
+            fields.append(("byte order", "little-endian" if self.endian == "<"
+                           else "big-endian"))
+        return fields
+
+    def open(self, index_store: object | None = None,
+             progress: Progress | None = None) -> "NtfscloneImage":
+        return NtfscloneImage(self, index_store, progress)
+
+
+# --------------------------------------------------------------------------- walk
+
+@dataclass
+class RunList:
+    """Where the stored clusters are: maximal runs of NEXT records."""
+
+    firsts: array          # first cluster of each run ('q')
+    counts: array          # clusters in each run ('q')
+    offsets: array         # stream offset of the run's first NEXT byte ('q')
+    stored: int            # NEXT records in total
+    end: int               # stream offset after the last complete record
+    known_clusters: int    # clusters whose state the walk established
+    truncated: bool        # the stream ended before the last record
+
+    def to_bytes(self, h: NtfscloneHeader) -> bytes:
+        arrays = [self.firsts, self.counts, self.offsets]
+        if sys.byteorder != "little":
+            arrays = [array("q", a) for a in arrays]
+            for a in arrays:
+                a.byteswap()
+        head = _INDEX_HEAD.pack(_INDEX_MAGIC, h.block_size, h.device_size, h.nr_clusters,
+                                len(self.firsts), self.stored, self.end)
+        return head + b"".join(a.tobytes() for a in arrays)
+
+    @classmethod
+    def from_bytes(cls, payload: bytes, h: NtfscloneHeader, source_size: int) -> "RunList":
+        """Parse and sanity-check a persisted run list (ValueError if unusable)."""
+        magic, cs, device, nr, nruns, stored, end = _INDEX_HEAD.unpack_from(payload)
+        if magic != _INDEX_MAGIC or (cs, device, nr) != (h.block_size, h.device_size,
+                                                          h.nr_clusters):
+            raise ValueError("index belongs to another header")
+        if len(payload) != _INDEX_HEAD.size + 24 * nruns or end > source_size:
+            raise ValueError("index has the wrong length")
+        arrays = []
+        for i in range(3):
+            a = array("q")
+            start = _INDEX_HEAD.size + 8 * nruns * i
+            a.frombytes(payload[start:start + 8 * nruns])
+            if sys.byteorder != "little":
+                a.byteswap()
+            arrays.append(a)
+        firsts, counts, offsets = arrays
+        if sum(counts) != stored or any(c <= 0 for c in counts):
+            raise ValueError("index run counts are inconsistent")
+        if nruns and (firsts[0] < 0 or offsets[0] < h.data_start):
+            raise ValueError("index runs start before the stream")
+        for i in range(1, nruns):
+            if firsts[i] <= firsts[i - 1] + counts[i - 1] - 1 or offsets[i] <= offsets[i - 1]:
+                raise ValueError("index runs are not in order")
+        return cls(firsts, counts, offsets, stored, end, -(-device // cs), False)
+
+
+def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunList:
+    """Walk the record stream once and return its run list.
+
+    Runs of NEXT records are counted with C-level bytes operations: the
+    command bytes of consecutive NEXT records sit ``cluster_size + 1`` apart,
+    so ``buf[i::stride]`` collects them and ``lstrip(b"\\x01")`` finds where
+    the run ends.  Python code runs once per run and per GAP record, not per
+    cluster.  Raises FormatError at the first impossible record; a stream
+    that ends early gives a run list marked ``truncated``.
+    """
+    global walk_count
+    walk_count += 1
+    src = h.source
+    name = src.name
+    cs = h.block_size
+    stride = cs + 1
+    device = h.device_size
+    nr = h.nr_clusters
+    size = src.size
+    device_clusters = -(-device // cs)
+    full_clusters = device // cs              # clusters whose record is a whole cluster
+    last = min(nr, device_clusters - 1)       # the walk stops after this cluster
+    gap_order = "little" if h.endian == "<" else "big"
+    firsts, counts, offsets = array("q"), array("q"), array("q")
+
+    pos = 0                  # current cluster
+    off = h.data_start       # stream offset of the next record
+    stored = 0
+    in_run = False           # the previous record was a NEXT
+    buf = b""
+    base = off               # buf holds stream bytes [base, base + len(buf))
+    reported = off
+    while pos <= last:
+        i = off - base
+        if i + GAP_RECORD > len(buf):
+            if off >= size:
+                break
+            if i >= len(buf) or base + len(buf) < size:
+                buf = src.read_at(off, SCAN_CHUNK)
+                base = off
+                i = 0
+                if progress:
+                    progress(off - reported)
+                    reported = off
+        cmd = buf[i]
+        if cmd == CMD_NEXT:
+            limit = min(last + 1, full_clusters) - pos
+            if limit > 0:
+                cmds = buf[i:i + limit * stride:stride]
+                n = len(cmds) - len(cmds.lstrip(b"\x01"))   # >= 1: cmds[0] is NEXT
+                step = n * stride
+            elif pos < device_clusters:
+                # The partial record of the device tail (backup boot sector).
+                n = 1
+                step = 1 + device - pos * cs
+                if off + step > size:
+                    break
+            else:
+                raise FormatError(name, f"NEXT record for cluster {pos} at image byte {off} "
+                                  f"lies beyond the device ({device} bytes)", CORRUPT_HINT)
+            if not in_run:
+                firsts.append(pos)
+                counts.append(0)
+                offsets.append(off)
+                in_run = True
+            counts[-1] += n
+            stored += n
+            pos += n
+            off += step
+        elif cmd == CMD_GAP:
+            if i + GAP_RECORD > len(buf):           # the stream ends inside the record
+                break
+            count = int.from_bytes(buf[i + 1:i + GAP_RECORD], gap_order, signed=True)
+            if count <= 0:
+                raise FormatError(name, f"GAP record at image byte {off} (cluster {pos}) "
+                                  f"has count {count}; it must be positive", CORRUPT_HINT)
+            if pos + count > device_clusters:
+                raise FormatError(name, f"GAP record at image byte {off} skips to cluster "
+                                  f"{pos + count}, beyond the device's {device_clusters}",
+                                  CORRUPT_HINT)
+            pos += count
+            off += GAP_RECORD
+            in_run = False
+        else:
+            raise FormatError(name, f"unknown record type {cmd:#04x} at image byte {off} "
+                              f"(cluster {pos}); the record stream is damaged", CORRUPT_HINT)
+    truncated = False
+    if off > size:
+        # A run of NEXT records was counted past EOF: its last record's data
+        # is cut off (every earlier record ends where a later command byte
+        # was seen), so drop that one record.
+        truncated = True
+        pos -= 1
+        stored -= 1
+        off -= stride
+        counts[-1] -= 1
+        if counts[-1] == 0:
+            del firsts[-1], counts[-1], offsets[-1]
+    elif pos <= last and not (off == size and pos == nr):
+        # EOF exactly at cluster nr is legal: version 10.0 saved no record
+        # for the backup boot sector.
+        truncated = True
+    if progress:
+        progress(max(0, off - reported))
+    known = pos if truncated else device_clusters
+    return RunList(firsts, counts, offsets, stored, off, known, truncated)
+
+
+# --------------------------------------------------------------------------- image
+
+class NtfscloneImage(BlockImage):
+    """An ntfsclone image with its run list, ready for random reads."""
+
+    def __init__(self, header: NtfscloneHeader, index_store: object | None = None,
+                 progress: Progress | None = None) -> None:
+        self.header = header
+        src = header.source
+        self.index_origin = "built"
+        runs = self._load_index(index_store)
+        if runs is None:
+            runs = self._build(progress)
+            if not runs.truncated:
+                self._save_index(index_store, runs)
+        self.runs = runs
+        cs = header.block_size
+        self._stride = cs + 1
+        self._tail_len = header.device_size % cs     # partial last cluster, if any
+        self._tail_cluster = header.device_size // cs if self._tail_len else -1
+        if runs.truncated:
+            header.notes.append(f"the record stream is truncated at image byte {src.size}: "
+                                f"clusters from {runs.known_clusters} on cannot be read")
+        elif runs.end < src.size:
+            header.notes.append(f"{src.size - runs.end} unexpected bytes follow the record "
+                                "stream (ignored)")
+        if not runs.truncated:
+            expected = header.inuse + (1 if runs.end and self._ends_with_boot_record() else 0)
+            if runs.stored != expected:
+                header.notes.append(f"the stream stores {runs.stored} clusters; the header "
+                                    f"says {header.inuse} in use")
+
+    def _ends_with_boot_record(self) -> bool:
+        """True if the stream holds a record for cluster nr (the boot sector copy)."""
+        nr = self.header.nr_clusters
+        r = self.runs
+        return bool(r.firsts) and r.firsts[-1] + r.counts[-1] - 1 == nr
+
+    # -- index persistence ---------------------------------------------------
+    def _index_key(self, index_store: object | None) -> str | None:
+        if index_store is None:
+            return None
+        paths = key_paths(self.header.source)
+        if not paths:
+            return None
+        from imagefs.indexdir import source_key  # noqa: PLC0415 - keep formats light
+        try:
+            return source_key(INDEX_KIND, paths, extra=f"data@{self.header.data_start}")
+        except OSError:
+            return None
+
+    def _load_index(self, index_store: object | None) -> RunList | None:
+        key = self._index_key(index_store)
+        if key is None:
+            return None
+        payload = index_store.load(INDEX_KIND, key)  # type: ignore[union-attr]
+        if payload is None:
+            return None
+        try:
+            runs = RunList.from_bytes(payload, self.header, self.header.source.size)
+        except (ValueError, struct.error) as exc:
+            log.warning("%s: persisted ntfsclone index is unusable (%s); rebuilding it",
+                        self.header.path, exc)
+            return None
+        self.index_origin = "loaded"
+        return runs
+
+    def _save_index(self, index_store: object | None, runs: RunList) -> None:
+        key = self._index_key(index_store)
+        if key is not None:
+            index_store.save(INDEX_KIND, key, runs.to_bytes(self.header))  # type: ignore[union-attr]
+
+    def _build(self, progress: Progress | None) -> RunList:
+        if progress is not None:
+            return walk_records(self.header, progress)
+        from imagefs.progress import progress_bar  # noqa: PLC0415
+        with progress_bar(self.header.source.size, "indexing ntfsclone image") as update:
+            return walk_records(self.header, update)
+
+    # -- block map -------------------------------------------------------------
+    @property
+    def stored_blocks(self) -> int:
+        return self.runs.stored
+
+    def stats(self) -> dict[str, object]:
+        r = self.runs
+        return {"runs": len(r.firsts), "index": self.index_origin,
+                "index memory": 24 * len(r.firsts)}
+
+    def extents(self, first: int, count: int) -> list[tuple[int, int, bool]]:
+        r = self.runs
+        firsts, counts, known = r.firsts, r.counts, r.known_clusters
+        nruns = len(firsts)
+        end = first + count
+        out: list[tuple[int, int, bool]] = []
+        c = first
+        idx = bisect_right(firsts, c) - 1          # last run starting at or before c
+        while c < end:
+            if c >= known:
+                # Past a truncation: unknown, so "stored", and reading it fails.
+                n, stored = end - c, True
+            elif idx >= 0 and c < firsts[idx] + counts[idx]:
+                n, stored = min(end, firsts[idx] + counts[idx]) - c, True
+            else:
+                nxt = firsts[idx + 1] if idx + 1 < nruns else known
+                n, stored = min(end, nxt, known) - c, False
+            if out and out[-1][2] == stored:
+                out[-1] = (out[-1][0], out[-1][1] + n, stored)
+            else:
+                out.append((c, n, stored))
+            c += n
+            if idx + 1 < nruns and firsts[idx + 1] <= c:
+                idx += 1
+        return out
+
+    def read_stored(self, first: int, count: int) -> bytes:
+        h = self.header
+        src = h.source
+        cs = h.block_size
+        r = self.runs
+        end = first + count
+        parts: list[bytes] = []
+        c = first
+        idx = bisect_right(r.firsts, c) - 1
+        while c < end:
+            if idx < 0 or c >= r.firsts[idx] + r.counts[idx]:
+                if c >= r.known_clusters:
+                    raise TruncatedError(src.name, f"cluster {c} lies past the end of the "
+                                         f"truncated record stream", TRUNCATED_HINT)
+                raise ValueError(f"cluster {c} is not stored")
+            rfirst, rcount, roff = r.firsts[idx], r.counts[idx], r.offsets[idx]
+            n = min(end, rfirst + rcount) - c
+            full = n - 1 if c + n - 1 == self._tail_cluster else n
+            if full:
+                layout = GroupedLayout(src, roff + 1, cs, 1, 1)
+                parts.append(layout.read_ranks(c - rfirst, full))
+            if full < n:
+                at = roff + (self._tail_cluster - rfirst) * self._stride + 1
+                data = src.read_at(at, self._tail_len)
+                if len(data) < self._tail_len:
+                    raise TruncatedError(src.name, f"record of the last cluster ends at byte "
+                                         f"{at + len(data)}", TRUNCATED_HINT)
+                parts.append(data + bytes(cs - self._tail_len))
+            c += n
+            idx += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def verify(self, progress: Progress | None = None) -> None:
+        """Walk the record stream again: structure, bounds and length.
+
+        ntfsclone stores no checksums, so data bytes cannot be checked; this
+        catches damaged record headers, a truncated stream, and a persisted
+        index that does not describe this stream.
+        """
+        h = self.header
+        fresh = walk_records(h, progress)
+        name = h.path
+        if fresh.truncated:
+            raise TruncatedError(name, f"the record stream is truncated: it ends at byte "
+                                 f"{h.source.size}, inside the record of cluster "
+                                 f"{fresh.known_clusters}", TRUNCATED_HINT)
+        mine = self.runs
+        if (fresh.firsts, fresh.counts, fresh.offsets) != (mine.firsts, mine.counts,
+                                                           mine.offsets):
+            raise FormatError(name, "the stream does not match the index it was opened "
+                              "with", "delete the index directory entry and open it again")
+        expected = h.inuse + (1 if self._ends_with_boot_record() else 0)
+        if fresh.stored != expected:
+            raise FormatError(name, f"the stream stores {fresh.stored} clusters but the header "
+                              f"says {h.inuse} are in use", CORRUPT_HINT)
