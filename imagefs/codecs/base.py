@@ -1,0 +1,491 @@
+"""Shared machinery of the codecs: spans, the seek index, and the source class.
+
+A compressed stream is served as a list of *spans*: consecutive ranges of
+the decompressed output, each of which a codec can decode on its own from a
+restart point (a zstd frame or resume point, a gzip checkpoint, an lz4/lzop
+block group, an xz block, an lzip member).  ``starts[i]`` is the first
+decompressed byte of span ``i``; ``starts[-1]`` is the total size.  A span
+decoded once goes into the shared :class:`~imagefs.cache.BlockCache`, so a
+random 4 KiB read costs at most one span decode.
+
+Before the index exists, reads near the start are served by decoding from
+the beginning (``_iter_decoded``): the mount probes the headers of
+thousands of images this way and must not index them all.  Codecs with no
+restart points at all (a single-block xz stream) serve every read this way:
+the reported "slow path".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import struct
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from bisect import bisect_right
+from typing import Any, Callable, Iterator
+
+from imagefs.cache import BlockCache
+from imagefs.errors import CORRUPT_HINT, TRUNCATED_HINT, FormatError, ImageError, TruncatedError
+from imagefs.indexdir import IndexStore, source_key
+from imagefs.io.source import ByteSource, ConcatSource, FileSource
+from imagefs.progress import progress_bar
+
+log = logging.getLogger("imagefs.codecs")
+
+#: Reads ending below this offset are served without building the index.
+#: 8 MiB covers every image header and bitmap probe of the format layer.
+HEAD_LIMIT = 8 << 20
+
+#: Granularity of the sequential (head / slow path) decoder's cached chunks.
+SEQ_CHUNK = 1 << 20
+
+#: Bump when the payload layout of any codec changes: old files are rebuilt.
+INDEX_VERSION = 1
+
+_PAYLOAD_MAGIC = b"IFCX"
+
+#: Compressed bytes read per request while scanning a stream.
+READ_CHUNK = 4 << 20
+
+_default_cache: BlockCache | None = None
+_default_cache_lock = threading.Lock()
+
+
+def default_cache() -> BlockCache:
+    """A process-wide cache for callers that do not pass their own (256 MiB)."""
+    global _default_cache
+    with _default_cache_lock:
+        if _default_cache is None:
+            _default_cache = BlockCache(256 << 20)
+        return _default_cache
+
+
+def corrupt(source: ByteSource, problem: str) -> ImageError:
+    """The error for a stream that decodes to something inconsistent."""
+    return FormatError(source.name, problem, CORRUPT_HINT)
+
+
+def truncated(source: ByteSource, problem: str) -> ImageError:
+    return TruncatedError(source.name, problem, TRUNCATED_HINT)
+
+
+@dataclass
+class SeekIndex:
+    """Where each span of the decompressed stream starts and how to decode it.
+
+    ``meta[i]`` is codec-specific JSON-able data for span ``i``; ``blobs``
+    hold binary extras (window snapshots, a library's exported index) that
+    ``meta`` refers to by position; ``info`` is a small summary for
+    ``index_state``.
+    """
+
+    size: int
+    starts: list[int]
+    meta: list[Any]
+    blobs: list[bytes] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spans(self) -> int:
+        return len(self.meta)
+
+    def to_payload(self, codec: str, comp_size: int) -> bytes:
+        head = {"v": INDEX_VERSION, "codec": codec, "comp_size": comp_size,
+                "size": self.size, "starts": self.starts, "meta": self.meta,
+                "info": self.info, "blobs": [len(b) for b in self.blobs]}
+        text = json.dumps(head, separators=(",", ":")).encode()
+        return b"".join([_PAYLOAD_MAGIC, struct.pack("<I", len(text)), text, *self.blobs])
+
+    @classmethod
+    def from_payload(cls, payload: bytes, codec: str, comp_size: int) -> "SeekIndex":
+        """Parse and check a payload; ValueError says what does not fit."""
+        if payload[:4] != _PAYLOAD_MAGIC:
+            raise ValueError("not a codec index")
+        (length,) = struct.unpack_from("<I", payload, 4)
+        head = json.loads(payload[8:8 + length].decode())
+        if head.get("v") != INDEX_VERSION or head.get("codec") != codec:
+            raise ValueError("index of another codec or version")
+        if head.get("comp_size") != comp_size:
+            raise ValueError("index was built for a stream of another size")
+        blobs = []
+        pos = 8 + length
+        for n in head["blobs"]:
+            if pos + n > len(payload):
+                raise ValueError("blob beyond the end of the payload")
+            blobs.append(payload[pos:pos + n])
+            pos += n
+        if pos != len(payload):
+            raise ValueError("trailing bytes after the blobs")
+        index = cls(int(head["size"]), [int(s) for s in head["starts"]], head["meta"],
+                    blobs, head.get("info", {}))
+        index.check()
+        return index
+
+    def check(self) -> None:
+        starts = self.starts
+        if len(starts) != len(self.meta) + 1 or starts[0] != 0 or starts[-1] != self.size:
+            raise ValueError("span table does not cover the stream")
+        if any(b < a for a, b in zip(starts, starts[1:])):
+            raise ValueError("span table is not ordered")
+
+
+class SourceReader(io.RawIOBase):
+    """A read-only file object over a ByteSource (for libraries wanting one).
+
+    ``on_read`` is told how many compressed bytes were read (progress).
+    """
+
+    def __init__(self, source: ByteSource, on_read: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._source = source
+        self._pos = 0
+        self._on_read = on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            self._pos = offset
+        elif whence == 1:
+            self._pos += offset
+        else:
+            self._pos = self._source.size + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self._source.read_at(self._pos, len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._pos += n
+        if self._on_read is not None:
+            self._on_read(n)
+        return n
+
+
+class StreamCursor:
+    """Sequential reads of compressed bytes with a large buffer (scanners)."""
+
+    def __init__(self, source: ByteSource, offset: int = 0,
+                 on_read: Callable[[int], None] | None = None) -> None:
+        self.source = source
+        self._buf = b""
+        self._buf_start = offset
+        self.pos = offset
+        self._on_read = on_read
+
+    def take(self, n: int) -> bytes:
+        """Exactly ``n`` bytes from the current position (short only at EOF)."""
+        rel = self.pos - self._buf_start
+        if rel + n > len(self._buf):
+            more = self.source.read_at(self._buf_start + len(self._buf),
+                                       max(READ_CHUNK, rel + n - len(self._buf)))
+            if self._on_read is not None:
+                self._on_read(len(more))
+            self._buf = self._buf[rel:] + more
+            self._buf_start = self.pos
+            rel = 0
+        data = self._buf[rel:rel + n]
+        self.pos += len(data)
+        return data
+
+    def need(self, n: int, what: str) -> bytes:
+        data = self.take(n)
+        if len(data) != n:
+            raise truncated(self.source, f"compressed stream ends inside {what} "
+                            f"at byte {self.pos}")
+        return data
+
+
+class _Sequential:
+    """Decode from the start, in order, caching fixed-size chunks.
+
+    Serves header probes before an index exists and the slow path of
+    streams without restart points.  One decoder per source, under a lock;
+    a request behind the decoder's position restarts it from the start.
+    """
+
+    def __init__(self, owner: "CodecSource") -> None:
+        self._owner = owner
+        self._lock = threading.Lock()
+        self._gen: Iterator[bytes] | None = None
+        self._pos = 0                      # decoded bytes handed out so far
+        self._pending = b""                # decoded but not yet a full chunk
+        self._recent: OrderedDict[int, bytes] = OrderedDict()  # chunk -> bytes
+        self.eof_size: int | None = None   # total size once the end was seen
+        self.restarts = 0
+
+    def chunk(self, k: int) -> bytes:
+        with self._lock:
+            if k in self._recent:
+                return self._recent[k]
+            if self.eof_size is not None and k * SEQ_CHUNK >= self.eof_size:
+                return b""
+            if self._gen is None or self._pos > k * SEQ_CHUNK:
+                if self._gen is not None:
+                    self.restarts += 1
+                    self._gen.close()
+                self._gen = self._owner._iter_decoded()
+                self._pos = 0
+                self._pending = b""
+            while True:
+                have = len(self._pending)
+                if have >= SEQ_CHUNK or (self._gen is None and have):
+                    data, self._pending = self._pending[:SEQ_CHUNK], self._pending[SEQ_CHUNK:]
+                    no = self._pos // SEQ_CHUNK
+                    self._pos += len(data)
+                    self._remember(no, data)
+                    if no == k:
+                        return data
+                    continue
+                if self._gen is None:
+                    self.eof_size = self._pos
+                    return b""
+                try:
+                    piece = next(self._gen)
+                except StopIteration:
+                    self._gen = None
+                    continue
+                except BaseException:
+                    self._gen = None
+                    self._pos = 0
+                    self._pending = b""
+                    raise
+                self._owner._count(len(piece))
+                self._pending += piece
+
+    def _remember(self, no: int, data: bytes) -> None:
+        self._recent[no] = data
+        while len(self._recent) > 4:   # a few MiB: header probes re-read nearby
+            self._recent.popitem(last=False)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._gen is not None:
+                self._gen.close()
+            self._gen = None
+            self._recent.clear()
+
+
+def default_key_paths(source: ByteSource) -> list[str] | None:
+    """The files behind ``source`` when it is a file or a piece set of files."""
+    if isinstance(source, FileSource):
+        return [source.path]
+    if isinstance(source, ConcatSource) and all(isinstance(p, FileSource) for p in source.parts):
+        return [p.path for p in source.parts]  # type: ignore[attr-defined]
+    return None
+
+
+class CodecSource:
+    """A decompressed stream as a :class:`~imagefs.io.source.ByteSource`.
+
+    Subclasses set ``codec`` and implement ``_iter_decoded`` (decode from the
+    start), ``_build_index`` (one sequential pass) and ``_decode_span``.
+    """
+
+    codec = "?"
+
+    def __init__(self, source: ByteSource, *, index_store: IndexStore | None = None,
+                 cache: BlockCache | None = None, key_paths: list[str] | None = None,
+                 progress: bool | None = None) -> None:
+        self.source = source
+        self.name = source.name
+        self._store = index_store
+        self._cache = cache if cache is not None else default_cache()
+        self._key_paths = key_paths if key_paths is not None else default_key_paths(source)
+        self._progress = progress
+        self._index: SeekIndex | None = None
+        self._index_lock = threading.Lock()
+        self._origin = ""                  # how the index came to be (for index_state)
+        self._count_lock = threading.Lock()
+        self.decoded_bytes = 0
+        self.spans_decoded = 0
+        self._seq = _Sequential(self)
+        self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
+        self._closed = False
+
+    # -- ByteSource -------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._ensure_index().size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise ValueError("negative offset or size")
+        if size == 0:
+            return b""
+        index = self._index
+        if index is None and offset + size <= HEAD_LIMIT:
+            return self._read_sequential(offset, size)
+        index = self._ensure_index()
+        size = min(size, index.size - offset)
+        if size <= 0:
+            return b""
+        if index.info.get("slow"):
+            return self._read_sequential(offset, size)
+        starts = index.starts
+        i = bisect_right(starts, offset) - 1
+        out = []
+        end = offset + size
+        while offset < end:
+            data = self._span(i)
+            lo = offset - starts[i]
+            piece = data[lo:lo + (end - offset)]
+            out.append(piece)
+            offset += len(piece)
+            i += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def close(self) -> None:
+        """Drop decoders and cached spans; the object can still be read after."""
+        self._seq.close()
+        self._cache.discard_prefix(self._owner)
+        self._close_decoders()
+
+    # -- public extras ------------------------------------------------------
+
+    def index_state(self) -> str:
+        """One line for ``.info``: what the index is and where it came from."""
+        index = self._index
+        if index is None:
+            return f"{self.codec}: index not built yet"
+        return f"{self.codec} {self._describe(index)}, {self._origin}"
+
+    def build(self) -> "CodecSource":
+        """Build (or load) the index now."""
+        self._ensure_index()
+        return self
+
+    # -- internals ------------------------------------------------------------
+
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self.decoded_bytes += n
+
+    def _read_sequential(self, offset: int, size: int) -> bytes:
+        out = []
+        end = offset + size
+        while offset < end:
+            k = offset // SEQ_CHUNK
+            data = self._cache.get_or_load(self._owner + ("seq", k), lambda k=k: self._seq.chunk(k))
+            lo = offset - k * SEQ_CHUNK
+            piece = data[lo:lo + (end - offset)]
+            if not piece:
+                break                      # end of stream
+            out.append(piece)
+            offset += len(piece)
+        return b"".join(out)
+
+    def _span(self, i: int) -> bytes:
+        return self._cache.get_or_load(self._owner + ("span", i), lambda: self._load_span(i))
+
+    def _load_span(self, i: int) -> bytes:
+        index = self._index
+        assert index is not None
+        want = index.starts[i + 1] - index.starts[i]
+        data = self._decode_span(index, i)
+        self._count(len(data))
+        with self._count_lock:
+            self.spans_decoded += 1
+        if len(data) != want:
+            raise corrupt(self.source, f"{self.codec} span {i} decoded to {len(data)} bytes "
+                          f"instead of {want}")
+        return bytes(data)
+
+    def _key(self) -> str | None:
+        if self._store is None or not self._key_paths:
+            return None
+        try:
+            return source_key(f"codec-{self.codec}", self._key_paths, extra=f"v{INDEX_VERSION}")
+        except OSError as exc:
+            log.warning("%s: cannot stat the pieces for the index key (%s); "
+                        "the index is kept in memory only", self.name, exc)
+            return None
+
+    def _ensure_index(self) -> SeekIndex:
+        index = self._index
+        if index is not None:
+            return index
+        with self._index_lock:
+            if self._index is not None:
+                return self._index
+            key = self._key()
+            kind = f"codec-{self.codec}"
+            if key is not None:
+                payload = self._store.load(kind, key)  # type: ignore[union-attr]
+                if payload is not None:
+                    path = self._store.path_for(kind, key)  # type: ignore[union-attr]
+                    try:
+                        loaded = SeekIndex.from_payload(payload, self.codec, self.source.size)
+                        self._check_loaded(loaded)
+                    except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+                        log.warning("index %s is unusable (%s); rebuilding it", path, exc)
+                    else:
+                        self._index = loaded
+                        self._origin = f"index loaded from {path}"
+                        self._after_index(loaded)
+                        return loaded
+            started = time.monotonic()
+            with progress_bar(self.source.size, f"indexing {os.path.basename(self.name)}",
+                              self._progress) as update:
+                built = self._build_index(update)
+            built.check()
+            took = time.monotonic() - started
+            origin = f"index built in {took:.1f} s"
+            if key is not None:
+                path = self._store.save(kind, key, built.to_payload(self.codec, self.source.size))  # type: ignore[union-attr]
+                if path:
+                    origin += f", saved to {path}"
+            log.info("%s: %s %s", self.name, self.codec, origin)
+            self._index = built
+            self._origin = origin
+            self._after_index(built)
+            return built
+
+    # -- codec hooks --------------------------------------------------------
+
+    def _iter_decoded(self) -> Iterator[bytes]:
+        """Yield the decompressed stream from its start, in pieces."""
+        raise NotImplementedError
+
+    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+        """One sequential pass over the stream; ``update`` gets compressed bytes."""
+        raise NotImplementedError
+
+    def _decode_span(self, index: SeekIndex, i: int) -> bytes:
+        raise NotImplementedError
+
+    def _describe(self, index: SeekIndex) -> str:
+        return f"{index.spans} spans"
+
+    def _check_loaded(self, index: SeekIndex) -> None:
+        """Codec-specific validation of a loaded index (raise ValueError)."""
+
+    def _after_index(self, index: SeekIndex) -> None:
+        """Hook run once the index is known (prepare decoders)."""
+
+    def _close_decoders(self) -> None:
+        """Release library decoders."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
