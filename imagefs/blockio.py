@@ -1,11 +1,16 @@
 """The virtual partition: ``read(offset, size)`` over an opened image.
 
-A read is cut into cache chunks (fixed spans of the virtual partition).  A
-chunk is built from the image's extents: holes become zeros, each run of
+A read is built from the image's extents: holes become zeros, each run of
 stored blocks is one ``read_stored`` call (one large pread with the
-interleaved checksums skipped).  Chunks go through the shared
-:class:`~imagefs.cache.BlockCache`, keyed by the image's identity, so the
-same chunk is fetched once however many threads ask for it.
+interleaved checksums skipped).
+
+Small reads go through the shared :class:`~imagefs.cache.BlockCache` in
+fixed chunks of the virtual partition, keyed by the image's identity, so a
+chunk is fetched once however many threads ask for it.  Reads of a chunk or
+more stream past the cache (scan resistance): a sequential copy of a whole
+partition would otherwise evict every other image's working set, and the
+kernel page cache (kernel_cache on these immutable files) already keeps
+what was read.  Chunks already cached still serve such reads.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class VirtualPartition:
         cs = self.chunk_size
         first = offset // cs
         last = (end - 1) // cs
+        if end - offset >= cs and not self._any_cached(first, last):
+            return self.read_uncached(offset, end - offset)
         if first == last:
             chunk = self._chunk(first)
             start = offset - first * cs
@@ -69,6 +76,11 @@ class VirtualPartition:
             hi = min(end - idx * cs, cs)
             parts.append(chunk if (lo == 0 and hi == len(chunk)) else chunk[lo:hi])
         return b"".join(parts)
+
+    def _any_cached(self, first: int, last: int) -> bool:
+        get = self._cache.get  # type: ignore[union-attr]
+        key = self._key
+        return any(get((key, idx)) is not None for idx in range(first, last + 1))
 
     def _chunk(self, idx: int) -> bytes:
         cs = self.chunk_size

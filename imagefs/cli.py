@@ -150,6 +150,8 @@ def _run_guarded(func: Callable[[], int], verbose: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from imagefs.memtune import tune_allocator
+    tune_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in VERBS or (argv and argv[0] in ("-h", "--help", "--version")):
         args = build_verb_parser().parse_args(argv)

@@ -1,0 +1,47 @@
+"""Allocator tuning for large short-lived buffers.
+
+Every virtual-partition read allocates a buffer of up to a few MiB for the
+pread and one for the result.  glibc serves allocations above its mmap
+threshold (128 KiB at start) with fresh mmap()s, so each read page-faults
+its whole buffer in again and unmaps it afterwards: measured here, 1 MiB
+reads of a warm 1 GB partclone image ran at 1.5 GB/s that way and at
+5.5-6.5 GB/s with the thresholds below (bench/RESULTS.md).  Keeping such
+buffers in the heap costs at most the trim threshold of idle memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+#: Buffers up to this size come from the heap (covers 1 MiB FUSE reads,
+#: cache chunks and codec spans).
+MMAP_THRESHOLD = 8 << 20
+#: Idle heap memory glibc may keep instead of returning it to the kernel.
+TRIM_THRESHOLD = 64 << 20
+
+_done = False
+
+
+def tune_allocator() -> bool:
+    """Raise glibc's mmap/trim thresholds once per process; False if not glibc."""
+    global _done
+    if _done:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+        bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _done = ok
+    if not ok:
+        log.debug("mallopt refused the thresholds; continuing with defaults")
+    return ok
