@@ -1,0 +1,218 @@
+"""The FUSE adapter: mfusepy operations on top of the catalog.
+
+This is the only module that speaks FUSE and the only place where errors
+become errno values:
+
+=============================  ==========
+catalog / image problem        errno
+=============================  ==========
+NotFound                       ENOENT
+NotADirectory                  ENOTDIR
+ImageError (broken, truncated)  EIO
+any write, create, chmod, ...  EROFS
+=============================  ==========
+
+Every file is immutable, so the kernel may keep what it read: virtual
+partitions and mirrored files are opened with ``keep_cache`` and entries and
+attributes get long timeouts.  ``.info`` files change when an image is
+opened or fails, so they are opened ``direct_io`` (read fresh every time).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+from typing import Any, Callable, Iterable
+
+from imagefs.catalog import (Catalog, DirNode, FileNode, ImageNode, InfoNode, Node,
+                             NotADirectory, NotFound)
+from imagefs.errors import ImageError
+from imagefs.fuse_version import load_mfusepy
+
+log = logging.getLogger(__name__)
+
+mfusepy = load_mfusepy()
+FuseOSError = mfusepy.FuseOSError
+
+#: The tree never changes while mounted; a day is "forever" for the kernel's
+#: dentry and attribute caches but still lets a remount pick up changes.
+CACHE_TIMEOUT = 86400.0
+#: Readahead the kernel may do in one go (it caps this at its own limit):
+#: large sequential requests amortise the per-call cost of a Python FS.
+MAX_READAHEAD = 1 << 20
+#: st_blksize: tells cp/dd/fsck to use big reads (one cache chunk).
+BLKSIZE = 256 * 1024
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+def _erofs(*_args: Any, **_kw: Any) -> int:
+    raise FuseOSError(errno.EROFS)
+
+
+class _Handle:
+    """An open file: a reader function plus the node it reads."""
+
+    __slots__ = ("node", "read")
+
+    def __init__(self, node: Node, read: Callable[[int, int], bytes]) -> None:
+        self.node = node
+        self.read = read
+
+
+class ImageFS(mfusepy.Operations):
+    """Read-only FUSE operations over a :class:`~imagefs.catalog.Catalog`."""
+
+    use_ns = True
+
+    def __init__(self, catalog: Catalog, on_ready: Callable[[], None] | None = None,
+                 max_read: int | None = None) -> None:
+        self.catalog = catalog
+        self._on_ready = on_ready
+        self._max_read = max_read
+        self._handles: dict[int, _Handle] = {}
+        self._handles_lock = threading.Lock()
+        self._next_fh = itertools.count(1)
+
+    # ------------------------------------------------------------ lifecycle
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """Tune the connection, then tell the starter that the mount is live."""
+        if conn is not None:
+            conn.max_readahead = MAX_READAHEAD
+            if self._max_read and hasattr(conn, "max_read"):
+                # libfuse 3 insists that init agrees with the max_read mount option.
+                conn.max_read = self._max_read
+        if config is not None:     # libfuse 3: the high-level settings live here
+            config.entry_timeout = CACHE_TIMEOUT
+            config.attr_timeout = CACHE_TIMEOUT
+            config.negative_timeout = CACHE_TIMEOUT
+        if self._on_ready is not None:
+            # init runs before libfuse's last checks of the session: confirm
+            # from outside the loop that the mount answers before saying "live".
+            threading.Thread(target=self._confirm_live, name="imagefs-ready",
+                             daemon=True).start()
+
+    def _confirm_live(self) -> None:
+        mnt = self.catalog.mountpoint
+        try:
+            if mnt:
+                os.stat(mnt)         # blocks until the kernel's INIT is answered
+        except OSError as exc:
+            log.debug("mount did not come up: %s", exc)
+            return
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def destroy(self, path: str) -> None:
+        with self._handles_lock:
+            self._handles.clear()
+        self.catalog.close()
+
+    # ------------------------------------------------------------ lookups
+    def _node(self, path: str) -> Node:
+        try:
+            return self.catalog.lookup(path)
+        except NotFound:
+            raise FuseOSError(errno.ENOENT) from None
+        except NotADirectory:
+            raise FuseOSError(errno.ENOTDIR) from None
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        a = self._node(path).attr()
+        return {
+            "st_mode": (stat.S_IFDIR if a.is_dir else stat.S_IFREG) | a.perm,
+            "st_nlink": a.nlink, "st_size": a.size, "st_blocks": a.blocks,
+            "st_blksize": BLKSIZE, "st_uid": a.uid, "st_gid": a.gid,
+            "st_mtime": a.mtime_ns, "st_ctime": a.ctime_ns, "st_atime": a.atime_ns,
+        }
+
+    def readdir(self, path: str, fh: int) -> Iterable[Any]:
+        node = self._node(path)
+        if not isinstance(node, DirNode):
+            raise FuseOSError(errno.ENOTDIR)
+        out: list[Any] = [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0)]
+        for name, child in node.children().items():
+            out.append((name, stat.S_IFDIR if isinstance(child, DirNode) else stat.S_IFREG, 0))
+        return out
+
+    def access(self, path: str, amode: int) -> int:
+        self._node(path)
+        if amode & os.W_OK:
+            raise FuseOSError(errno.EROFS)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        # Nothing is free on a read-only image store; sizes follow the backing disk's use.
+        try:
+            sv = os.statvfs(self.catalog.roots[0])
+            used = (sv.f_blocks - sv.f_bfree) * sv.f_frsize // BLKSIZE
+            files = max(sv.f_files - sv.f_ffree, 0)
+        except OSError:
+            used, files = 0, 0
+        return {"f_bsize": BLKSIZE, "f_frsize": BLKSIZE, "f_blocks": used, "f_bfree": 0,
+                "f_bavail": 0, "f_files": files, "f_ffree": 0, "f_favail": 0,
+                "f_namemax": 255}
+
+    # ------------------------------------------------------------ files
+    def open(self, path: str, fi: Any) -> int:
+        if fi.flags & _WRITE_FLAGS:
+            raise FuseOSError(errno.EROFS)
+        node = self._node(path)
+        if isinstance(node, ImageNode):
+            entry = node.entry
+            try:
+                entry.partition()          # first open reads the block map, once
+            except ImageError:
+                raise FuseOSError(errno.EIO) from None
+            handle = _Handle(node, entry.read)
+            fi.keep_cache = 1
+        elif isinstance(node, InfoNode):
+            text = node.entry.info_text()  # a snapshot per open: consistent reads
+            handle = _Handle(node, lambda off, size, t=text: t[off:off + size])
+            fi.direct_io = 1
+        elif isinstance(node, FileNode):
+            source = node.source()
+            handle = _Handle(node, source.read_at)
+            fi.keep_cache = 1
+        else:
+            raise FuseOSError(errno.EISDIR)
+        fh = next(self._next_fh)
+        with self._handles_lock:
+            self._handles[fh] = handle
+        fi.fh = fh
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        handle = self._handles.get(fi.fh)
+        if handle is None:
+            raise FuseOSError(errno.EBADF)
+        try:
+            return handle.read(offset, size)
+        except ImageError:
+            # Logged once by the catalog; the reader gets EIO, never wrong bytes.
+            raise FuseOSError(errno.EIO) from None
+        except OSError as exc:
+            log.error("%s: read at %d failed: %s", path, offset, exc)
+            raise FuseOSError(errno.EIO) from None
+
+    def release(self, path: str, fi: Any) -> int:
+        with self._handles_lock:
+            self._handles.pop(fi.fh, None)
+        return 0
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        self._node(path)
+        raise FuseOSError(errno.ENODATA)
+
+    def listxattr(self, path: str) -> list[str]:
+        self._node(path)
+        return []
+
+    # ------------------------------------------------------------ writes: never
+    chmod = chown = create = link = mkdir = mknod = rename = rmdir = _erofs
+    setxattr = removexattr = symlink = truncate = unlink = utimens = write = _erofs
+    fallocate = _erofs

@@ -1,0 +1,63 @@
+"""Which libfuse the FUSE adapter uses, chosen before mfusepy is imported.
+
+mfusepy looks for ``libfuse.so.2`` first.  imagefs prefers libfuse 3: its
+``init`` hands over ``fuse_config`` (kernel cache, timeouts) and the
+connection's ``max_read``/``max_readahead``, and Debian-style systems ship
+``fuse3`` as the default.  ``FUSE_LIBRARY_PATH`` set by the user wins.
+Nothing here imports mfusepy until :func:`load_mfusepy` is called, so
+``imagefs version`` can report without mounting anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from types import ModuleType
+
+_PREFERRED = ("fuse3", "fuse")
+
+
+def choose_library() -> str | None:
+    """The libfuse shared object to load: $FUSE_LIBRARY_PATH, else fuse3, else fuse 2."""
+    explicit = os.environ.get("FUSE_LIBRARY_PATH")
+    if explicit:
+        return explicit
+    for name in _PREFERRED:
+        path = ctypes.util.find_library(name)
+        if path:
+            return path
+    return None
+
+
+def load_mfusepy() -> ModuleType:
+    """Import mfusepy bound to :func:`choose_library`'s choice.
+
+    Raises OSError with an installation hint when no libfuse is present.
+    """
+    path = choose_library()
+    if path is None:
+        raise OSError("no libfuse found; install it with: apt-get install fuse3")
+    os.environ.setdefault("FUSE_LIBRARY_PATH", path)
+    import mfusepy  # noqa: WPS433 - deliberately late, after the library choice
+    return mfusepy
+
+
+def libfuse_version() -> str:
+    """``"3.14 (libfuse3.so.3)"``-style text for ``imagefs version``."""
+    path = choose_library()
+    if path is None:
+        return "not installed (apt-get install fuse3)"
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as exc:
+        return f"cannot load {path}: {exc}"
+    version = lib.fuse_version()            # e.g. 314 for 3.14, 29 for 2.9
+    major, minor = (version // 100, version % 100) if version >= 100 else (version // 10, version % 10)
+    text = f"{major}.{minor}"
+    try:
+        lib.fuse_pkgversion.restype = ctypes.c_char_p   # libfuse >= 3.0: full version
+        text = lib.fuse_pkgversion().decode()
+    except AttributeError:
+        pass
+    return f"{text} ({os.path.basename(path)})"

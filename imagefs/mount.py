@@ -1,0 +1,386 @@
+"""``imagefs SOURCE MOUNTPOINT [-o OPTS] [-f] [-c CONFIG] [-v|-q]``: the mount.
+
+Also the mount helper form: ``mount -t fuse.imagefs SRC MNT -o ro,...`` and
+fstab lines make ``mount.fuse3`` run ``imagefs SRC MNT -o OPTS``.  So the
+``-o`` list mixes three kinds of keys (see :func:`split_options`): imagefs's
+own (``config=``, ``cache_size=`` ...), ones only fstab tools care about
+(``nofail``, ``noauto``, ``x-*`` ... dropped) and libfuse's (passed on).
+
+Like sshfs, the command returns once the mount is live: it forks, the child
+mounts and reports through a pipe when FUSE's ``init`` has run (or what went
+wrong), and the parent exits with the child's verdict.  ``-f`` keeps
+everything in the foreground; SIGINT/SIGTERM then unmount cleanly (libfuse's
+own handlers end the session loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from imagefs import __version__
+from imagefs.config import OVERRIDE_KEYS, Settings, apply_overrides, load_config
+from imagefs.errors import ConfigError, ImageError
+from imagefs.logsetup import level_for, setup as setup_logging
+
+log = logging.getLogger(__name__)
+
+#: Options only fstab, mount(8), systemd or autofs care about.
+DROPPED = frozenset({"nofail", "noauto", "auto", "user", "users", "nouser", "owner",
+                     "group", "_netdev", "defaults", "ro", "rw", "loop", "bg", "fg"})
+DROPPED_PREFIXES = ("x-", "comment=", "x-systemd", "helper=")
+#: Flags imagefs handles itself rather than libfuse.
+OWN_FLAGS = frozenset({"nonempty", "foreground", "debug"})
+
+USAGE = """\
+usage: imagefs SOURCE MOUNTPOINT [-o OPT[,OPT...]] [-f] [-c CONFIG.yaml] [-v|-q]
+       imagefs MOUNTPOINT -c CONFIG.yaml        (sources listed in the configuration)
+       imagefs {info,verify,ls,index,version} ...   (see imagefs --help)
+"""
+
+
+class MountError(Exception):
+    """A problem that stops the mount: one line for the user, exit status 1."""
+
+
+@dataclass
+class Options:
+    """The split ``-o`` list."""
+
+    own: dict[str, str] = field(default_factory=dict)     # imagefs settings
+    flags: set[str] = field(default_factory=set)          # imagefs flags (nonempty ...)
+    fuse: dict[str, object] = field(default_factory=dict)  # passed to libfuse
+    dropped: list[str] = field(default_factory=list)
+    config: str | None = None
+
+
+def split_options(values: Sequence[str]) -> Options:
+    """Sort ``-o`` values (each a comma list) into imagefs / dropped / libfuse keys."""
+    out = Options()
+    for value in values:
+        for item in _split_commas(value):
+            if not item:
+                continue
+            key, eq, val = item.partition("=")
+            if key == "config":
+                out.config = val
+            elif key in OVERRIDE_KEYS:
+                out.own[key] = val
+                if key == "allow_other":
+                    out.fuse["allow_other"] = True
+            elif item in DROPPED or key in DROPPED or item.startswith(DROPPED_PREFIXES):
+                out.dropped.append(item)
+            elif key in OWN_FLAGS and not eq:
+                out.flags.add(key)
+            else:
+                out.fuse[key] = val if eq else True
+    return out
+
+
+def _split_commas(value: str) -> list[str]:
+    """Split on commas not escaped with a backslash (libfuse's own convention)."""
+    items, cur, escaped = [], [], False
+    for ch in value:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            items.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    items.append("".join(cur))
+    return [i.strip() for i in items]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imagefs", usage=USAGE, add_help=True,
+                                description="Mount a tree of partition backup images read-only.")
+    p.add_argument("paths", nargs="*", metavar="SOURCE MOUNTPOINT")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                   help="mount options: config=, cache_size=, index_dir=, uid=, gid=, umask=, "
+                        "allow_other, log=, log_level=, and libfuse options")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("-d", "--debug", action="store_true", help="libfuse debug output (implies -f)")
+    p.add_argument("-s", "--single-thread", action="store_true", help="single-threaded FUSE loop")
+    p.add_argument("-c", "--config", help="YAML configuration file")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-V", "--version", action="version", version=f"imagefs {__version__}")
+    return p
+
+
+@dataclass
+class Plan:
+    """Everything decided before forking."""
+
+    source: str | None
+    mountpoint: str
+    settings: Settings
+    fuse_options: dict[str, object]
+    foreground: bool
+    debug: bool
+    single_thread: bool
+    verbose: int
+    quiet: bool
+
+
+def plan(argv: Sequence[str]) -> Plan:
+    """Parse and check the command line; raises MountError/ConfigError with one line."""
+    args = build_parser().parse_args(list(argv))
+    opts = split_options(args.options)
+    config = args.config or opts.config
+    settings = load_config(config) if config else Settings()
+    apply_overrides(settings, opts.own)
+    if len(args.paths) == 2:
+        source, mountpoint = args.paths
+    elif len(args.paths) == 1 and settings.sources:
+        source, mountpoint = None, args.paths[0]
+    elif len(args.paths) == 1:
+        raise MountError("give SOURCE and MOUNTPOINT (or list sources in a -c CONFIG file)")
+    else:
+        raise MountError(USAGE.strip().splitlines()[0].replace("usage: ", "usage: ", 1)
+                         if not args.paths else "too many arguments; " + USAGE.splitlines()[0])
+    if source is not None:
+        source = os.path.abspath(os.path.expanduser(source))
+        if not os.path.exists(source):
+            raise MountError(f"{source}: no such file or directory; give the directory "
+                             "holding the backups")
+    else:
+        for spec in settings.sources:
+            if not os.path.exists(spec.path):
+                raise MountError(f"{spec.path}: no such file or directory (listed in "
+                                 f"{settings.config_path})")
+    mountpoint = os.path.abspath(os.path.expanduser(mountpoint))
+    check_mountpoint(mountpoint, "nonempty" in opts.flags)
+    check_fuse(settings.allow_other or "allow_other" in opts.fuse)
+    if settings.allow_other:
+        opts.fuse["allow_other"] = True
+    fuse = dict(opts.fuse)
+    fuse.setdefault("fsname", (source or settings.config_path or "imagefs").replace(",", "_"))
+    fuse.setdefault("subtype", "imagefs")
+    fuse["ro"] = True
+    # The kernel checks the permission bits the catalog reports (allow_other
+    # would otherwise let anyone read a root-only backup).
+    fuse["default_permissions"] = True
+    fuse.setdefault("max_read", 1 << 20)
+    if "nonempty" in opts.flags:
+        log.debug("nonempty: mounting over a non-empty directory")
+    return Plan(source, mountpoint, settings, fuse,
+                foreground=args.foreground or args.debug or "foreground" in opts.flags,
+                debug=args.debug or "debug" in opts.flags, single_thread=args.single_thread,
+                verbose=args.verbose, quiet=args.quiet)
+
+
+def check_mountpoint(mountpoint: str, nonempty_ok: bool) -> None:
+    if not os.path.exists(mountpoint):
+        raise MountError(f"{mountpoint}: mount point does not exist; create it with "
+                         f"mkdir -p {mountpoint}")
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"{mountpoint}: mount point is not a directory")
+    try:
+        entries = os.listdir(mountpoint)
+    except OSError as exc:
+        raise MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}") from None
+    if entries and not nonempty_ok:
+        raise MountError(f"{mountpoint}: mount point is not empty; use an empty directory "
+                         "(or -o nonempty to hide its contents)")
+
+
+def check_fuse(allow_other: bool) -> None:
+    """FUSE must be usable; say what to install or configure when it is not."""
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: FUSE is unavailable; install it with "
+                         "apt-get install fuse3 (and load the module: modprobe fuse)")
+    if os.geteuid() != 0:
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise MountError("/dev/fuse is not accessible to you; FUSE needs it readable "
+                             "and writable (apt-get install fuse3 sets that up)")
+        if allow_other and not _user_allow_other():
+            raise MountError("allow_other is refused: FUSE allows it for ordinary users only "
+                             "with the line user_allow_other in /etc/fuse.conf; add it or "
+                             "drop allow_other")
+    try:
+        from imagefs.fuse_version import choose_library
+        if choose_library() is None:
+            raise MountError("libfuse is not installed: FUSE is unavailable; install it with "
+                             "apt-get install fuse3")
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _user_allow_other() -> bool:
+    try:
+        with open("/etc/fuse.conf", encoding="utf-8") as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
+def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
+    """Build the catalog and serve until unmounted (blocks)."""
+    from imagefs.catalog import Catalog
+    from imagefs.fs import ImageFS, mfusepy
+
+    catalog = Catalog(p.settings, p.source, mountpoint=p.mountpoint)
+    max_read = p.fuse_options.get("max_read")
+    ops = ImageFS(catalog, on_ready=on_ready,
+                  max_read=int(max_read) if isinstance(max_read, (int, str)) else None)
+    log.info("mounting %s on %s", p.source or p.settings.config_path, p.mountpoint)
+    try:
+        mfusepy.FUSE(ops, p.mountpoint, raw_fi=True, foreground=True, debug=p.debug,
+                     nothreads=p.single_thread, **p.fuse_options)
+    except RuntimeError as exc:
+        raise MountError(f"{p.mountpoint}: mounting failed (libfuse error {exc}); "
+                         "see the message above") from None
+    finally:
+        catalog.close()
+
+
+#: libfuse 3.14.0 prints this on every multithreaded start (fixed in 3.14.1);
+#: it says nothing to the user.
+_LIBFUSE_NOISE = (b"Ignoring invalid max threads value",)
+
+
+class StderrFilter:
+    """Pass libfuse's stderr lines through, minus known noise.
+
+    libfuse writes to file descriptor 2 directly.  Until the mount is live its
+    lines reach the user's terminal (they explain a failed mount); once a
+    background mount detaches they go to the log instead.
+    """
+
+    def __init__(self) -> None:
+        self._target = os.dup(2)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._reader = os.fdopen(read_fd, "rb")
+        self._thread = threading.Thread(target=self._pump, name="imagefs-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for line in self._reader:
+            if line.startswith(_LIBFUSE_NOISE):
+                continue
+            target = self._target
+            if target >= 0:
+                try:
+                    os.write(target, line)
+                    continue
+                except OSError:
+                    pass
+            log.warning("%s", line.decode("utf-8", "replace").rstrip())
+
+    def close(self) -> None:
+        """Restore descriptor 2 and let the pump finish the lines it has."""
+        if self._target >= 0:
+            os.dup2(self._target, 2)       # drops the pipe's last write end
+        self._thread.join(timeout=2)
+
+    def detach(self) -> None:
+        """From now on, lines go to the log (the terminal may be gone)."""
+        target, self._target = self._target, -1
+        if target >= 0:
+            os.close(target)
+
+
+def _foreground(p: Plan) -> int:
+    setup_logging(level_for(p.verbose, p.quiet, p.settings.log_level), foreground=True,
+                  log_file=p.settings.log_file)
+    errors = None if p.debug else StderrFilter()   # -d shows libfuse's output unfiltered
+    try:
+        run_fuse(p, on_ready=lambda: log.info("mounted %s", p.mountpoint))
+    finally:
+        if errors is not None:
+            errors.close()
+    return 0
+
+
+def _background(p: Plan) -> int:
+    """Fork; return in the parent once the child reports the mount live."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        return _await_child(pid, read_fd, p)
+    # Child: its own session, so the shell's terminal and signals leave it alone.
+    os.close(read_fd)
+    os.setsid()
+    status = 1
+    try:
+        setup_logging(level_for(p.verbose, p.quiet, p.settings.log_level), foreground=False,
+                      log_file=p.settings.log_file)
+        reported = False
+        errors = StderrFilter()
+
+        def ready() -> None:
+            nonlocal reported
+            os.write(write_fd, b"OK\n")
+            os.close(write_fd)
+            reported = True
+            errors.detach()
+            _detach_stdio()
+
+        try:
+            run_fuse(p, on_ready=ready)
+            status = 0
+        except (MountError, ImageError, ConfigError, OSError) as exc:
+            if not reported:
+                errors.close()
+                os.write(write_fd, f"ERR {exc}\n".encode("utf-8", "replace"))
+            log.error("%s", exc)
+    except BaseException:  # noqa: BLE001 - the child must always end here
+        log.exception("imagefs mount process failed")
+    finally:
+        os._exit(status)
+
+
+def _await_child(pid: int, read_fd: int, p: Plan) -> int:
+    chunks = []
+    with os.fdopen(read_fd, "rb") as pipe:
+        chunks.append(pipe.read())
+    message = b"".join(chunks).decode("utf-8", "replace").strip()
+    if message.startswith("OK"):
+        return 0
+    _, status = os.waitpid(pid, 0)
+    if message.startswith("ERR "):
+        print(f"imagefs: {message[4:]}", file=sys.stderr)
+    else:
+        print(f"imagefs: {p.mountpoint}: mounting failed (exit status "
+              f"{os.waitstatus_to_exitcode(status)}); see the message above", file=sys.stderr)
+    return 1
+
+
+def _detach_stdio() -> None:
+    """The mount is live: stop holding the caller's terminal or pipes open.
+
+    Descriptor 2 stays the filter's pipe, whose lines now go to the log.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    os.chdir("/")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"})
+    try:
+        p = plan(argv)
+        return _foreground(p) if p.foreground else _background(p)
+    except (MountError, ConfigError, ImageError) as exc:
+        if verbose > 1:
+            log.exception("details")
+        print(f"imagefs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
