@@ -1,0 +1,238 @@
+"""gzip and bzip2 through rapidgzip: parallel indexing, checkpoint spans.
+
+rapidgzip decodes plain gzip, pigz output, multi-member gzip and every
+bzip2 flavour (bzip2, pbzip2's concatenated streams, lbzip2) in parallel,
+and exports its checkpoints (bit offset, output offset, 32 KiB window for
+deflate) as an index that imports in milliseconds.  The index pass reads
+the whole stream once with all cores; spans are the ranges between
+checkpoints (about 4 MiB of output each).
+
+rapidgzip objects are not thread-safe, and one left open at interpreter
+exit aborts the process (design.md 3).  So: each decoder is used by one
+thread at a time (a small pool per source), every decoder is closed by
+``close()``, by a finalizer when the source is dropped, and at exit.
+
+Header probes before the index exists use the standard library (zlib,
+bz2): cheap to create for thousands of images, nothing to close.
+"""
+
+from __future__ import annotations
+
+import atexit
+import bz2
+import io
+import os
+import threading
+import weakref
+import zlib
+from typing import Callable, Iterator
+
+import rapidgzip
+
+from imagefs.codecs.base import CodecSource, SeekIndex, SourceReader, corrupt, human, truncated
+
+#: Decoders per source: two lets a sequential reader and a random reader
+#: (or two FUSE threads) decode different spans at once; each holds a
+#: modest cache, so more would cost memory for little gain.
+POOL_SIZE = 2
+
+_pools: "weakref.WeakSet[_DecoderPool]" = weakref.WeakSet()
+_pools_lock = threading.Lock()
+
+
+class _DecoderPool:
+    """Up to ``limit`` rapidgzip decoders, each lent to one thread at a time."""
+
+    def __init__(self, factory: Callable[[], object], limit: int) -> None:
+        self._factory = factory
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._idle: list = []
+        self._all: list = []
+        with _pools_lock:
+            _pools.add(self)
+
+    def acquire(self):
+        with self._cond:
+            while True:
+                if self._idle:
+                    return self._idle.pop()
+                if len(self._all) < self._limit:
+                    break
+                self._cond.wait()
+            self._all.append(None)          # reserve the slot while creating
+        try:
+            dec = self._factory()
+        except BaseException:
+            with self._cond:
+                self._all.remove(None)
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._all[self._all.index(None)] = dec
+        return dec
+
+    def release(self, dec, broken: bool = False) -> None:
+        with self._cond:
+            if broken:
+                self._all.remove(dec)
+                _close_quietly(dec)
+            else:
+                self._idle.append(dec)
+            self._cond.notify()
+
+    def close_all(self) -> None:
+        with self._cond:
+            for dec in self._idle:
+                _close_quietly(dec)
+            self._all = [d for d in self._all if d not in self._idle]
+            self._idle.clear()
+            # Decoders lent out right now are closed when they come back
+            # broken=False...; at exit nothing is lent, so close them too.
+            for dec in list(self._all):
+                if dec is not None:
+                    _close_quietly(dec)
+            self._all.clear()
+
+
+def _close_quietly(dec) -> None:
+    try:
+        dec.close()
+    except Exception:  # noqa: BLE001 - closing must never raise at exit
+        pass
+
+
+@atexit.register
+def _close_everything() -> None:
+    with _pools_lock:
+        pools = list(_pools)
+    for pool in pools:
+        pool.close_all()
+
+
+class _RapidSource(CodecSource):
+    """Shared by gzip and bzip2: index pass, exported index, pooled decoders."""
+
+    def __init__(self, source, **kwargs) -> None:
+        super().__init__(source, **kwargs)
+        self._pool = _DecoderPool(self._new_decoder, POOL_SIZE)
+        weakref.finalize(self, self._pool.close_all)
+
+    def _new_decoder(self):
+        index = self._index
+        assert index is not None
+        dec = rapidgzip.RapidgzipFile(SourceReader(self.source), parallelization=1)
+        try:
+            dec.import_index(io.BytesIO(index.blobs[0]))
+        except BaseException:
+            dec.close()
+            raise
+        return dec
+
+    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+        threads = max(1, os.cpu_count() or 1)
+        dec = rapidgzip.RapidgzipFile(SourceReader(self.source, update), parallelization=threads)
+        try:
+            size = 0
+            while True:
+                chunk = dec.read(4 << 20)
+                if not chunk:
+                    break
+                size += len(chunk)
+            self._count(size)
+            offsets = sorted(set(dec.block_offsets().values()))
+            out = io.BytesIO()
+            dec.export_index(out)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise self._damaged(exc) from None
+        finally:
+            dec.close()
+        starts = [0] + [o for o in offsets if 0 < o < size] + [size]
+        meta = [0] * (len(starts) - 1)
+        return SeekIndex(size, starts, meta, [out.getvalue()],
+                         {"checkpoints": len(starts) - 1})
+
+    def _damaged(self, exc: BaseException):
+        text = str(exc)
+        if "end" in text.lower() or "truncat" in text.lower() or "eof" in text.lower():
+            return truncated(self.source, f"{self.codec} stream ends early ({text})")
+        return corrupt(self.source, f"{self.codec} data is damaged ({text})")
+
+    def _check_loaded(self, index: SeekIndex) -> None:
+        if len(index.blobs) != 1 or not index.blobs[0].startswith(b"GZIDX"):
+            raise ValueError("no rapidgzip index in the payload")
+
+    def _decode_span(self, index: SeekIndex, i: int) -> bytes:
+        start, end = index.starts[i], index.starts[i + 1]
+        dec = self._pool.acquire()
+        broken = True
+        try:
+            dec.seek(start)
+            data = dec.read(end - start)
+            broken = False
+            return data
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise self._damaged(exc) from None
+        finally:
+            self._pool.release(dec, broken)
+
+    def _describe(self, index: SeekIndex) -> str:
+        n = index.spans
+        return (f"{n} checkpoint{'s' if n != 1 else ''} (about "
+                f"{human(index.size / max(n, 1))} apart)")
+
+    def _close_decoders(self) -> None:
+        self._pool.close_all()
+
+
+class GzipSource(_RapidSource):
+    """gzip / pigz / multi-member gzip."""
+
+    codec = "gzip"
+
+    def _iter_decoded(self) -> Iterator[bytes]:
+        yield from _members(self.source, lambda: zlib.decompressobj(wbits=31), zlib.error,
+                            b"\x1f\x8b", "gzip")
+
+
+class Bzip2Source(_RapidSource):
+    """bzip2 / pbzip2 / lbzip2."""
+
+    codec = "bzip2"
+
+    def _iter_decoded(self) -> Iterator[bytes]:
+        yield from _members(self.source, bz2.BZ2Decompressor, OSError, b"BZh", "bzip2")
+
+
+def _members(src, new, error, magic: bytes, codec: str) -> Iterator[bytes]:
+    """Decode concatenated members/streams from the start, in order."""
+    pos, total = 0, src.size
+    dec = new()
+    tail = b""
+    while True:
+        if tail:
+            data, tail = tail, b""
+        else:
+            if pos >= total:
+                break
+            data = src.read_at(pos, min(1 << 20, total - pos))
+            pos += len(data)
+        try:
+            out = dec.decompress(data)
+        except (error, EOFError) as exc:
+            raise corrupt(src, f"{codec} data is damaged ({exc})") from None
+        if out:
+            yield out
+        if dec.eof:
+            rest = dec.unused_data
+            if not rest and pos < total:
+                rest = src.read_at(pos, min(1 << 20, total - pos))
+                pos += len(rest)
+            if not rest:
+                return
+            if not rest.startswith(magic):
+                return                     # trailing padding/garbage, as gzip -d ignores it
+            dec = new()
+            tail = rest
+    if not dec.eof:
+        raise truncated(src, f"{codec} stream ends before its end marker")
