@@ -147,6 +147,19 @@ def passthrough(image: Path, raw: Path, stats: Path | None = None) -> Contender:
     return Contender("passthrough", argv, image.name, raw.name)
 
 
+def core_fuse(image: Path, cache_mib: int = 256) -> Contender:
+    """passthrough.py --virtual: imagefs's core reader behind the passthrough's FUSE settings.
+
+    With ``cache_mib=0`` it reads without the BlockCache (the kernel page
+    cache of the FUSE file is then the only cache): the two variants show
+    what the block cache costs or saves on an uncompressed image.
+    """
+    argv = [sys.executable, str(REPO / "bench" / "passthrough.py"), "{mnt}", str(image),
+            "--virtual", "--cache-mib", str(cache_mib)]
+    name = "core-fuse" if cache_mib else "core-fuse-nocache"
+    return Contender(name, argv, image.name, image.name)
+
+
 def imagefs_cmd() -> list[str]:
     """The imagefs command: the installed script if any, else ``python -m imagefs``."""
     exe = Path(sys.executable).parent / "imagefs"

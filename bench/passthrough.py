@@ -21,6 +21,11 @@ Python work only; see bench/README.md):
 
 ``--stats FILE`` writes the count and sizes of read requests on unmount,
 which shows the request size the kernel really sends.
+
+``--virtual`` serves each FILE's *virtual partition* instead
+(``VirtualPartition(probe(FileSource(FILE)).open(), BlockCache(256 MiB)).read``)
+with exactly the same FUSE settings: the bench's "core-fuse" contender,
+which separates the cost of the core reader from that of the mount adapter.
 """
 
 from __future__ import annotations
@@ -52,9 +57,11 @@ class Passthrough(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, files: list[str], stats_path: str | None = None) -> None:
+    def __init__(self, files: list[str], stats_path: str | None = None,
+                 virtual: bool = False, cache_mib: int = 256) -> None:
         self.files = {"/" + os.path.basename(f): os.path.realpath(f) for f in files}
         self.fds = {name: os.open(path, os.O_RDONLY) for name, path in self.files.items()}
+        self.vps = _open_virtual(self.files, cache_mib) if virtual else {}
         self.stats_path = stats_path
         self._lock = threading.Lock()
         self.nreads = 0
@@ -93,10 +100,11 @@ class Passthrough(mfusepy.Operations):
         if real is None:
             raise mfusepy.FuseOSError(errno.ENOENT)
         st = os.stat(real)
-        return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": st.st_size,
+        size = self.vps[path].size if path in self.vps else st.st_size
+        return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": size,
                 "st_mtime": st.st_mtime_ns, "st_atime": st.st_atime_ns,
                 "st_ctime": st.st_ctime_ns, "st_blksize": BLKSIZE,
-                "st_blocks": (st.st_size + 511) // 512}
+                "st_blocks": (size + 511) // 512}
 
     def readdir(self, path: str, fh: int) -> list[str]:
         return [".", ".."] + [name[1:] for name in self.files]
@@ -110,7 +118,8 @@ class Passthrough(mfusepy.Operations):
 
     # -- the hot path ----------------------------------------------------------
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        data = os.pread(fh, size, offset)
+        vp = self.vps.get(path) if self.vps else None
+        data = vp.read(offset, size) if vp is not None else os.pread(fh, size, offset)
         if self.stats_path:          # only when asked: the lock costs a little
             with self._lock:
                 self.nreads += 1
@@ -122,16 +131,33 @@ class Passthrough(mfusepy.Operations):
         return {"f_bsize": BLKSIZE, "f_frsize": BLKSIZE, "f_namemax": 255}
 
 
+def _open_virtual(files: dict[str, str], cache_mib: int) -> dict:
+    """Virtual partitions of the images, sharing one block cache (0: none)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from imagefs.blockio import VirtualPartition
+    from imagefs.cache import BlockCache
+    from imagefs.formats import probe
+    from imagefs.io import FileSource
+    cache = BlockCache(cache_mib << 20) if cache_mib > 0 else None
+    return {name: VirtualPartition(probe(FileSource(path)).open(), cache)
+            for name, path in files.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("mountpoint")
     ap.add_argument("files", nargs="+")
     ap.add_argument("--stats", help="write read-request statistics here on unmount")
+    ap.add_argument("--virtual", action="store_true",
+                    help="serve each image's virtual partition through imagefs's core reader")
+    ap.add_argument("--cache-mib", type=int, default=256,
+                    help="with --virtual: BlockCache size in MiB (0: no BlockCache)")
     ap.add_argument("--no-kernel-cache", action="store_true",
                     help="drop kernel_cache (to see its effect)")
     args = ap.parse_args(argv)
-    ops = Passthrough(args.files, args.stats)
-    opts = dict(foreground=True, ro=True, max_read=MAX_READ, fsname="passthrough",
+    ops = Passthrough(args.files, args.stats, args.virtual, args.cache_mib)
+    opts = dict(foreground=True, ro=True, max_read=MAX_READ,
+                fsname="core-fuse" if args.virtual else "passthrough",
                 default_permissions=True)
     if not args.no_kernel_cache:
         opts["kernel_cache"] = True

@@ -467,6 +467,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="",
                     help="comma list of sections: h2h,inprocess,trees,bitmaps,ntfs,codecs")
     ap.add_argument("--no-imagebackup", action="store_true", help="skip the vpartclone contender")
+    ap.add_argument("--no-core", action="store_true",
+                    help="skip the core-fuse contenders (imagefs's reader behind passthrough.py)")
     ap.add_argument("--imagefs-options", default=None, help="extra -o options for imagefs")
     ap.add_argument("--readahead-kb", type=int, default=0,
                     help="set every mount's bdi read_ahead_kb to this (all contenders alike)")
@@ -509,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         src.mkdir()
         os.link(fx.image, src / fx.image.name)
         cs = [ct.passthrough(fx.image, fx.raw)]
+        if not args.no_core:
+            cs += [ct.core_fuse(fx.image), ct.core_fuse(fx.image, 0)]
         if ok_fs:
             cs.append(ct.imagefs(src, fx.image.name, args.imagefs_options))
         if not args.no_imagebackup:
