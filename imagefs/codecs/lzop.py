@@ -1,0 +1,153 @@
+"""lzop: a block index from the block headers (formats.md 6.3).
+
+Every lzop block is independent (LZO1X, 256 KiB of output) and its header
+gives both lengths, so the index needs no decompression: one walk over the
+headers.  Spans group blocks to about 1 MiB; each block's stored checksum
+of its output (Adler-32 or CRC-32) is checked whenever it is decoded.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Callable, Iterator
+
+from imagefs.codecs.base import CodecSource, SeekIndex, StreamCursor, corrupt, human
+from imagefs.errors import UnsupportedError
+
+MAGIC = b"\x89LZO\x00\r\n\x1a\n"
+F_ADLER32_D, F_ADLER32_C, F_H_EXTRA, F_CRC32_D, F_CRC32_C = 0x1, 0x2, 0x40, 0x100, 0x200
+F_H_FILTER, F_H_CRC32 = 0x800, 0x1000
+SPAN_TARGET = 1 << 20
+#: lzop never writes blocks above 64 MiB; a larger length is damage.
+MAX_BLOCK = 64 << 20
+
+
+def _lzo():
+    try:
+        import lzo  # noqa: PLC0415 - optional dependency (python-lzo)
+    except ImportError:
+        raise UnsupportedError("lzop", "the python-lzo module is not installed",
+                               "pip install python-lzo, or decompress with lzop -dc") from None
+    return lzo
+
+
+class LzopSource(CodecSource):
+    """An lzop file (single member)."""
+
+    codec = "lzop"
+
+    def _header(self, cur: StreamCursor) -> int:
+        """Parse the file header; return the flags."""
+        src = self.source
+        if cur.need(9, "the header") != MAGIC:
+            raise corrupt(src, "not an lzop file")
+        version, _lib = struct.unpack(">HH", cur.need(4, "the header"))
+        if version >= 0x0940:
+            cur.need(2, "the header")       # version needed to extract
+        method = cur.need(1, "the header")[0]
+        if version >= 0x0940:
+            cur.need(1, "the header")       # level
+        (flags,) = struct.unpack(">I", cur.need(4, "the header"))
+        if flags & F_H_FILTER:
+            raise UnsupportedError(src.name, "lzop file uses a filter",
+                                   "decompress it with lzop -dc")
+        if method not in (1, 2, 3):
+            raise UnsupportedError(src.name, f"lzop method {method} is not LZO1X",
+                                   "decompress it with lzop -dc")
+        cur.need(8, "the header")           # mode, mtime low
+        if version >= 0x0940:
+            cur.need(4, "the header")       # mtime high
+        name_len = cur.need(1, "the header")[0]
+        cur.need(name_len + 4, "the header")  # name, header checksum
+        if flags & F_H_EXTRA:
+            (extra,) = struct.unpack(">I", cur.need(4, "the header"))
+            cur.need(extra + 4, "the header")
+        return flags
+
+    def _blocks(self, update=None, read_data: bool = False):
+        """Yield (data_off, ulen, clen, dsum, data or None) for every block."""
+        src = self.source
+        cur = StreamCursor(src, 0, update)
+        flags = self._header(cur)
+        while True:
+            (ulen,) = struct.unpack(">I", cur.need(4, "a block header"))
+            if ulen == 0:
+                return
+            (clen,) = struct.unpack(">I", cur.need(4, "a block header"))
+            if ulen > MAX_BLOCK or clen > ulen:
+                raise corrupt(src, f"lzop block header at byte {cur.pos - 8} is implausible")
+            dsum = None
+            if flags & (F_ADLER32_D | F_CRC32_D):
+                (dsum,) = struct.unpack(">I", cur.need(4, "a block header"))
+                dsum = [("crc32" if flags & F_CRC32_D else "adler32"), dsum]
+            if clen < ulen and flags & (F_ADLER32_C | F_CRC32_C):
+                cur.need(4, "a block header")
+            data_off = cur.pos
+            data = cur.need(clen, "a block")
+            yield data_off, ulen, clen, dsum, (data if read_data else None)
+
+    def _iter_decoded(self) -> Iterator[bytes]:
+        for data_off, ulen, clen, dsum, data in self._blocks(read_data=True):
+            yield _decode(self.source, data, ulen, clen, dsum, data_off)
+
+    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+        starts, meta = [0], []
+        out_pos = span_u = 0
+        span: list | None = None
+        blocks = 0
+        for data_off, ulen, clen, dsum, _ in self._blocks(update):
+            if span is None or out_pos - span_u >= SPAN_TARGET:
+                if span is not None:
+                    meta.append(span)
+                    starts.append(out_pos)
+                span, span_u = [], out_pos
+            span.append([data_off, ulen, clen, dsum])
+            out_pos += ulen
+            blocks += 1
+        if span is not None:
+            meta.append(span)
+            starts.append(out_pos)
+        return SeekIndex(out_pos, starts, meta, [], {"blocks": blocks})
+
+    def _check_loaded(self, index: SeekIndex) -> None:
+        if any(not span for span in index.meta):
+            raise ValueError("empty lzop span")
+
+    def _decode_span(self, index: SeekIndex, i: int) -> bytes:
+        blocks = index.meta[i]
+        first, last = blocks[0], blocks[-1]
+        base = first[0]
+        raw = self.source.read_at(base, last[0] + last[2] - base)
+        out = []
+        for data_off, ulen, clen, dsum in blocks:
+            data = raw[data_off - base:data_off - base + clen]
+            if len(data) != clen:
+                raise corrupt(self.source, f"lzop block at byte {data_off} is cut short")
+            out.append(_decode(self.source, data, ulen, clen, dsum, data_off))
+        return b"".join(out)
+
+    def _describe(self, index: SeekIndex) -> str:
+        return (f"{index.info.get('blocks', 0)} blocks in {index.spans} spans "
+                f"(about {human(index.size / max(index.spans, 1))} each)")
+
+
+def _decode(src, data: bytes, ulen: int, clen: int, dsum, data_off: int) -> bytes:
+    if clen == ulen:
+        out = bytes(data)                   # stored block
+    else:
+        try:
+            out = _lzo().decompress(data, False, ulen)
+        except Exception as exc:  # python-lzo raises lzo.error
+            if isinstance(exc, UnsupportedError):
+                raise
+            raise corrupt(src, f"lzop block at byte {data_off} is damaged ({exc})") from None
+    if len(out) != ulen:
+        raise corrupt(src, f"lzop block at byte {data_off} decoded to {len(out)} bytes "
+                      f"instead of {ulen}")
+    if dsum is not None:
+        kind, want = dsum
+        got = zlib.crc32(out) if kind == "crc32" else zlib.adler32(out)
+        if got != want:
+            raise corrupt(src, f"lzop block at byte {data_off} fails its {kind} checksum")
+    return out
