@@ -41,7 +41,7 @@ MAX_HEADER_OFFSET = 1 << 20                 # future headers may grow, not by me
 
 #: The walk reads the stream in chunks of this size: big enough that one
 #: pread amortises its syscall, small enough to stay in the CPU caches' reach.
-SCAN_CHUNK = 8 << 20
+SCAN_CHUNK = 4 << 20
 
 INDEX_KIND = "ntfsclone"
 _INDEX_MAGIC = b"NCRUNS\x00\x01"
@@ -125,13 +125,16 @@ class NtfscloneHeader(ImageHeader):
                                   f"{data_start}, which is impossible", CORRUPT_HINT)
         else:
             # Pre-10 images: 46 bytes in the writer's native byte order and
-            # records right after.  Tell the order by the one field with few
-            # legal values, the cluster size.
+            # records right after.  Tell the order by which reading gives a
+            # consistent header (a cluster size alone is ambiguous: 512
+            # big-endian reads as 131072 little-endian).
             if len(head) < HEADER_OLD_SIZE:
                 raise TruncatedError(name, "ntfsclone header is truncated", TRUNCATED_HINT)
             endian = "<"
             for e in ("<", ">"):
-                if _is_pow2(struct.unpack_from(e + "I", head, 18)[0]):
+                c, d, n, _ = struct.unpack_from(e + "IQqQ", head, 18)
+                if _is_pow2(c) and MIN_CLUSTER <= c <= MAX_CLUSTER and 0 < d <= MAX_DEVICE \
+                        and 0 <= n and n * c <= d:
                     endian = e
                     break
             cs, device, nr, inuse = struct.unpack_from(endian + "IQqQ", head, 18)
@@ -279,15 +282,14 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
                 cmds = buf[i:i + limit * stride:stride]
                 n = len(cmds) - len(cmds.lstrip(b"\x01"))   # >= 1: cmds[0] is NEXT
                 step = n * stride
-            elif pos < device_clusters:
-                # The partial record of the device tail (backup boot sector).
+            else:
+                # pos == full_clusters < device_clusters (the loop bound keeps
+                # pos below device_clusters): the partial record of the device
+                # tail, which holds the backup boot sector.
                 n = 1
                 step = 1 + device - pos * cs
                 if off + step > size:
                     break
-            else:
-                raise FormatError(name, f"NEXT record for cluster {pos} at image byte {off} "
-                                  f"lies beyond the device ({device} bytes)", CORRUPT_HINT)
             if not in_run:
                 firsts.append(pos)
                 counts.append(0)
