@@ -241,45 +241,47 @@ class ZstdSource(CodecSource):
                 if btype == 3:
                     raise corrupt(src, f"reserved zstd block type at compressed byte {block_c}")
                 body = cur.need(1 if btype == 1 else bsize, "a block")
-                # A new resume point at this block boundary: after `spacing`
+                # A trial resume point at this block boundary: after `spacing`
                 # bytes of a good span, or as soon as possible in a slow one;
-                # only where the block needs no earlier entropy table.
+                # only where the block needs no earlier entropy table.  It is
+                # committed only if it decodes this first block right (most
+                # misses are repeat offsets from before the point), and its
+                # snapshot is compressed only then.
+                trial = None
                 if can_resume and out_pos > frame_u and (
                         out_pos - span_u >= self.spacing if span[0] == "p"
                         else out_pos > span_u) and self_contained(btype, body):
-                    meta.append(span + [block_c, 0])
-                    starts.append(out_pos)
                     snap = bytes(history[-window:])
-                    blobs.append(pyzstd.compress(snap, 3))
-                    point = _Checker(["r", block_c, fh.window_byte, len(blobs) - 1], snap)
-                    alive.append(point)
-                    if len(alive) > 4:         # bound the verification work
-                        del alive[1]
-                    span, span_u = ["p", point.origin], out_pos
+                    trial = _Checker(["r", block_c, fh.window_byte, -1], snap)
                 block = bh_raw + body
                 try:
                     out = main.decompress(block)
                 except pyzstd.ZstdError as exc:
                     raise corrupt(src, f"zstd data is damaged at compressed byte {block_c} "
                                   f"({exc})") from None
-                failed = [c for c in alive if not c.feed(block, out)]
-                if failed:
-                    rejected += len(failed)
-                    alive = [c for c in alive if c.ok]
-                    if span[1] is not alive[-1].origin and not any(
-                            c.origin is span[1] for c in alive):
-                        # The open span's origin decodes this block wrongly
-                        # (a repeat offset from before it): end the span here;
-                        # the next bytes decode from the newest origin still
-                        # right and keep the tail, until a new point verifies.
-                        if span_u == out_pos:
-                            meta_origin_unused = span[1]
-                            if meta_origin_unused[0] == "r" and meta_origin_unused[3] == len(blobs) - 1:
-                                blobs.pop()
-                        else:
-                            meta.append(span + [block_c, 0])
-                            starts.append(out_pos)
-                        span, span_u = ["s", alive[-1].origin], out_pos
+                for checker in alive:
+                    if not checker.feed(block, out):
+                        rejected += 1
+                alive = [c for c in alive if c.ok]
+                if trial is not None and trial.feed(block, out):
+                    if out_pos > span_u:
+                        meta.append(span + [block_c, 0])
+                        starts.append(out_pos)
+                    blobs.append(pyzstd.compress(snap, 3))
+                    trial.origin[3] = len(blobs) - 1
+                    alive.append(trial)
+                    if len(alive) > 3:         # frame start + two points: bounds the work
+                        del alive[1]
+                    span, span_u = ["p", trial.origin], out_pos
+                elif not any(c.origin is span[1] for c in alive):
+                    # The open span's origin decodes this block wrongly (a
+                    # repeat offset or table from before it): end the span here;
+                    # the next bytes decode from the newest origin still right
+                    # and keep their tail, until a new point verifies.
+                    if out_pos > span_u:
+                        meta.append(span + [block_c, 0])
+                        starts.append(out_pos)
+                    span, span_u = ["s", alive[-1].origin], out_pos
                 out_pos += len(out)
                 if can_resume:
                     history += out
@@ -333,7 +335,7 @@ class ZstdSource(CodecSource):
             text += f" (+{info['skippable']} skippable)"
         text += f", {index.spans} spans, {info.get('resume_points', 0)} verified resume points"
         if info.get("resume_points"):
-            text += f" every {human(info.get('spacing', DEFAULT_SPACING))}"
+            text += f" (at least {human(info.get('spacing', DEFAULT_SPACING))} apart)"
         if info.get("slow_spans"):
             text += (f", {info['slow_spans']} spans on the slow path (decoded from an "
                      "earlier point)")
