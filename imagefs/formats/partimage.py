@@ -82,8 +82,8 @@ def probe(source: ByteSource) -> "PartimageHeader":
 def _read_exact(source: ByteSource, offset: int, size: int, what: str) -> bytes:
     data = source.read_at(offset, size)
     if len(data) < size:
-        raise TruncatedError(source.name, f"partimage {what} is truncated (the stream ends at "
-                             f"byte {offset + len(data)})", TRUNCATED_HINT)
+        raise TruncatedError(source.name, f"partimage {what} is truncated ({len(data)} of "
+                             f"{size} bytes at stream byte {offset})", TRUNCATED_HINT)
     return data
 
 
@@ -125,8 +125,9 @@ class PartimageHeader(ImageHeader):
     def parse(cls, source: ByteSource) -> "PartimageHeader":
         name = source.name
         vol = source.read_at(0, VOLUME_HEADER)
-        if len(vol) < 108:
-            raise TruncatedError(name, "partimage volume header is truncated", TRUNCATED_HINT)
+        if len(vol) < VOLUME_HEADER:
+            raise TruncatedError(name, f"partimage volume header is truncated ({len(vol)} of "
+                                 f"{VOLUME_HEADER} bytes)", TRUNCATED_HINT)
         version = _cstr(vol[32:96])
         if version not in KNOWN_VERSIONS:
             raise UnsupportedError(name, f"partimage image format {version[:20]!r} is unknown",
