@@ -307,6 +307,7 @@ class ZstdSource(CodecSource):
                               f"{out_pos - frame_u} bytes but its header says {fh.content_size}")
             meta.append(span + [blocks_end, cur.pos])
             starts.append(out_pos)
+        self._count(out_pos)
         # Drop empty spans (empty frames, points that failed at once).
         keep_starts, keep_meta = [0], []
         for i, m in enumerate(meta):
@@ -362,6 +363,7 @@ class ZstdSource(CodecSource):
         if kind == "s":
             want = index.starts[i + 1] - index.starts[i]
             if len(data) > want:
+                self._count(len(data) - want)   # decoded too, only to be dropped
                 data = data[len(data) - want:]
         return data
 
