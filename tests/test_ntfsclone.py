@@ -414,3 +414,28 @@ def test_runlist_roundtrip_and_validation():
         RunList.from_bytes(runs.to_bytes(header)[:-8], header, len(stream))
     with pytest.raises(ValueError):
         RunList.from_bytes(runs.to_bytes(header), header, 10)   # ends past the source
+
+
+@pytest.mark.parametrize("chunk", [20, 513, 700, 4096])
+def test_walk_is_independent_of_the_scan_chunk(monkeypatch, chunk):
+    """Records straddling chunk ends, lone clusters and long runs give the same run list."""
+    rng = random.Random(chunk)
+    recs: list[tuple[str, object]] = []
+    cluster = 0
+    for _ in range(60):
+        for _ in range(rng.choice((1, 1, 2, 7))):
+            recs.append(("next", _blk(cluster)))
+            cluster += 1
+        gap = rng.randrange(1, 4)
+        recs.append(("gap", gap))
+        cluster += gap
+    recs.append(("next", _blk(cluster)))
+    stream, part = make_image(recs)
+    reference = ntfsclone.walk_records(probe(MemorySource(stream)))
+    monkeypatch.setattr(ntfsclone, "SCAN_CHUNK", chunk)
+    header = probe(MemorySource(stream))
+    runs = ntfsclone.walk_records(header)
+    assert (runs.firsts, runs.counts, runs.offsets, runs.stored, runs.end) == \
+        (reference.firsts, reference.counts, reference.offsets, reference.stored, reference.end)
+    assert not runs.truncated and runs.end == len(stream)
+    assert VirtualPartition(header.open()).read(0, len(part)) == part

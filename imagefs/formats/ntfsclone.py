@@ -258,18 +258,21 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
 
     pos = 0                  # current cluster
     off = h.data_start       # stream offset of the next record
-    stored = 0
-    in_run = False           # the previous record was a NEXT
+    run_first = -1           # first cluster of the open run of NEXT records (-1: none)
+    run_off = 0              # its stream offset
+    full_end = min(last + 1, full_clusters)   # whole-cluster NEXT records stop here
     buf = b""
-    base = off               # buf holds stream bytes [base, base + len(buf))
+    blen = 0
+    base = off               # buf holds stream bytes [base, base + blen)
     reported = off
     while pos <= last:
         i = off - base
-        if i + GAP_RECORD > len(buf):
+        if i + GAP_RECORD > blen:
             if off >= size:
                 break
-            if i >= len(buf) or base + len(buf) < size:
+            if i >= blen or base + blen < size:
                 buf = src.read_at(off, SCAN_CHUNK)
+                blen = len(buf)
                 base = off
                 i = 0
                 if progress:
@@ -277,30 +280,28 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
                     reported = off
         cmd = buf[i]
         if cmd == CMD_NEXT:
-            limit = min(last + 1, full_clusters) - pos
-            if limit > 0:
-                cmds = buf[i:i + limit * stride:stride]
-                n = len(cmds) - len(cmds.lstrip(b"\x01"))   # >= 1: cmds[0] is NEXT
-                step = n * stride
+            if run_first < 0:
+                run_first, run_off = pos, off
+            if pos < full_end:
+                j = i + stride
+                if j < blen and buf[j] != CMD_NEXT:
+                    n = 1            # a lone cluster: fragmented volumes are full of them
+                else:
+                    cmds = buf[i:i + (full_end - pos) * stride:stride]
+                    n = len(cmds) - len(cmds.lstrip(b"\x01"))   # >= 1: cmds[0] is NEXT
+                pos += n
+                off += n * stride
             else:
                 # pos == full_clusters < device_clusters (the loop bound keeps
                 # pos below device_clusters): the partial record of the device
                 # tail, which holds the backup boot sector.
-                n = 1
                 step = 1 + device - pos * cs
                 if off + step > size:
                     break
-            if not in_run:
-                firsts.append(pos)
-                counts.append(0)
-                offsets.append(off)
-                in_run = True
-            counts[-1] += n
-            stored += n
-            pos += n
-            off += step
+                pos += 1
+                off += step
         elif cmd == CMD_GAP:
-            if i + GAP_RECORD > len(buf):           # the stream ends inside the record
+            if i + GAP_RECORD > blen:               # the stream ends inside the record
                 break
             count = int.from_bytes(buf[i + 1:i + GAP_RECORD], gap_order, signed=True)
             if count <= 0:
@@ -310,12 +311,20 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
                 raise FormatError(name, f"GAP record at image byte {off} skips to cluster "
                                   f"{pos + count}, beyond the device's {device_clusters}",
                                   CORRUPT_HINT)
+            if run_first >= 0:
+                firsts.append(run_first)
+                counts.append(pos - run_first)
+                offsets.append(run_off)
+                run_first = -1
             pos += count
             off += GAP_RECORD
-            in_run = False
         else:
             raise FormatError(name, f"unknown record type {cmd:#04x} at image byte {off} "
                               f"(cluster {pos}); the record stream is damaged", CORRUPT_HINT)
+    if run_first >= 0 and pos > run_first:
+        firsts.append(run_first)
+        counts.append(pos - run_first)
+        offsets.append(run_off)
     truncated = False
     if off > size:
         # A run of NEXT records was counted past EOF: its last record's data
@@ -323,7 +332,6 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
         # was seen), so drop that one record.
         truncated = True
         pos -= 1
-        stored -= 1
         off -= stride
         counts[-1] -= 1
         if counts[-1] == 0:
@@ -334,6 +342,7 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
         truncated = True
     if progress:
         progress(max(0, off - reported))
+    stored = sum(counts)
     known = pos if truncated else device_clusters
     return RunList(firsts, counts, offsets, stored, off, known, truncated)
 
