@@ -25,7 +25,7 @@ from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, FormatError, Truncated
                             UnsupportedError)
 from imagefs.formats.base import BlockImage, ImageHeader, Progress
 from imagefs.formats.layout import GroupedLayout
-from imagefs.io.source import ByteSource
+from imagefs.io.source import ByteSource, ConcatSource, FileSource
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +70,24 @@ def _is_pow2(n: int) -> bool:
 def key_paths(source: ByteSource) -> list[str] | None:
     """The files a source's bytes come from, for the persisted index's key.
 
-    A codec source may say so itself (``key_paths``); a plain file has a
-    ``path``; a concatenation of plain files has parts.  Anything else is
-    unknown, and then nothing is persisted (a wrong key would be worse).
+    A plain file has a ``path``; a piece set is a concatenation of files; a
+    decompressed stream (imagefs.codecs) is determined by the compressed
+    files under it.  Anything else (a slice of something) is unknown, and
+    then nothing is persisted: a wrong key would be worse than none.
     """
-    paths = getattr(source, "key_paths", None)
-    if paths:
-        return list(paths)
-    path = getattr(source, "path", None)
-    if isinstance(path, str):
-        return [path]
-    parts = getattr(source, "parts", None)
-    if parts:
+    if isinstance(source, FileSource):
+        return [source.path]
+    if isinstance(source, ConcatSource):
         out: list[str] = []
-        for part in parts:
+        for part in source.parts:
             sub = key_paths(part)
             if sub is None:
                 return None
             out += sub
         return out
+    inner = getattr(source, "source", None)
+    if getattr(source, "codec", None) and inner is not None:
+        return key_paths(inner)
     return None
 
 
