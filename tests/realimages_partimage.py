@@ -20,17 +20,18 @@ from realimages import Factory, Image, loop_device, need, need_root, run
 
 #: partimage prompts on a terminal if anything goes wrong; never let it hang.
 TIMEOUT = 120
-SAVE_FLAGS = ["-M", "-f3", "-o", "-d", "-b", "-c", "-z0", "-B", "gui=no"]
+SAVE_FLAGS = ["-M", "-f3", "-o", "-d", "-b", "-c", "-B", "gui=no"]
 
 
 def partimage_image(factory: Factory, kind: str, split: bool = False,
-                    size_mb: int = 64, seed: int = 3) -> Image:
-    """A partimage ``-z0`` image of a fresh ``kind`` (ext3 or vfat) file system.
+                    size_mb: int = 64, seed: int = 3, compress: int = 0) -> Image:
+    """A partimage image of a fresh ``kind`` (ext3 or vfat) file system.
 
     ``split`` saves with ``-V1`` into a volume set; ``Image.path`` is then
-    the ``.000`` volume.
+    the ``.000`` volume.  ``compress`` is partimage's ``-z``: 0 none (what
+    Clonezilla uses), 1 gzip and 2 bzip2 (each volume its own stream).
     """
-    name = f"pi-{kind}-{size_mb}-{seed}" + ("-V1" if split else "")
+    name = f"pi-{kind}-{size_mb}-{seed}-z{compress}" + ("-V1" if split else "")
     with factory._lock:
         cached = factory._images.get(name)
         if cached is not None:
@@ -44,7 +45,8 @@ def partimage_image(factory: Factory, kind: str, split: bool = False,
             outdir.mkdir()
             stem = outdir / "sda3"
             with loop_device(src.raw) as dev:
-                run(["partimage", *SAVE_FLAGS, "-V1", "save", dev, str(stem)], timeout=TIMEOUT)
+                run(["partimage", *SAVE_FLAGS, f"-z{compress}", "-V1", "save", dev, str(stem)],
+                    timeout=TIMEOUT)
             out = Path(str(stem) + ".000")
             if not Path(str(stem) + ".001").exists():
                 raise RuntimeError(f"{name}: partimage -V1 wrote a single volume; the "
@@ -53,7 +55,8 @@ def partimage_image(factory: Factory, kind: str, split: bool = False,
             out = factory.base / f"{name}.img"
             with loop_device(src.raw) as dev, open(out, "wb") as f:
                 # partimage writes its progress to stderr; the image is stdout.
-                run_to(["partimage", *SAVE_FLAGS, "--volume=0", "save", dev, "stdout"], f)
+                run_to(["partimage", *SAVE_FLAGS, f"-z{compress}", "--volume=0", "save", dev,
+                        "stdout"], f)
         gt = _restore(factory, name, out, src.size)
         img = Image(name, out, gt, src, "partimage")
         factory._images[name] = img
@@ -81,3 +84,32 @@ def _restore(factory: Factory, name: str, image: Path, size: int) -> Path:
             timeout=TIMEOUT)
     tmp.rename(gt)
     return gt
+
+
+def clonezilla_pipeline(factory: Factory, image: Image, compressor: list[str],
+                        piece_bytes: int = 1_000_000) -> Image:
+    """``image`` (a single stream) as Clonezilla stores it: ``| compressor | split -b``.
+
+    Returns the ``.aa`` piece; the ground truth is the image's own.
+    """
+    need(compressor[0], "split")
+    name = f"{image.name}-{compressor[0]}-split"
+    with factory._lock:
+        cached = factory._images.get(name)
+        if cached is not None:
+            return cached
+        outdir = factory.base / name
+        shutil.rmtree(outdir, ignore_errors=True)
+        outdir.mkdir()
+        prefix = outdir / (image.path.name + ".gz.")
+        with open(image.path, "rb") as src:
+            comp = subprocess.Popen(compressor, stdin=src, stdout=subprocess.PIPE)
+            run(["split", "-a", "2", "-b", str(piece_bytes), "-", str(prefix)],
+                stdin=comp.stdout)
+            comp.stdout.close()  # type: ignore[union-attr]
+            if comp.wait(TIMEOUT) != 0:
+                raise RuntimeError(f"{' '.join(compressor)} failed")
+        img = Image(name, Path(str(prefix) + "aa"), image.ground_truth, image.source,
+                    image.tool, image.sha256)
+        factory._images[name] = img
+        return img

@@ -244,6 +244,27 @@ def test_cli_info_and_verify(nc):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_clonezilla_gzip_split_index_persisted(factory, tmp_path):
+    """ntfsclone --save-image --output - | gzip -c --fast | split -b 1MB, opened twice."""
+    from imagefs.opener import OpenContext, open_image_header
+    from realimages_partimage import clonezilla_pipeline
+    img = clonezilla_pipeline(factory, factory.ntfsclone(100, 1, 0), ["gzip", "-c", "--fast"])
+    store = IndexStore(str(tmp_path / "idx"))
+    origins = []
+    before = ntfsclone.walk_count
+    for _ in range(2):
+        header, info = open_image_header(str(img.path), OpenContext(index_store=store))
+        assert info.codec == "gzip" and len(info.pieces) > 2
+        image = header.open(store)
+        origins.append(image.index_origin)
+        vp = VirtualPartition(image)
+        h = hashlib.sha256()
+        for off in range(0, vp.size, 4 << 20):
+            h.update(vp.read(off, 4 << 20))
+        assert h.hexdigest() == img.sha256
+    assert origins == ["built", "loaded"] and ntfsclone.walk_count == before + 1
+
+
 # ------------------------------------------------------------------ hand-made bytes
 
 def make_image(records: list[tuple[str, object]], *, cs: int = 512, device: int | None = None,
