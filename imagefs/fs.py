@@ -204,13 +204,9 @@ class ImageFS(mfusepy.Operations):
             self._handles.pop(fi.fh, None)
         return 0
 
-    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        self._node(path)
-        raise FuseOSError(errno.ENODATA)
-
-    def listxattr(self, path: str) -> list[str]:
-        self._node(path)
-        return []
+    # getxattr/listxattr are deliberately not implemented: libfuse answers
+    # ENOSYS once and the kernel stops asking, whereas an implemented
+    # getxattr costs two round trips per file on every ``ls -l``.
 
     # ------------------------------------------------------------ writes: never
     chmod = chown = create = link = mkdir = mknod = rename = rmdir = _erofs
