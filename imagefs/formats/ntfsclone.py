@@ -51,16 +51,23 @@ _INDEX_HEAD = struct.Struct("<8sIQqQQQ")    # magic, cs, device, nr, runs, store
 #: open loads the persisted index instead of walking again).
 walk_count = 0
 
-_CHECKSUM_TEXT = ("none (ntfsclone stores no checksums; verify checks the record "
-                  "structure and the stream length)")
+_CHECKSUM_TEXT = "none in the format (verify checks the record structure and length)"
 
 
 def is_ntfsclone(head: bytes) -> bool:
+    """True if ``head`` (the stream's first bytes) starts with the ntfsclone magic."""
     return head.startswith(MAGIC)
 
 
 def probe(source: ByteSource) -> "NtfscloneHeader":
+    """Parse and validate the header only (cheap); :meth:`NtfscloneHeader.open` walks."""
     return NtfscloneHeader.parse(source)
+
+
+def _note(header: ImageHeader, text: str) -> None:
+    """Add a note once (a header may be opened more than once)."""
+    if text not in header.notes:
+        header.notes.append(text)
 
 
 def _is_pow2(n: int) -> bool:
@@ -367,16 +374,16 @@ class NtfscloneImage(BlockImage):
         self._tail_len = header.device_size % cs     # partial last cluster, if any
         self._tail_cluster = header.device_size // cs if self._tail_len else -1
         if runs.truncated:
-            header.notes.append(f"the record stream is truncated at image byte {src.size}: "
-                                f"clusters from {runs.known_clusters} on cannot be read")
+            _note(header, f"the record stream is truncated at image byte {src.size}: "
+                          f"clusters from {runs.known_clusters} on cannot be read")
         elif runs.end < src.size:
-            header.notes.append(f"{src.size - runs.end} unexpected bytes follow the record "
-                                "stream (ignored)")
+            _note(header, f"{src.size - runs.end} unexpected bytes follow the record "
+                          "stream (ignored)")
         if not runs.truncated:
             expected = header.inuse + (1 if runs.end and self._ends_with_boot_record() else 0)
             if runs.stored != expected:
-                header.notes.append(f"the stream stores {runs.stored} clusters; the header "
-                                    f"says {header.inuse} in use")
+                _note(header, f"the stream stores {runs.stored} clusters; the header "
+                              f"says {header.inuse} in use")
 
     def _ends_with_boot_record(self) -> bool:
         """True if the stream holds a record for cluster nr (the boot sector copy)."""

@@ -72,11 +72,19 @@ def _cstr(raw: bytes) -> str:
 
 
 def is_partimage(head: bytes) -> bool:
+    """True if ``head`` starts with a partimage volume header's magic."""
     return head.startswith(VOLUME_MAGIC) and not head[len(VOLUME_MAGIC):32].strip(b"\0")
 
 
 def probe(source: ByteSource) -> "PartimageHeader":
+    """Parse and check the headers up to the bitmap (cheap); ``open`` reads the bitmap."""
     return PartimageHeader.parse(source)
+
+
+def _note(header: ImageHeader, text: str) -> None:
+    """Add a note once (a header may be opened more than once)."""
+    if text not in header.notes:
+        header.notes.append(text)
 
 
 def _read_exact(source: ByteSource, offset: int, size: int, what: str) -> bytes:
@@ -211,7 +219,7 @@ class PartimageHeader(ImageHeader):
             bitmap_offset=bitmap_offset, bitmap_size=bitmap_size, data_start=data_start,
             data_end=data_end, expected_size=data_end + len(MAGIC_TAIL) + HEADER_BLOCK)
         if compression not in COMPRESSION:
-            header.notes.append(f"the main header names an unknown compression {compression}")
+            _note(header, f"the main header names an unknown compression {compression}")
         return header
 
     def fields(self) -> list[tuple[str, str]]:
@@ -312,16 +320,16 @@ class PartimageImage(BlockImage):
         size = src.size
         if size < h.expected_size:
             self.truncated = True
-            h.notes.append(f"the image is truncated: {size} of {h.expected_size} bytes; "
-                           "reads past the end fail")
+            _note(h, f"the image is truncated: {size} of {h.expected_size} bytes; "
+                     "reads past the end fail")
             return
         tail = src.read_at(h.data_end, len(MAGIC_TAIL))
         if tail != MAGIC_TAIL:
             raise FormatError(src.name, f"expected MAGIC-BEGIN-TAIL at byte {h.data_end} after "
                               f"{h.used_blocks} blocks of data", CORRUPT_HINT)
         if size > h.expected_size:
-            h.notes.append(f"{size - h.expected_size} unexpected bytes follow the tail "
-                           "(ignored)")
+            _note(h, f"{size - h.expected_size} unexpected bytes follow the tail "
+                     "(ignored)")
 
     @property
     def stored_blocks(self) -> int:
