@@ -1,0 +1,220 @@
+"""The catalog without FUSE: naming, clashes, hidden pieces, symlinks, laziness, errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from imagefs.catalog import (Catalog, DirNode, FileNode, ImageNode, InfoNode, NotADirectory,
+                             NotFound, virtual_name)
+from imagefs.config import Settings, SourceSpec
+from imagefs.errors import ImageError
+from imagefs.io.source import FdPool
+from test_mount_support import data_start, partclone_v2, write_partclone
+
+
+def _catalog(root: Path, **kw) -> Catalog:
+    settings = Settings(cache_size=8 << 20, **kw)
+    return Catalog(settings, str(root), mountpoint="/mnt/images", pool=FdPool(32))
+
+
+def _names(cat: Catalog, path: str = "/") -> list[str]:
+    node = cat.lookup(path)
+    assert isinstance(node, DirNode)
+    return list(node.children())
+
+
+def _read_all(cat: Catalog, path: str) -> bytes:
+    node = cat.lookup(path)
+    assert isinstance(node, ImageNode)
+    return node.entry.read(0, node.attr().size + 10)
+
+
+@pytest.mark.parametrize("name, stem, expected", [
+    ("sda1.img", None, "sda1.img"),
+    ("sda1.ext4-ptcl-img.gz.aa", "sda1.ext4-ptcl-img.gz", "sda1.ext4-ptcl-img"),
+    ("sda1.ext4-ptcl-img.zst", None, "sda1.ext4-ptcl-img"),
+    ("sda1.ntfs-img.uncomp.aa", "sda1.ntfs-img.uncomp", "sda1.ntfs-img"),
+    ("sda2.xfs-ptcl-img.lzip", None, "sda2.xfs-ptcl-img"),
+    ("sda2.000", "sda2", "sda2"),
+    ("x.LZ4", None, "x"),
+    (".gz", None, ".gz"),
+])
+def test_virtual_name(name, stem, expected):
+    assert virtual_name(name, stem) == expected
+
+
+def test_images_plain_files_and_hidden_pieces(tmp_path):
+    truth = write_partclone(tmp_path / "whole.img", seed=1)
+    image = (tmp_path / "whole.img").read_bytes()
+    # The same image cut into three pieces, named like Clonezilla's.
+    cut = -(-len(image) // 3)
+    for i, suffix in enumerate(("aa", "ab", "ac")):
+        (tmp_path / f"sda1.ext4-ptcl-img.uncomp.{suffix}").write_bytes(image[i * cut:(i + 1) * cut])
+    (tmp_path / "sda-pt.sf").write_text("label: dos\n")
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "notes.aa").write_text("not an image, but named like a first piece\n")
+    (tmp_path / "notes.ab").write_text("second\n")
+    cat = _catalog(tmp_path)
+    assert _names(cat) == sorted([
+        "empty", "notes.aa", "notes.ab", "sda-pt.sf", "sda1.ext4-ptcl-img",
+        "sda1.ext4-ptcl-img.info", "whole.img", "whole.img.info"])
+    assert isinstance(cat.lookup("/sda-pt.sf"), FileNode)
+    assert _read_all(cat, "/whole.img") == truth
+    assert _read_all(cat, "/sda1.ext4-ptcl-img") == truth
+    info = cat.lookup("/sda1.ext4-ptcl-img.info")
+    assert isinstance(info, InfoNode)
+    text = info.entry.info_text().decode()
+    assert "3 pieces (split)" in text and "/mnt/images/sda1.ext4-ptcl-img" in text
+    with pytest.raises(NotFound):
+        cat.lookup("/sda1.ext4-ptcl-img.uncomp.ab")
+    with pytest.raises(NotADirectory):
+        cat.lookup("/whole.img/x")
+
+
+def test_clash_keeps_full_source_name(tmp_path):
+    write_partclone(tmp_path / "disk.img.gz", seed=2)      # no gzip inside: still an image
+    (tmp_path / "disk.img").write_text("a real file called disk.img\n")
+    write_partclone(tmp_path / "b.img", seed=3)
+    (tmp_path / "b.img.info").write_text("a real file taking the .info name\n")
+    cat = _catalog(tmp_path)
+    names = _names(cat)
+    assert "disk.img" in names and isinstance(cat.lookup("/disk.img"), FileNode)
+    assert "disk.img.gz" in names and isinstance(cat.lookup("/disk.img.gz"), ImageNode)
+    assert "disk.img.gz.info" in names
+    assert isinstance(cat.lookup("/b.img.info"), FileNode)
+    assert "b.img~2" in names and "b.img~2.info" in names
+
+
+def test_symlinks_inside_only_and_loops(tmp_path):
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    write_partclone(src / "a" / "b" / "real.img", seed=4)
+    outside = tmp_path / "outside.img"
+    write_partclone(outside, seed=5)
+    (src / "link.img").symlink_to("a/b/real.img")
+    (src / "out.img").symlink_to(outside)
+    (src / "a" / "b" / "up").symlink_to("../..")          # loop back to the root
+    (src / "a" / "sideways").symlink_to("b")              # fine: not an ancestor
+    (src / "dangling").symlink_to("nowhere")
+    cat = _catalog(src)
+    assert _names(cat) == ["a", "link.img", "link.img.info"]
+    assert isinstance(cat.lookup("/link.img"), ImageNode)
+    assert "up" not in _names(cat, "/a/b")
+    assert _names(cat, "/a/sideways") == ["real.img", "real.img.info"]
+    # Walking the whole tree terminates.
+    assert sum(1 for _ in cat.walk()) < 50
+
+
+def test_broken_images_have_info_only(tmp_path):
+    write_partclone(tmp_path / "tmp.img", seed=6)
+    good = (tmp_path / "tmp.img").read_bytes()
+    (tmp_path / "tmp.img").unlink()
+    bad = bytearray(good)
+    bad[40] ^= 0xFF
+    (tmp_path / "badcrc.img").write_bytes(bytes(bad))
+    (tmp_path / "short.img").write_bytes(bytes(good[:data_start(16) + 100]))
+    (tmp_path / "nothing.img").write_bytes(b"partclone-image\0" + b"\xff" * 20)
+    cat = _catalog(tmp_path)
+    names = _names(cat)
+    assert "badcrc.img" not in names and "badcrc.img.info" in names
+    text = cat.lookup("/badcrc.img.info").entry.info_text().decode()
+    assert "BROKEN" in text and "checksum" in text
+    assert "nothing.img.info" in names and "nothing.img" not in names
+    node = cat.lookup("/short.img")
+    assert isinstance(node, ImageNode)
+    assert node.attr().size == 16 * 4096
+    with pytest.raises(ImageError):
+        node.entry.read(0, 16 * 4096)
+    with pytest.raises(ImageError):           # asked again: still an error, never zeros
+        node.entry.read(8 * 4096, 8 * 4096)
+    assert "read error" in cat.lookup("/short.img.info").entry.info_text().decode()
+
+
+def test_listing_is_lazy_and_opening_once(tmp_path, monkeypatch):
+    for i in range(5):
+        d = tmp_path / f"d{i}"
+        d.mkdir()
+        write_partclone(d / "x.img", seed=i)
+    cat = _catalog(tmp_path)
+    reads: list[tuple[str, int, int]] = []
+    real_pread = os.pread
+    paths: dict[int, str] = {}
+    real_open = os.open
+
+    def traced_open(path, flags, mode=0o777, *, dir_fd=None):
+        fd = real_open(path, flags, mode, dir_fd=dir_fd)
+        paths[fd] = os.fspath(path)
+        return fd
+
+    def traced_pread(fd, n, off):
+        reads.append((paths.get(fd, "?"), off, n))
+        return real_pread(fd, n, off)
+
+    monkeypatch.setattr(os, "open", traced_open)
+    monkeypatch.setattr(os, "pread", traced_pread)
+    assert _names(cat) == ["d0", "d1", "d2", "d3", "d4"]
+    assert reads == [], "listing the root must not touch the images below"
+    node = cat.lookup("/d3/x.img")
+    assert {p for p, _, _ in reads} == {str(tmp_path / "d3" / "x.img")}
+    assert all(off + n <= 110 for _, off, n in reads), "probe reads the header only"
+    assert node.attr().size == 16 * 4096 and not node.entry.opened
+    reads.clear()
+    node.entry.read(0, 4096)
+    node.entry.read(4096, 4096)
+    bitmap_reads = [r for r in reads if r[1] == 110]
+    assert len(bitmap_reads) == 1, "the bitmap is read once"
+
+
+def test_du_blocks_count_stored_data(tmp_path):
+    stored = {0: b"a" * 4096, 5: b"b" * 4096}
+    image, _ = partclone_v2(1000, 4096, stored)
+    (tmp_path / "sparse.img").write_bytes(image)
+    cat = _catalog(tmp_path)
+    attr = cat.lookup("/sparse.img").attr()
+    assert attr.size == 1000 * 4096
+    assert attr.blocks * 512 == 2 * 4096
+    assert attr.perm & 0o222 == 0
+
+
+def test_config_sources_and_filters(tmp_path):
+    a = tmp_path / "a"
+    (a / "old").mkdir(parents=True)
+    write_partclone(a / "keep.img", seed=1)
+    write_partclone(a / "skip.tmp", seed=2)
+    write_partclone(a / "old" / "x.img", seed=3)
+    single = tmp_path / "single" / "sda1.ext4-ptcl-img.aa"
+    single.parent.mkdir()
+    data = (a / "keep.img").read_bytes()
+    single.write_bytes(data[:5000])
+    single.with_name("sda1.ext4-ptcl-img.ab").write_bytes(data[5000:])
+    settings = Settings(cache_size=1 << 20, sources=[
+        SourceSpec(path=str(a), exclude=["*.tmp", "old"]),
+        SourceSpec(path=str(single), name="laptop-root"),
+    ])
+    cat = Catalog(settings, None, pool=FdPool(16))
+    assert _names(cat) == ["a", "laptop-root", "laptop-root.info"]
+    assert _names(cat, "/a") == ["keep.img", "keep.img.info"]
+    assert _read_all(cat, "/laptop-root") == _read_all(cat, "/a/keep.img")
+
+
+def test_uid_gid_umask_overrides(tmp_path):
+    write_partclone(tmp_path / "x.img", seed=1)
+    cat = _catalog(tmp_path, uid=1234, gid=99, umask=0o077)
+    a = cat.lookup("/x.img").attr()
+    assert (a.uid, a.gid, a.perm) == (1234, 99, 0o400)
+    assert cat.lookup("/").attr().perm == 0o500
+
+
+def test_many_images_stay_within_the_descriptor_bound(tmp_path):
+    for i in range(60):
+        write_partclone(tmp_path / f"i{i:02d}.img", seed=i)
+    pool = FdPool(8)
+    cat = Catalog(Settings(cache_size=1 << 20), str(tmp_path), pool=pool)
+    for i in range(60):
+        cat.lookup(f"/i{i:02d}.img").entry.read(0, 4096)
+        assert pool.open_count() <= 8
+    cat.close()
+    assert pool.open_count() == 0
