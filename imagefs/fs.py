@@ -74,6 +74,8 @@ class ImageFS(mfusepy.Operations):
         self.catalog = catalog
         self._on_ready = on_ready
         self._max_read = max_read
+        #: True once the kernel's INIT arrived: later errors are not mount failures.
+        self.started = False
         self._handles: dict[int, _Handle] = {}
         self._handles_lock = threading.Lock()
         self._next_fh = itertools.count(1)
@@ -81,6 +83,7 @@ class ImageFS(mfusepy.Operations):
     # ------------------------------------------------------------ lifecycle
     def init_with_config(self, conn: Any, config: Any) -> None:
         """Tune the connection, then tell the starter that the mount is live."""
+        self.started = True
         if conn is not None:
             conn.max_readahead = MAX_READAHEAD
             if self._max_read and hasattr(conn, "max_read"):

@@ -238,6 +238,11 @@ def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
         mfusepy.FUSE(ops, p.mountpoint, raw_fi=True, foreground=True, debug=p.debug,
                      nothreads=p.single_thread, **p.fuse_options)
     except RuntimeError as exc:
+        if ops.started:
+            # libfuse 3 reports a session ended by SIGINT/SIGTERM as an error
+            # code; once the mount was up, that is the normal way to stop.
+            log.info("session ended (%s)", exc)
+            return
         raise MountError(f"{p.mountpoint}: mounting failed (libfuse error {exc}); "
                          "see the message above") from None
     finally:

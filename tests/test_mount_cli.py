@@ -1,0 +1,126 @@
+"""The mount command's own behaviour: errors, foreground mode, signals, options."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagefs import mount as mount_mod
+from test_mount_support import (IMAGEFS, imagefs_mounted, need_fuse, unmount, wait_until,
+                                write_partclone)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(IMAGEFS + list(args), capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture()
+def src(tmp_path) -> Path:
+    root = tmp_path / "src"
+    root.mkdir()
+    write_partclone(root / "sda1.img", seed=1)
+    return root
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("imagefs: ")
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_missing_mountpoint(src, tmp_path):
+    _one_line_error(_run(str(src), str(tmp_path / "nope")), "does not exist", "mkdir -p")
+
+
+def test_mountpoint_not_empty(src, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    _one_line_error(_run(str(src), str(tmp_path / "full")), "not empty")
+
+
+def test_missing_source(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    _one_line_error(_run(str(tmp_path / "gone"), str(tmp_path / "mnt")), "no such file")
+
+
+def test_bad_config(src, tmp_path):
+    (tmp_path / "mnt").mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cache_sise: 1G\n")
+    _one_line_error(_run(str(src), str(tmp_path / "mnt"), "-c", str(cfg)),
+                    str(cfg), "cache_sise", "unknown key")
+    _one_line_error(_run(str(src), str(tmp_path / "mnt"), "-o", f"config={cfg}"), "cache_sise")
+
+
+def test_fuse_unavailable_says_what_to_install(monkeypatch):
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/dev/fuse" else real_exists(p))
+    with pytest.raises(mount_mod.MountError, match="apt-get install fuse3"):
+        mount_mod.check_fuse(False)
+
+
+def test_allow_other_refused_for_users_gives_the_hint(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    monkeypatch.setattr(mount_mod, "_user_allow_other", lambda: False)
+    with pytest.raises(mount_mod.MountError, match="user_allow_other in /etc/fuse.conf"):
+        mount_mod.check_fuse(True)
+    monkeypatch.setattr(mount_mod, "_user_allow_other", lambda: True)
+    mount_mod.check_fuse(True)
+
+
+def test_libfuse_rejects_unknown_option(src, tmp_path):
+    need_fuse()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        proc = _run(str(src), str(mnt), "-o", "no_such_fuse_option")
+        assert proc.returncode != 0
+        assert "no_such_fuse_option" in proc.stderr and "imagefs:" in proc.stderr
+        assert not os.path.ismount(mnt)
+    finally:
+        unmount(mnt)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_foreground_unmounts_cleanly_on_signal(src, tmp_path, sig):
+    need_fuse()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(IMAGEFS + [str(src), str(mnt), "-f"], stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: os.path.ismount(mnt) or proc.poll() is not None, what="the mount")
+        assert os.path.ismount(mnt), proc.stderr.read().decode() if proc.stderr else ""
+        assert sorted(os.listdir(mnt)) == ["sda1.img", "sda1.img.info"]
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+        assert not os.path.ismount(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        unmount(mnt)
+
+
+def test_background_returns_when_live_and_single_image_source(src, tmp_path):
+    mnt = tmp_path / "mnt"
+    with imagefs_mounted(src / "sda1.img", mnt, "-o", "cache_size=16M,umask=077") as m:
+        assert sorted(os.listdir(m)) == ["sda1.img", "sda1.img.info"]
+        assert (m / "sda1.img").stat().st_mode & 0o777 == 0o400
+        assert "partclone" in (m / "sda1.img.info").read_text()
+
+
+def test_config_lists_the_sources(src, tmp_path):
+    cfg = tmp_path / "imagefs.yaml"
+    cfg.write_text(f"sources:\n  - path: {src}\n    name: laptop\n"
+                   f"  - path: {src / 'sda1.img'}\n    name: root.ext4\n")
+    with imagefs_mounted(None, tmp_path / "mnt", "-c", str(cfg)) as m:
+        assert sorted(os.listdir(m)) == ["laptop", "root.ext4", "root.ext4.info"]
+        assert (m / "laptop" / "sda1.img").read_bytes() == (m / "root.ext4").read_bytes()
