@@ -218,3 +218,20 @@ def test_many_images_stay_within_the_descriptor_bound(tmp_path):
         assert pool.open_count() <= 8
     cat.close()
     assert pool.open_count() == 0
+
+
+def test_ls_and_index_verbs(tmp_path, capsys):
+    import argparse
+
+    from imagefs.catalog_cli import index_main, ls_main
+
+    write_partclone(tmp_path / "good.img", seed=1)
+    (tmp_path / "bad.img").write_bytes(b"partclone-image\0" + b"\xff" * 100)
+    args = argparse.Namespace(source=str(tmp_path), config=None, verbose=0, quiet=True,
+                              index_dir=str(tmp_path.parent / "idx"))
+    assert ls_main(args) == 1                       # one image is broken
+    out = capsys.readouterr().out
+    assert "/good.img  partclone 2" in out and "/bad.img" in out and "BROKEN" in out
+    (tmp_path / "bad.img").unlink()
+    assert index_main(args) == 0
+    assert "/good.img: ready" in capsys.readouterr().out

@@ -1,0 +1,111 @@
+"""``imagefs ls TREE`` and ``imagefs index TREE``: the catalog without a mount.
+
+Both see exactly what a mount of TREE would show, because they walk the
+same :class:`~imagefs.catalog.Catalog`.  ``ls`` reads headers only;
+``index`` opens every image (bitmaps, ntfsclone run lists) and builds the
+seek index of every compressed one, persisting what can be persisted, so
+that the first read after mounting is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from imagefs.catalog import Catalog, ImageEntry, ImageNode, InfoNode
+from imagefs.config import Settings, load_config
+from imagefs.errors import ImageError
+from imagefs.info import human_size
+
+log = logging.getLogger(__name__)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_config(args.config) if getattr(args, "config", None) else Settings()
+    if getattr(args, "index_dir", None):
+        settings.index_dir = os.path.abspath(args.index_dir)
+    return settings
+
+
+def _catalog(args: argparse.Namespace, progress: bool = False) -> Catalog:
+    source = getattr(args, "source", None)
+    if source is not None and not os.path.exists(source):
+        raise ImageError(source, "no such file or directory",
+                         "give the directory holding the backups")
+    if getattr(args, "verbose", 0) < 1:
+        # Broken images are reported in the output itself; no duplicate log line.
+        logging.getLogger("imagefs.catalog").setLevel(logging.CRITICAL)
+    catalog = Catalog(_settings(args), os.path.abspath(source) if source else None)
+    catalog.ctx.progress = progress
+    return catalog
+
+
+def _images(catalog: Catalog) -> list[ImageEntry]:
+    """Every image entry in listing order (the walk lists every directory)."""
+    seen: list[ImageEntry] = []
+    for node in catalog.walk():
+        if isinstance(node, InfoNode):      # broken images have only the .info node
+            seen.append(node.entry)
+    return seen
+
+
+def _describe(entry: ImageEntry) -> str:
+    header = entry.header
+    if entry.error or header is None:
+        return f"BROKEN: {entry.error}"
+    stream = entry.stream_info
+    pieces = f"{len(stream.pieces)} pieces" if stream and len(stream.pieces) > 1 else "1 file"
+    codec = stream.codec if stream and stream.codec else "uncompressed"
+    return (f"{header.format_name} {header.format_version}, {header.fs_type or '?'}, "
+            f"{human_size(header.device_size)}, {pieces}, {codec}")
+
+
+def ls_main(args: argparse.Namespace) -> int:
+    """Print each image's virtual path and what it is; exit 1 if any is broken."""
+    catalog = _catalog(args)
+    try:
+        entries = _images(catalog)
+        width = max((len(e.vpath) for e in entries), default=0)
+        broken = 0
+        for entry in entries:
+            broken += bool(entry.error)
+            print(f"{entry.vpath:<{width}}  {_describe(entry)}")
+        if not getattr(args, "quiet", False):
+            print(f"{len(entries)} images, {broken} broken", file=sys.stderr)
+        return 1 if broken else 0
+    finally:
+        catalog.close()
+
+
+def index_main(args: argparse.Namespace) -> int:
+    """Open every image and build its indexes now; exit 1 if any fails."""
+    catalog = _catalog(args, progress=not getattr(args, "quiet", False))
+    failed = 0
+    try:
+        entries = _images(catalog)
+        for entry in entries:
+            if entry.error:
+                print(f"{entry.vpath}: skipped, {entry.error}")
+                failed += 1
+                continue
+            start = time.monotonic()
+            try:
+                build = getattr(entry.stream, "build", None)
+                if build is not None:
+                    build()                 # the codec's seek index (persisted)
+                entry.partition()           # bitmap / run list (ntfsclone's is persisted)
+            except ImageError as exc:
+                print(f"{entry.vpath}: FAILED, {exc.problem}")
+                failed += 1
+                continue
+            state = entry.index_state() or "no compression index needed"
+            print(f"{entry.vpath}: ready in {time.monotonic() - start:.1f} s ({state})")
+        return 1 if failed else 0
+    finally:
+        catalog.close()
+
+
+__all__ = ["ls_main", "index_main", "ImageNode"]
