@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 DROPPED = frozenset({"nofail", "noauto", "auto", "user", "users", "nouser", "owner",
                      "group", "_netdev", "defaults", "ro", "rw", "loop", "bg", "fg"})
 DROPPED_PREFIXES = ("x-", "comment=", "x-systemd", "helper=")
+#: What fstab's first field may say when the configuration lists the sources.
+PLACEHOLDER_SOURCES = frozenset({"none", "imagefs"})
 #: Flags imagefs handles itself rather than libfuse.
 OWN_FLAGS = frozenset({"nonempty", "foreground", "debug"})
 
@@ -141,6 +143,8 @@ def plan(argv: Sequence[str]) -> Plan:
     apply_overrides(settings, opts.own)
     if len(args.paths) == 2:
         source, mountpoint = args.paths
+        if source in PLACEHOLDER_SOURCES and settings.sources:
+            source = None          # fstab's first field when the config lists sources
     elif len(args.paths) == 1 and settings.sources:
         source, mountpoint = None, args.paths[0]
     elif len(args.paths) == 1:

@@ -124,3 +124,10 @@ def test_config_lists_the_sources(src, tmp_path):
     with imagefs_mounted(None, tmp_path / "mnt", "-c", str(cfg)) as m:
         assert sorted(os.listdir(m)) == ["laptop", "root.ext4", "root.ext4.info"]
         assert (m / "laptop" / "sda1.img").read_bytes() == (m / "root.ext4").read_bytes()
+
+
+def test_fstab_placeholder_source_with_config(src, tmp_path):
+    cfg = tmp_path / "imagefs.yaml"
+    cfg.write_text(f"sources:\n  - path: {src}\n")
+    with imagefs_mounted("none", tmp_path / "mnt", "-o", f"ro,config={cfg}") as m:
+        assert sorted(os.listdir(m)) == ["sda1.img", "sda1.img.info"]
