@@ -18,8 +18,8 @@ import pytest
 from imagefs.blockio import VirtualPartition
 from imagefs.cache import BlockCache
 from imagefs.checksums import sum32_signed
-from imagefs.errors import (ChecksumError, FormatError, ImageError, TruncatedError,
-                            UnsupportedError)
+from imagefs.errors import (ChecksumError, FormatError, ImageError, NotAnImageError,
+                            SourceError, TruncatedError, UnsupportedError)
 from imagefs.formats import partimage as pi
 from imagefs.formats import probe
 from imagefs.io.source import MemorySource
@@ -245,6 +245,20 @@ def test_clonezilla_gzip_split_stream(factory):
     header, image = _open(img.path)
     assert header.compression == 0
     _check_stream(img, image)
+
+
+def test_missing_volume_and_impostor(factory, tmp_path):
+    img = partimage_image(factory, "vfat", True)
+    first = _copy_set(img, tmp_path)
+    os.unlink(str(first)[:-4] + ".001")
+    with pytest.raises(SourceError, match=r"\.001"):
+        _open(first)
+    proc = subprocess.run([_cli(), "info", str(first)], capture_output=True, text=True)
+    assert proc.returncode != 0 and ".001" in proc.stderr
+    impostor = tmp_path / "other.000"
+    impostor.write_bytes(random.Random(1).randbytes(70000))
+    with pytest.raises(NotAnImageError, match="other.000"):
+        _open(impostor)
 
 
 # ------------------------------------------------------------------ hand-made bytes
