@@ -52,6 +52,15 @@ _PAYLOAD_MAGIC = b"IFCX"
 #: Compressed bytes read per request while scanning a stream.
 READ_CHUNK = 4 << 20
 
+#: Spans are cached in sub-chunks of this size: a random 4 KiB read decodes
+#: its span only up to the sub-chunk it needs, and the decoder is kept so a
+#: sequential reader continues it instead of starting over.  Small pieces
+#: also keep allocations reusable (fresh 32 MiB buffers cost page faults).
+SUB_CHUNK = 1 << 20
+
+#: Live span decoders kept per source for continuation.
+MAX_CURSORS = 4
+
 _default_cache: BlockCache | None = None
 _default_cache_lock = threading.Lock()
 
@@ -278,6 +287,40 @@ class _Sequential:
             self._recent.clear()
 
 
+class _Cursor:
+    """A paused decoder inside span ``span``; ``k`` is its next sub-chunk."""
+
+    __slots__ = ("span", "k", "it", "buf", "pos")
+
+    def __init__(self, span: int, it: Iterator[bytes]) -> None:
+        self.span = span
+        self.k = 0
+        self.it: Iterator[bytes] | None = it
+        self.buf = b""
+        self.pos = 0
+
+    def take(self, n: int, count: Callable[[int], None]) -> bytes:
+        """Up to ``n`` more decoded bytes (fewer only at the end of the span)."""
+        while len(self.buf) - self.pos < n and self.it is not None:
+            try:
+                piece = next(self.it)
+            except StopIteration:
+                self.it = None
+                break
+            count(len(piece))
+            self.buf = self.buf[self.pos:] + piece if self.pos < len(self.buf) else piece
+            self.pos = 0
+        data = self.buf[self.pos:self.pos + n]
+        self.pos += len(data)
+        return bytes(data)
+
+    def close(self) -> None:
+        it, self.it = self.it, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+        self.buf = b""
+
+
 def default_key_paths(source: ByteSource) -> list[str] | None:
     """The files behind ``source`` when it is a file or a piece set of files."""
     if isinstance(source, FileSource):
@@ -313,7 +356,8 @@ class CodecSource:
         self.spans_decoded = 0
         self._seq = _Sequential(self)
         self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
-        self._closed = False
+        self._cursors: list[_Cursor] = []  # paused span decoders
+        self._cursor_lock = threading.Lock()
 
     # -- ByteSource -------------------------------------------------------
 
@@ -340,16 +384,25 @@ class CodecSource:
         out = []
         end = offset + size
         while offset < end:
-            data = self._span(i)
-            lo = offset - starts[i]
+            rel = offset - starts[i]
+            k = rel // SUB_CHUNK
+            data = self._sub(i, k)
+            lo = rel - k * SUB_CHUNK
             piece = data[lo:lo + (end - offset)]
+            if not piece:
+                raise corrupt(self.source, f"{self.codec} span {i} is shorter than its index says")
             out.append(piece)
             offset += len(piece)
-            i += 1
+            if offset >= starts[i + 1]:
+                i += 1
         return out[0] if len(out) == 1 else b"".join(out)
 
     def close(self) -> None:
         """Drop decoders and cached spans; the object can still be read after."""
+        with self._cursor_lock:
+            cursors, self._cursors = self._cursors, []
+        for cur in cursors:
+            cur.close()
         self._seq.close()
         self._cache.discard_prefix(self._owner)
         self._close_decoders()
@@ -379,7 +432,7 @@ class CodecSource:
         end = offset + size
         while offset < end:
             k = offset // SEQ_CHUNK
-            data = self._cache.get_or_load(self._owner + ("seq", k), lambda k=k: self._seq.chunk(k))
+            data = self._cache.get_or_load((self._owner, "seq", k), lambda k=k: self._seq.chunk(k))
             lo = offset - k * SEQ_CHUNK
             piece = data[lo:lo + (end - offset)]
             if not piece:
@@ -388,21 +441,62 @@ class CodecSource:
             offset += len(piece)
         return b"".join(out)
 
-    def _span(self, i: int) -> bytes:
-        return self._cache.get_or_load(self._owner + ("span", i), lambda: self._load_span(i))
+    def _sub(self, i: int, k: int) -> bytes:
+        return self._cache.get_or_load((self._owner, "sub", i, k), lambda: self._load_sub(i, k))
 
-    def _load_span(self, i: int) -> bytes:
+    def _take_cursor(self, i: int, k: int) -> "_Cursor | None":
+        """The paused decoder of span ``i`` furthest along but not past ``k``."""
+        with self._cursor_lock:
+            best = None
+            for cur in self._cursors:
+                if cur.span == i and cur.k <= k and (best is None or cur.k > best.k):
+                    best = cur
+            if best is not None:
+                self._cursors.remove(best)
+            return best
+
+    def _keep_cursor(self, cur: "_Cursor") -> None:
+        with self._cursor_lock:
+            self._cursors.append(cur)
+            while len(self._cursors) > MAX_CURSORS:
+                self._cursors.pop(0).close()
+
+    def _load_sub(self, i: int, k: int) -> bytes:
         index = self._index
         assert index is not None
-        want = index.starts[i + 1] - index.starts[i]
-        data = self._decode_span(index, i)
-        self._count(len(data))
-        with self._count_lock:
-            self.spans_decoded += 1
-        if len(data) != want:
-            raise corrupt(self.source, f"{self.codec} span {i} decoded to {len(data)} bytes "
-                          f"instead of {want}")
-        return bytes(data)
+        span_len = index.starts[i + 1] - index.starts[i]
+        count = -(-span_len // SUB_CHUNK)
+        cur = self._take_cursor(i, k)
+        if cur is None:
+            cur = _Cursor(i, self._iter_span(index, i))
+            with self._count_lock:
+                self.spans_decoded += 1
+        result = b""
+        try:
+            while cur.k <= k:
+                want = min(SUB_CHUNK, span_len - cur.k * SUB_CHUNK)
+                data = cur.take(want, self._count)
+                if len(data) != want:
+                    raise corrupt(self.source, f"{self.codec} span {i} decoded to fewer "
+                                  f"bytes than its index says ({span_len})")
+                if cur.k == k:
+                    result = data
+                else:
+                    # Earlier pieces decoded on the way: cache them too (a loader
+                    # only ever waits for lower-numbered pieces, so no cycle).
+                    self._cache.get_or_load((self._owner, "sub", i, cur.k), lambda d=data: d)
+                cur.k += 1
+            if cur.k >= count:
+                if cur.take(1, self._count):
+                    raise corrupt(self.source, f"{self.codec} span {i} decoded to more "
+                                  f"bytes than its index says ({span_len})")
+                cur.close()
+            else:
+                self._keep_cursor(cur)
+        except BaseException:
+            cur.close()
+            raise
+        return result
 
     def _key(self) -> str | None:
         if self._store is None or not self._key_paths:
@@ -465,7 +559,13 @@ class CodecSource:
         raise NotImplementedError
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
+        """Span ``i`` whole, every check of the codec done."""
         raise NotImplementedError
+
+    def _iter_span(self, index: SeekIndex, i: int) -> Iterator[bytes]:
+        """Span ``i`` in pieces; codecs whose checks cover the whole unit keep
+        this default, so nothing is served before the unit verified."""
+        yield self._decode_span(index, i)
 
     def _describe(self, index: SeekIndex) -> str:
         return f"{index.spans} spans"
