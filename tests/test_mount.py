@@ -63,7 +63,9 @@ def test_listing(tree, mnt):
     cz = sorted(os.listdir(mnt / "2026-11-27-10-img_laptop"))
     assert cz == sorted(["Info-saved-by-cmd.txt", "clonezilla-img", "disk", "parts",
                          "sda-pt.sf", "sda1.ext4-ptcl-img", "sda1.ext4-ptcl-img.info",
-                         "sda2.ntfs-ptcl-img", "sda2.ntfs-ptcl-img.info"])
+                         "sda2.ntfs-ptcl-img", "sda2.ntfs-ptcl-img.info",
+                         "sda3.ext2-ptcl-img", "sda3.ext2-ptcl-img.info",
+                         "sda5.ntfs-img", "sda5.ntfs-img.info"])
     # ls -lR terminates (the directory symlink loop is not followed forever).
     out = subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -126,7 +128,7 @@ def test_parallel_random_reads(tree, mnt):
     assert not errors, errors[0]
 
 
-@pytest.mark.parametrize("kind", ["ext4", "ext2", "xfs", "btrfs"])
+@pytest.mark.parametrize("kind", ["ext4", "ext2", "ext3", "xfs", "btrfs"])
 def test_loop_mount_tree_equals_source(tree, mnt, tmp_path, kind):
     _, exp, _ = tree
     vpath = next(v for v, k in exp.fs_kind.items() if k == kind)
@@ -139,7 +141,8 @@ def test_loop_mount_tree_equals_source(tree, mnt, tmp_path, kind):
 
 
 FSCK = {
-    "ext4": ["e2fsck", "-fn"], "ext2": ["e2fsck", "-fn"], "xfs": ["xfs_repair", "-n", "-f"],
+    "ext4": ["e2fsck", "-fn"], "ext2": ["e2fsck", "-fn"], "ext3": ["e2fsck", "-fn"],
+    "xfs": ["xfs_repair", "-n", "-f"],
     "btrfs": ["btrfs", "check", "--readonly"], "ntfs": ["ntfsfix", "-n"],
     "vfat": ["fsck.fat", "-n"],
 }

@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from imagefs.checksums import pc_crc32
-from realimages import IN_CI, Factory, tree_digest  # noqa: F401 - re-exported
+from realimages import IN_CI, Factory, need, tree_digest  # noqa: F401 - re-exported
 
 IMAGEFS = [sys.executable, "-m", "imagefs"]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -216,6 +216,19 @@ def _place_split(split_image, dest_dir: Path, dest_stem: str) -> list[Path]:
     return out
 
 
+def _compress_split(image_path: Path, dest_dir: Path, prefix: str, compressor: list[str],
+                    piece_bytes: int) -> list[Path]:
+    """``compressor < image | split -a 2 -b N - PREFIX.``: Clonezilla's own pipeline."""
+    need(compressor[0], "split")
+    with open(image_path, "rb") as src:
+        comp = subprocess.Popen(compressor, stdin=src, stdout=subprocess.PIPE)
+        subprocess.run(["split", "-a", "2", "-b", str(piece_bytes), "-",
+                        str(dest_dir / (prefix + "."))], stdin=comp.stdout, check=True)
+        comp.stdout.close()  # type: ignore[union-attr]
+        assert comp.wait(120) == 0, f"{compressor} failed"
+    return sorted(dest_dir.glob(prefix + ".*"))
+
+
 def build_clonezilla_tree(factory: Factory, root: Path) -> Expected:
     """Clonezilla image dir + loose images + every kind of awkward file."""
     exp = Expected()
@@ -253,6 +266,19 @@ def build_clonezilla_tree(factory: Factory, root: Path) -> Expected:
     exp.good["/2026-11-27-10-img_laptop/sda2.ntfs-ptcl-img"] = ntfs_pc
     exp.fs_kind["/2026-11-27-10-img_laptop/sda2.ntfs-ptcl-img"] = "ntfs"
     exp.hidden += [f"/2026-11-27-10-img_laptop/{p.name}" for p in pieces]
+    # Compressed the Clonezilla way: partclone | zstd | split (suffix in the
+    # name), ntfsclone | gzip | split (no suffix: known by content only).
+    pieces = _compress_split(ext2.path, cz, "sda3.ext2-ptcl-img.zst", ["zstd", "-q", "-c", "-T0", "-3"],
+                             2_000_000)
+    assert len(pieces) >= 2
+    exp.good["/2026-11-27-10-img_laptop/sda3.ext2-ptcl-img"] = ext2
+    exp.fs_kind["/2026-11-27-10-img_laptop/sda3.ext2-ptcl-img"] = "ext2"
+    exp.hidden += [f"/2026-11-27-10-img_laptop/{p.name}" for p in pieces]
+    pieces = _compress_split(nclone.path, cz, "sda5.ntfs-img", ["gzip", "-c", "--fast"], 3_000_000)
+    assert len(pieces) >= 2
+    exp.good["/2026-11-27-10-img_laptop/sda5.ntfs-img"] = nclone
+    exp.fs_kind["/2026-11-27-10-img_laptop/sda5.ntfs-img"] = "ntfs"
+    exp.hidden += [f"/2026-11-27-10-img_laptop/{p.name}" for p in pieces]
     for meta in ("disk", "parts", "sda-pt.sf", "clonezilla-img", "Info-saved-by-cmd.txt"):
         exp.plain[f"/2026-11-27-10-img_laptop/{meta}"] = cz / meta
 
@@ -275,6 +301,22 @@ def build_clonezilla_tree(factory: Factory, root: Path) -> Expected:
     _place(ext2.path, root / "loose" / odd)
     exp.good[f"/loose/{odd}"] = ext2
     exp.fs_kind[f"/loose/{odd}"] = "ext2"
+
+    # partimage: one stream (Clonezilla names it by the device alone) and a
+    # volume set NAME.000, .001 ... written by partimage itself.
+    from realimages_partimage import partimage_image
+    pi_ext3 = partimage_image(factory, "ext3")
+    _place(pi_ext3.path, root / "loose" / "old-server" / "hda1")
+    exp.good["/loose/old-server/hda1"] = pi_ext3
+    exp.fs_kind["/loose/old-server/hda1"] = "ext3"
+    pi_vfat = partimage_image(factory, "vfat", split=True)
+    volumes = sorted(pi_vfat.path.parent.glob(pi_vfat.path.name[:-4] + ".[0-9][0-9][0-9]"))
+    assert len(volumes) >= 2
+    for v in volumes:
+        _place(v, root / "loose" / "old-server" / ("hda2" + v.name[-4:]))
+    exp.good["/loose/old-server/hda2"] = pi_vfat
+    exp.fs_kind["/loose/old-server/hda2"] = "vfat"
+    exp.hidden += ["/loose/old-server/hda2" + v.name[-4:] for v in volumes]
 
     # Files that are not images.
     (root / "notes.txt").write_text("backups of the laptop\n")
