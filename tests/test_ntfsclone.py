@@ -8,6 +8,7 @@ import random
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,11 +23,10 @@ from imagefs.formats.ntfsclone import NtfscloneHeader, RunList
 from imagefs.indexdir import IndexStore, source_key
 from imagefs.io.source import FileSource, MemorySource
 
-IMAGEFS = "/work/venv/bin/imagefs"
-
-
-def _cli() -> str:
-    return IMAGEFS if os.path.exists(IMAGEFS) else shutil.which("imagefs") or IMAGEFS
+def _cli() -> list[str]:
+    """The installed console script beside this interpreter (else ``python -m imagefs``)."""
+    script = Path(sys.executable).parent / "imagefs"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "imagefs"]
 
 
 # ------------------------------------------------------------------ real images
@@ -182,7 +182,7 @@ def test_structural_corruption_is_detected(nc, tmp_path):
     header = probe(FileSource(str(broken)))
     with pytest.raises(FormatError, match=f"image byte {victim}"):
         header.open()
-    proc = subprocess.run([_cli(), "verify", str(broken)], capture_output=True, text=True)
+    proc = subprocess.run([*_cli(), "verify", str(broken)], capture_output=True, text=True)
     assert proc.returncode != 0
     assert str(broken) in proc.stderr and f"image byte {victim}" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -235,12 +235,12 @@ def test_truncated_stream_reads_fail_past_the_cut(nc, tmp_path):
 
 
 def test_cli_info_and_verify(nc):
-    proc = subprocess.run([_cli(), "info", "--full", str(nc.path)], capture_output=True,
+    proc = subprocess.run([*_cli(), "info", "--full", str(nc.path)], capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert "ntfsclone (image format 10.1)" in proc.stdout
     assert "NTFS clusters" in proc.stdout and "backup boot sector" in proc.stdout
-    proc = subprocess.run([_cli(), "verify", str(nc.path)], capture_output=True, text=True)
+    proc = subprocess.run([*_cli(), "verify", str(nc.path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -9,6 +9,7 @@ import random
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -26,11 +27,10 @@ from imagefs.io.source import MemorySource
 from imagefs.opener import open_image_header
 from realimages_partimage import clonezilla_pipeline, partimage_image
 
-IMAGEFS = "/work/venv/bin/imagefs"
-
-
-def _cli() -> str:
-    return IMAGEFS if os.path.exists(IMAGEFS) else shutil.which("imagefs") or IMAGEFS
+def _cli() -> list[str]:
+    """The installed console script beside this interpreter (else ``python -m imagefs``)."""
+    script = Path(sys.executable).parent / "imagefs"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "imagefs"]
 
 
 # ------------------------------------------------------------------ real images
@@ -186,7 +186,7 @@ def test_flipped_data_byte_names_the_chunk(pimg, tmp_path):
     if vol != first:
         assert f"volume {vol.name[-3:].lstrip('0') or '0'}, {vol}" in msg
     assert info.value.block == image._block_of_rank(k * pi.CHK_DATA // header.block_size)
-    proc = subprocess.run([_cli(), "verify", str(first)], capture_output=True, text=True)
+    proc = subprocess.run([*_cli(), "verify", str(first)], capture_output=True, text=True)
     assert proc.returncode != 0
     assert f"data chunk #{k} " in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -211,12 +211,12 @@ def test_truncated_real_image(factory, kind, tmp_path):
 
 def test_cli_info_and_verify(factory):
     img = partimage_image(factory, "ext3", True)
-    proc = subprocess.run([_cli(), "info", "--full", str(img.path)], capture_output=True,
+    proc = subprocess.run([*_cli(), "info", "--full", str(img.path)], capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert "partimage (image format 0.6.1)" in proc.stdout and "ext3fs" in proc.stdout
     assert "volumes" in proc.stdout
-    proc = subprocess.run([_cli(), "verify", str(img.path)], capture_output=True, text=True)
+    proc = subprocess.run([*_cli(), "verify", str(img.path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -253,7 +253,7 @@ def test_missing_volume_and_impostor(factory, tmp_path):
     os.unlink(str(first)[:-4] + ".001")
     with pytest.raises(SourceError, match=r"\.001"):
         _open(first)
-    proc = subprocess.run([_cli(), "info", str(first)], capture_output=True, text=True)
+    proc = subprocess.run([*_cli(), "info", str(first)], capture_output=True, text=True)
     assert proc.returncode != 0 and ".001" in proc.stderr
     impostor = tmp_path / "other.000"
     impostor.write_bytes(random.Random(1).randbytes(70000))
