@@ -427,7 +427,8 @@ def test_garbage_after_a_valid_magic():
 def test_truncated_data_area_raises_on_read_and_verify():
     stream, part = build(1024, 400)
     header = probe(MemorySource(stream))
-    cut = header.data_start + 100 * 1024 + 16 + 10     # inside the 101st stored block (one CHK before)
+    # Inside the 101st stored block (one CHK record lies before it).
+    cut = header.data_start + 100 * 1024 + 16 + 10
     image = probe(MemorySource(stream[:cut], "cut.img")).open()
     assert image.truncated
     stored = [k for k in range(400) if image.bitmap.is_set(k)]
@@ -445,7 +446,8 @@ def test_verify_catches_crc_and_sum64_damage():
     # A data byte in the second 64 KiB chunk.
     at = header.data_start + 65552 + 5
     bad = _patch(stream, at, bytes([stream[at] ^ 1]))
-    with pytest.raises(ChecksumError, match=f"data chunk #1 .*stream byte {header.data_start + 65552}"):
+    chunk_at = header.data_start + 65552
+    with pytest.raises(ChecksumError, match=f"data chunk #1 .*stream byte {chunk_at}"):
         probe(MemorySource(bad)).open().verify()
     # The CHK position field is covered by no CRC, only by the tail's sum64.
     at = header.data_start + 65536 + 8

@@ -427,7 +427,8 @@ class NtfscloneImage(BlockImage):
     def _save_index(self, index_store: object | None, runs: RunList) -> None:
         key = self._index_key(index_store)
         if key is not None:
-            index_store.save(INDEX_KIND, key, runs.to_bytes(self.header))  # type: ignore[union-attr]
+            payload = runs.to_bytes(self.header)
+            index_store.save(INDEX_KIND, key, payload)  # type: ignore[union-attr]
 
     def _build(self, progress: Progress | None) -> RunList:
         if progress is not None:
