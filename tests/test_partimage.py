@@ -271,7 +271,7 @@ def build(bs: int = 1024, count: int = 300, stored: list[int] | None = None,
           partition: int | None = None, *, seed: int = 5, version: bytes = b"0.6.1",
           vol_id: int = 0xABCDEF, mbrs: int = 0, ext: dict[int, bytes] | None = None,
           bitmap_extra: int = 3, used: int | None = None,
-          bitmap_size: int | None = None) -> tuple[bytes, bytes]:
+          bitmap_size: int | None = None, volumes: int = 1) -> tuple[bytes, bytes]:
     """A partimage logical stream and the partition it restores to."""
     rng = random.Random(seed)
     stored = sorted(rng.sample(range(count), count // 2) if stored is None else stored)
@@ -308,7 +308,7 @@ def build(bs: int = 1024, count: int = 300, stored: list[int] | None = None,
         if len(chunk) == pi.CHK_DATA:
             s += b"CHK\0" + struct.pack("<IQ", zlib.crc32(chunk), j // bs)
     qsum = (sum(s[512:]) + sum(pi.MAGIC_TAIL)) & (2 ** 64 - 1)
-    s += pi.MAGIC_TAIL + struct.pack("<QI", qsum, 0).ljust(pi.HEADER_BLOCK, b"\0")
+    s += pi.MAGIC_TAIL + struct.pack("<QI", qsum, volumes - 1).ljust(pi.HEADER_BLOCK, b"\0")
     return bytes(s), bytes(part)
 
 
@@ -480,7 +480,7 @@ def _write_volumes(stream: bytes, directory: Path, cuts: list[int], *, ids=None,
 
 
 def test_synthetic_volume_sets(tmp_path):
-    stream, part = build(1024, 600, stored=list(range(0, 600, 2)) + [1, 3])
+    stream, part = build(1024, 600, stored=list(range(0, 600, 2)) + [1, 3], volumes=5)
     cuts = [40000, 100000, 100001, 200000]
     first = _write_volumes(stream, tmp_path, cuts)
     header, image = _open(first)
@@ -488,6 +488,12 @@ def test_synthetic_volume_sets(tmp_path):
     assert vp.read(0, vp.size) == part
     image.verify()
     assert "volume 2" in image.where(100000)
+    # The same stream cut into 4 volumes: the tail's volume count disagrees.
+    d = tmp_path / "four"
+    d.mkdir()
+    _, image = _open(_write_volumes(stream, d, cuts[:3]))
+    with pytest.raises(FormatError, match="tail says the image has 5 volume"):
+        image.verify()
     # A volume of another image, and volumes out of order.
     for name, kw, text in (("other", {"ids": [0, 0, 77, 0, 0]}, "another image"),
                            ("order", {"numbers": [0, 1, 3, 2, 4]}, "is volume 3")):

@@ -350,6 +350,14 @@ class PartimageImage(BlockImage):
                                  f"{first + count - 1} lie past the end of the image",
                                  TRUNCATED_HINT) from None
 
+    def _volume_count(self) -> int:
+        """How many partimage volumes the stream is made of (1 for a single stream)."""
+        parts = getattr(self.header.source, "parts", None)
+        if parts and len(parts) > 1 and all(
+                isinstance(p, SliceSource) and p.start == VOLUME_HEADER for p in parts[1:]):
+            return len(parts)
+        return 1
+
     def where(self, offset: int) -> str:
         """Describe a stream offset: the byte, and its volume file for volume sets."""
         text = f"stream byte {offset}"
@@ -412,7 +420,11 @@ class PartimageImage(BlockImage):
             raise FormatError(name, f"expected MAGIC-BEGIN-TAIL at {self.where(pos)} after the "
                               "data", CORRUPT_HINT)
         qsum = sum64_unsigned(tail[:len(MAGIC_TAIL)], qsum)
-        stored, = struct.unpack_from("<Q", tail, len(MAGIC_TAIL))
+        stored, last_volume = struct.unpack_from("<QI", tail, len(MAGIC_TAIL))
+        volumes = self._volume_count()
+        if last_volume + 1 != volumes:
+            raise FormatError(name, f"the tail says the image has {last_volume + 1} volume(s) "
+                              f"but {volumes} were read", "put all volumes of the image together")
         if stored != qsum:
             raise ChecksumError(name, f"the stream's sum64 is {qsum:#x} but the tail records "
                                 f"{stored:#x}: a header, bitmap or CHK record is damaged",
