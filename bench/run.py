@@ -82,7 +82,8 @@ def machine_info() -> dict:
                              text=True).stdout.strip() if have("fusermount3") else "?"
     return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem_kib / 2**20, 1),
             "kernel": platform.release(), "disk": " ".join(disk), "python": platform.python_version(),
-            "libfuse": libfuse, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "libfuse": libfuse, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "loadavg_at_start": os.getloadavg()[0]}
 
 
 # ------------------------------------------------------------- head to head
@@ -165,6 +166,9 @@ def summarize(raw: dict) -> dict:
         firsts = [r["first_byte_s"] for t in tests.values() for r in t]
         out[name] = {
             "seq_mibps": median([r["mibps"] for r in tests["seq"]]),
+            "seq_range": _range([r["mibps"] for r in tests["seq"]]),
+            "rand1_range": _range([r["iops"] for r in tests["rand1"]]),
+            "rand8_range": _range([r["iops"] for r in tests["rand8"]]),
             "seq_complete": all(r.get("complete") for r in tests["seq"]) if tests["seq"] else None,
             "rand1_iops": median([r["iops"] for r in tests["rand1"]]),
             "rand1_p99_ms": median([r["p99_ms"] for r in tests["rand1"]]),
@@ -178,6 +182,11 @@ def summarize(raw: dict) -> dict:
             "rounds": len(tests["seq"]),
         }
     return out
+
+
+def _range(vals: list[float]) -> str:
+    """min-max over the rounds: how noisy the median is."""
+    return f"{min(vals):.0f}-{max(vals):.0f}" if vals else ""
 
 
 def ratios(summary: dict, a: str, b: str) -> dict:
@@ -410,7 +419,9 @@ def report(res: dict) -> str:
     m = res["machine"]
     L.append(f"Run {m['date']}: `{res['command']}` ({res['elapsed_s']:.0f} s)\n")
     L.append(f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB RAM, kernel {m['kernel']}, "
-             f"disk {m['disk']}, Python {m['python']}, {m['libfuse']}\n")
+             f"disk {m['disk']}, Python {m['python']}, {m['libfuse']}; 1-min load average "
+             f"{m.get('loadavg_at_start', float('nan')):.2f} at start, "
+             f"{res.get('loadavg_at_end', float('nan')):.2f} at end (other work on the machine adds noise)\n")
     fx = res.get("fixture", {})
     L.append(f"Fixture: ext4 {fx.get('size_gib', 0):.2f} GiB, 90% full ({fx.get('files')} files), "
              f"partclone image {fx.get('image_mib', 0):.0f} MiB (CRC32 every 256 blocks)\n")
@@ -429,12 +440,16 @@ def report(res: dict) -> str:
                 ("peak RSS of the daemon (MiB)", "peak_rss_mib", None, ".0f"),
                 ("kernel readahead of the mount (KiB)", "readahead_kb", None, "")]
         for label, key, rk, spec in rows:
-            cells = [fmt(s.get(key), spec) if spec else str(s.get(key)) for s in summ.values()]
+            cells = [(fmt(s.get(key), spec) if spec else str(s.get(key)))
+                     + (f" ({s[rng]})" if (rng := key.split("_")[0] + "_range") in s
+                        and key.endswith(("mibps", "iops")) and not key.startswith("loop") else "")
+                     for s in summ.values()]
             r1 = fmt(rp.get(rk), ".2f") + "×" if rk and rp else ""
             r2 = fmt(ri.get(rk), ".2f") + "×" if rk and ri else ""
             L.append(f"| {label} | " + " | ".join(cells) + f" | {r1} | {r2} |")
         L.append("\nRatios are speed ratios (>1: imagefs faster; times are inverted). "
-                 f"Medians of {max(s['rounds'] for s in summ.values())} rounds.\n")
+                 f"Medians of {max(s['rounds'] for s in summ.values())} rounds "
+                 "(min-max over the rounds in brackets).\n")
     for name, why in res.get("unavailable", {}).items():
         L.append(f"- **{name}** unavailable: {why}")
     for name, errs in h.get("errors", {}).items():
@@ -602,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"left {work} in place: something is still mounted under it")
         res["elapsed_s"] = budget.elapsed()
+        res["loadavg_at_end"] = os.getloadavg()[0]
         (outdir / f"{stamp}.json").write_text(json.dumps(res, indent=1, default=str))
         text = report(res)
         (outdir / f"{stamp}.md").write_text(text)
