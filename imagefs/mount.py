@@ -16,8 +16,10 @@ own handlers end the session loop).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import stat
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -184,14 +186,24 @@ def plan(argv: Sequence[str]) -> Plan:
 
 
 def check_mountpoint(mountpoint: str, nonempty_ok: bool) -> None:
-    if not os.path.exists(mountpoint):
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
         raise MountError(f"{mountpoint}: mount point does not exist; create it with "
-                         f"mkdir -p {mountpoint}")
-    if not os.path.isdir(mountpoint):
+                         f"mkdir -p {mountpoint}") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:     # a FUSE process died without unmounting
+            raise MountError(f"{mountpoint}: a dead FUSE mount is still there; unmount it "
+                             f"first with: fusermount3 -u {mountpoint}") from None
+        raise MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"{mountpoint}: mount point is not a directory")
     try:
         entries = os.listdir(mountpoint)
     except OSError as exc:
+        if exc.errno == errno.ENOTCONN:     # a FUSE process died without unmounting
+            raise MountError(f"{mountpoint}: a dead FUSE mount is still there; unmount it "
+                             f"first with: fusermount3 -u {mountpoint}") from None
         raise MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}") from None
     if entries and not nonempty_ok:
         raise MountError(f"{mountpoint}: mount point is not empty; use an empty directory "

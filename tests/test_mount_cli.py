@@ -131,3 +131,20 @@ def test_fstab_placeholder_source_with_config(src, tmp_path):
     cfg.write_text(f"sources:\n  - path: {src}\n")
     with imagefs_mounted("none", tmp_path / "mnt", "-o", f"ro,config={cfg}") as m:
         assert sorted(os.listdir(m)) == ["sda1.img", "sda1.img.info"]
+
+
+def test_dead_mount_gets_a_hint(src, tmp_path):
+    need_fuse()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(IMAGEFS + [str(src), str(mnt), "-f"], stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: os.path.ismount(mnt) or proc.poll() is not None, what="the mount")
+        proc.kill()                          # dies without unmounting
+        proc.wait()
+        _one_line_error(_run(str(src), str(mnt)), "dead FUSE mount", "fusermount3 -u")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        unmount(mnt)

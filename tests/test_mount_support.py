@@ -103,17 +103,28 @@ def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> Non
         delay = min(delay * 2, 0.1)
 
 
+def in_mount_table(mnt: Path | str) -> bool:
+    """Mounted, even when dead (os.path.ismount says False on ENOTCONN)."""
+    target = os.path.abspath(str(mnt))
+    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 1 and fields[1].encode().decode("unicode_escape") == target:
+                return True
+    return False
+
+
 def unmount(mnt: Path | str) -> None:
-    """Unmount if mounted, and wait until the kernel says it is gone."""
+    """Unmount if mounted (alive or dead), and wait until the kernel says it is gone."""
     mnt = str(mnt)
-    if not os.path.ismount(mnt):
+    if not os.path.ismount(mnt) and not in_mount_table(mnt):
         return
     for cmd in (["fusermount3", "-u", mnt], ["umount", mnt], ["umount", "-l", mnt]):
         if shutil.which(cmd[0]) is None:
             continue
         if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
             break
-    wait_until(lambda: not os.path.ismount(mnt), what=f"{mnt} to be unmounted")
+    wait_until(lambda: not in_mount_table(mnt), what=f"{mnt} to be unmounted")
 
 
 def pids_serving(mnt: Path | str) -> list[int]:
