@@ -345,6 +345,24 @@ class DirNode(Node):
         return builder.finish()
 
 
+def _orphans(stem: str, first: str, names: set[str]) -> set[str]:
+    """Pieces of the set ``first`` starts that lie past a hole (hidden with the set).
+
+    Only names with the same suffix width (or split's widened ``z..`` form)
+    count, so ``NAME.info`` or ``NAME.sha`` next to ``NAME.aa`` stay visible.
+    """
+    parts = split_stem(first)
+    assert parts is not None
+    width, kind = len(parts[1]), parts[2]
+    out = set()
+    for other in names:
+        p = split_stem(other)
+        if p and p[0] == stem and p[2] == kind and (
+                len(p[1]) == width or (len(p[1]) > width and p[1].startswith("z"))):
+            out.add(other)
+    return out
+
+
 class _Listing:
     """Builds one directory's children: classify, group pieces, probe, name."""
 
@@ -421,15 +439,19 @@ class _Listing:
                 continue
             members = [n for n in pset.names if n in files]
             pieces = [files[n][0] for n in members]
+            missing = pset.missing
+            sizes = [files[n][1].st_size for n in members]
+            if missing and pset.kind != VOLUMES and len(sizes) > 1 and sizes[-1] < sizes[0]:
+                # split makes every piece but the last full size: a short last
+                # piece means the set is complete, and the "later piece" seen
+                # by name is an unrelated file such as NAME.sha.
+                missing = None
             entry = ImageEntry(self.catalog, "", pieces, VOLUMES if pset.kind == VOLUMES else "split",
                                files[name][1])
-            if self._probe(entry, name, virtual_name(name, pset.stem), missing=pset.missing):
+            if self._probe(entry, name, virtual_name(name, pset.stem), missing=missing):
                 claimed.update(members)
-                # Pieces past a hole belong to the set too: hide them with it.
-                for other in names:
-                    parts = split_stem(other)
-                    if parts and parts[0] == pset.stem and parts[2] == pset.kind:
-                        claimed.add(other)
+                if missing:
+                    claimed.update(_orphans(pset.stem, name, names))
         for name in sorted(names - claimed):
             real, st = files[name]
             entry = ImageEntry(self.catalog, "", [real], "single", st)
@@ -453,7 +475,7 @@ class _Listing:
             entry.fail(exc)
         if missing is not None and entry.error is None:
             entry.fail(SourceError(os.path.join(os.path.dirname(entry.pieces[0]), missing),
-                                   "this piece of the split set is missing",
+                                   f"piece {missing} of the split set is missing",
                                    "find the missing piece; the set cannot be read without it"))
         self.images.append((vname, name, entry))
         return True

@@ -235,3 +235,26 @@ def test_ls_and_index_verbs(tmp_path, capsys):
     (tmp_path / "bad.img").unlink()
     assert index_main(args) == 0
     assert "/good.img: ready" in capsys.readouterr().out
+
+
+def test_split_sets_with_unrelated_siblings_and_holes(tmp_path):
+    write_partclone(tmp_path / "whole", seed=9, total_blocks=32)
+    data = (tmp_path / "whole").read_bytes()
+    (tmp_path / "whole").unlink()
+    cut = 10000
+    chunks = [data[i:i + cut] for i in range(0, len(data), cut)]
+    assert len(chunks) >= 4
+    names = ["aa", "ab", "ac", "ad", "ae", "af", "ag", "ah", "ai", "aj", "ak", "al", "am", "an"]
+    for suffix, chunk in zip(names, chunks):
+        (tmp_path / f"good.img.{suffix}").write_bytes(chunk)
+        if suffix != "ab":
+            (tmp_path / f"holey.img.{suffix}").write_bytes(chunk)
+    (tmp_path / "good.img.sha").write_text("checksums of the pieces\n")
+    cat = _catalog(tmp_path)
+    names_shown = _names(cat)
+    assert "good.img" in names_shown and "good.img.sha" in names_shown
+    assert isinstance(cat.lookup("/good.img"), ImageNode)
+    assert "holey.img.info" in names_shown and "holey.img" not in names_shown
+    assert not [n for n in names_shown if n.startswith("holey.img.a")], names_shown
+    text = cat.lookup("/holey.img.info").entry.info_text().decode()
+    assert "holey.img.ab" in text and "missing" in text
