@@ -533,6 +533,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-core", action="store_true",
                     help="skip the core-fuse contenders (imagefs's reader behind passthrough.py)")
     ap.add_argument("--imagefs-options", default=None, help="extra -o options for imagefs")
+    ap.add_argument("--contenders", default="",
+                    help="comma list to keep: passthrough,core-fuse,core-fuse-nocache,imagefs,"
+                         "imagebackup (default: all available)")
     ap.add_argument("--readahead-kb", type=int, default=0,
                     help="set every mount's bdi read_ahead_kb to this (all contenders alike)")
     ap.add_argument("--budget-min", type=float, default=14.0, help="wall-clock budget")
@@ -586,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
                 res["unavailable"]["imagebackup"] = why_ib
         cfg = {"seq_time": 8.0 if quick else 20.0, "rand_reads": 2000 if quick else 4000,
                "rand_time": 3.0 if quick else 5.0, "readahead_kb": args.readahead_kb}
+        if args.contenders:
+            keep = set(args.contenders.split(","))
+            cs = [c for c in cs if c.name in keep]
         if "h2h" in sections:
             res["head_to_head"] = head_to_head(cs, rounds, cfg, work, budget)
             res["ratio_passthrough"] = ratios(res["head_to_head"]["summary"], "imagefs", "passthrough")
