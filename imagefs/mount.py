@@ -243,16 +243,21 @@ def _user_allow_other() -> bool:
 def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
     """Build the catalog and serve until unmounted (blocks)."""
     from imagefs.catalog import Catalog
-    from imagefs.fs import ImageFS, mfusepy
+    from imagefs.fs import CACHE_TIMEOUT, ImageFS, mfusepy
 
     catalog = Catalog(p.settings, p.source, mountpoint=p.mountpoint)
     max_read = p.fuse_options.get("max_read")
     ops = ImageFS(catalog, on_ready=on_ready,
                   max_read=int(max_read) if isinstance(max_read, (int, str)) else None)
     log.info("mounting %s on %s", p.source or p.settings.config_path, p.mountpoint)
+    options = dict(p.fuse_options)
+    if mfusepy.fuse_version_major == 2:
+        # libfuse 2 has no fuse_config in init: the cache timeouts go in as options.
+        for key in ("entry_timeout", "attr_timeout", "negative_timeout"):
+            options.setdefault(key, CACHE_TIMEOUT)
     try:
         mfusepy.FUSE(ops, p.mountpoint, raw_fi=True, foreground=True, debug=p.debug,
-                     nothreads=p.single_thread, **p.fuse_options)
+                     nothreads=p.single_thread, **options)
     except RuntimeError as exc:
         if ops.started:
             # libfuse 3 reports a session ended by SIGINT/SIGTERM as an error
