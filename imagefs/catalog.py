@@ -157,7 +157,8 @@ class ImageEntry:
         self.error: str | None = None          # broken: the one-line reason
         self.read_error: str | None = None     # a read failed (rest may still be readable)
         self._partition: VirtualPartition | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # error fields
+        self._open_lock = threading.Lock()     # held while the block map is built
 
     # -------------------------------------------------------------- probing
     def probe(self) -> None:
@@ -189,34 +190,33 @@ class ImageEntry:
     def partition(self) -> VirtualPartition:
         """The virtual partition, opening the block map on first use.
 
+        The block map (bitmap, run list, codec index) is built once: the
+        first reader builds it under the image's open lock while later
+        readers of the same image wait; other images are not held up.
         Raises ImageError when the image is (or turns out to be) broken.
         """
         part = self._partition
         if part is not None:
             return part
-        with self._lock:
+        with self._open_lock:
             if self._partition is not None:
                 return self._partition
             if self.error is not None or self.header is None:
                 raise SourceError(self.pieces[0], self.error or "image is not readable")
             header = self.header
-        try:
-            image = header.open(self.catalog.ctx.index_store)
-            part = VirtualPartition(image, self.catalog.cache)
-        except ImageError as exc:
-            self.fail(exc)
-            raise
-        except (OSError, ValueError, MemoryError) as exc:
-            error = SourceError(self.pieces[0], f"cannot open the image: {exc}")
-            self.fail(error)
-            raise error from None
-        with self._lock:
-            if self._partition is None:        # two first readers: keep one map
-                self._partition = part
-                log.info("%s: opened (%s)", self.vpath, header.format_name)
-            else:
-                part.close()
-            return self._partition
+            try:
+                image = header.open(self.catalog.ctx.index_store)
+                part = VirtualPartition(image, self.catalog.cache)
+            except ImageError as exc:
+                self.fail(exc)
+                raise
+            except (OSError, ValueError, MemoryError) as exc:
+                error = SourceError(self.pieces[0], f"cannot open the image: {exc}")
+                self.fail(error)
+                raise error from None
+            self._partition = part
+            log.info("%s: opened (%s)", self.vpath, header.format_name)
+            return part
 
     def read(self, offset: int, size: int) -> bytes:
         try:

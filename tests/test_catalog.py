@@ -258,3 +258,36 @@ def test_split_sets_with_unrelated_siblings_and_holes(tmp_path):
     assert not [n for n in names_shown if n.startswith("holey.img.a")], names_shown
     text = cat.lookup("/holey.img.info").entry.info_text().decode()
     assert "holey.img.ab" in text and "missing" in text
+
+
+def test_block_map_built_once_under_concurrent_first_reads(tmp_path):
+    import threading
+    import time
+
+    truth = write_partclone(tmp_path / "x.img", seed=3)
+    cat = _catalog(tmp_path)
+    entry = cat.lookup("/x.img").entry
+    real_open = entry.header.open
+    calls = []
+
+    def slow_open(*args, **kw):
+        calls.append(1)
+        time.sleep(0.05)            # widen the window in which readers collide
+        return real_open(*args, **kw)
+
+    entry.header.open = slow_open
+    results, errors = [], []
+
+    def reader():
+        try:
+            results.append(entry.read(0, len(truth)))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(calls) == 1
+    assert all(r == truth for r in results)
