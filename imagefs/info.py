@@ -75,7 +75,10 @@ def render_info(header: ImageHeader | None, stream: StreamInfo | None, *,
         lines.append(_line("stored data", human_size(image.stored_blocks * header.block_size)))
     for note in header.notes:
         lines.append(_line("note", note))
-    lines.append(_line("status", "ok"))
+    if header.damage:
+        lines.append(_line("status", "DAMAGED: " + header.damage))
+    else:
+        lines.append(_line("status", "ok"))
     if virtual_path:
         q = shlex.quote(virtual_path)
         fsck = _FSCK.get(header.fs_type)

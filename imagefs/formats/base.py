@@ -41,10 +41,23 @@ class ImageHeader(ABC):
     used_blocks: int | None   # as stated by the header (None if it has none)
     checksum: str = "none"    # human-readable checksum mode
     notes: list[str] = field(default_factory=list)   # oddities worth reporting
+    #: Set when the image is readable only in part (e.g. truncated): the
+    #: readable part is served, reads of the rest fail; .info says so.
+    damage: str | None = None
 
     @property
     def path(self) -> str:
         return self.source.name
+
+    def add_note(self, text: str) -> None:
+        """Record an oddity once (a header may be opened more than once)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def mark_damaged(self, text: str) -> None:
+        """Record that only part of the image is readable, and why."""
+        self.damage = text
+        self.add_note(text)
 
     def fields(self) -> list[tuple[str, str]]:
         """Format-specific header lines for the ``.info`` dump (label, value)."""

@@ -65,11 +65,6 @@ def probe(source: ByteSource) -> "NtfscloneHeader":
     return NtfscloneHeader.parse(source)
 
 
-def _note(header: ImageHeader, text: str) -> None:
-    """Add a note once (a header may be opened more than once)."""
-    if text not in header.notes:
-        header.notes.append(text)
-
 
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
@@ -378,15 +373,15 @@ class NtfscloneImage(BlockImage):
         self._tail_len = header.device_size % cs     # partial last cluster, if any
         self._tail_cluster = header.device_size // cs if self._tail_len else -1
         if runs.truncated:
-            _note(header, f"the record stream is truncated at image byte {src.size}: "
+            header.mark_damaged(f"the record stream is truncated at image byte {src.size}: "
                           f"clusters from {runs.known_clusters} on cannot be read")
         elif runs.end < src.size:
-            _note(header, f"{src.size - runs.end} unexpected bytes follow the record "
+            header.add_note(f"{src.size - runs.end} unexpected bytes follow the record "
                           "stream (ignored)")
         if not runs.truncated:
             expected = header.inuse + (1 if runs.end and self._ends_with_boot_record() else 0)
             if runs.stored != expected:
-                _note(header, f"the stream stores {runs.stored} clusters; the header "
+                header.add_note(f"the stream stores {runs.stored} clusters; the header "
                               f"says {header.inuse} in use")
 
     def _ends_with_boot_record(self) -> bool:

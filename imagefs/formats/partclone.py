@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from imagefs.checksums import pc_crc32, pc_crc32_v1_block, xxhash_module
 from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, ChecksumError, FormatError,
@@ -60,10 +60,8 @@ def probe(source: ByteSource) -> ImageHeader:
 
 
 def _note_truncated(header: ImageHeader, size: int) -> None:
-    note = (f"the image is truncated: {size} of {header.expected_size} bytes; "  # type: ignore[attr-defined]
-            "reads past the end fail")
-    if note not in header.notes:
-        header.notes.append(note)
+    header.mark_damaged(f"the image is truncated: {size} of "
+                        f"{header.expected_size} bytes; reads past the end fail")  # type: ignore[attr-defined]
 
 
 def _check_length(header: ImageHeader, bitmap_end: int) -> None:

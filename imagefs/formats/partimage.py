@@ -81,11 +81,6 @@ def probe(source: ByteSource) -> "PartimageHeader":
     return PartimageHeader.parse(source)
 
 
-def _note(header: ImageHeader, text: str) -> None:
-    """Add a note once (a header may be opened more than once)."""
-    if text not in header.notes:
-        header.notes.append(text)
-
 
 def _read_exact(source: ByteSource, offset: int, size: int, what: str) -> bytes:
     data = source.read_at(offset, size)
@@ -219,7 +214,7 @@ class PartimageHeader(ImageHeader):
             bitmap_offset=bitmap_offset, bitmap_size=bitmap_size, data_start=data_start,
             data_end=data_end, expected_size=data_end + len(MAGIC_TAIL) + HEADER_BLOCK)
         if compression not in COMPRESSION:
-            _note(header, f"the main header names an unknown compression {compression}")
+            header.add_note(f"the main header names an unknown compression {compression}")
         return header
 
     def fields(self) -> list[tuple[str, str]]:
@@ -320,7 +315,7 @@ class PartimageImage(BlockImage):
         size = src.size
         if size < h.expected_size:
             self.truncated = True
-            _note(h, f"the image is truncated: {size} of {h.expected_size} bytes; "
+            h.mark_damaged(f"the image is truncated: {size} of {h.expected_size} bytes; "
                      "reads past the end fail")
             return
         tail = src.read_at(h.data_end, len(MAGIC_TAIL))
@@ -328,7 +323,7 @@ class PartimageImage(BlockImage):
             raise FormatError(src.name, f"expected MAGIC-BEGIN-TAIL at byte {h.data_end} after "
                               f"{h.used_blocks} blocks of data", CORRUPT_HINT)
         if size > h.expected_size:
-            _note(h, f"{size - h.expected_size} unexpected bytes follow the tail "
+            h.add_note(f"{size - h.expected_size} unexpected bytes follow the tail "
                      "(ignored)")
 
     @property
