@@ -15,7 +15,6 @@ from imagefs.blockio import VirtualPartition
 from imagefs.cache import BlockCache
 from imagefs.errors import ChecksumError
 from imagefs.formats import probe
-from imagefs.formats.partclone import PartcloneImage
 from imagefs.io import FileSource
 from readers import check_random_reads, check_threads, open_vp, random_spans, vp_sha256
 
