@@ -54,6 +54,10 @@ def _erofs(*_args: Any, **_kw: Any) -> int:
     raise FuseOSError(errno.EROFS)
 
 
+def _no_read(offset: int, size: int) -> bytes:
+    raise FuseOSError(errno.EISDIR)
+
+
 class _Handle:
     """An open file: a reader function plus the node it reads."""
 
@@ -93,6 +97,9 @@ class ImageFS(mfusepy.Operations):
             config.entry_timeout = CACHE_TIMEOUT
             config.attr_timeout = CACHE_TIMEOUT
             config.negative_timeout = CACHE_TIMEOUT
+            # Reads go by file handle: spare libfuse building a path for each
+            # read (a global tree lock plus string work per request).
+            config.nullpath_ok = 1
         if self._on_ready is not None:
             # init runs before libfuse's last checks of the session: confirm
             # from outside the loop that the mount answers before saying "live".
@@ -124,8 +131,16 @@ class ImageFS(mfusepy.Operations):
         except NotADirectory:
             raise FuseOSError(errno.ENOTDIR) from None
 
-    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
-        a = self._node(path).attr()
+    def _by_handle(self, fh: int) -> _Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise FuseOSError(errno.EBADF)
+        return handle
+
+    def getattr(self, path: str | None, fh: Any = None) -> dict[str, Any]:
+        # fstat() of an open file comes without a path (nullpath_ok).
+        node = self._by_handle(fh.fh).node if path is None and fh is not None else self._node(path)
+        a = node.attr()
         return {
             "st_mode": (stat.S_IFDIR if a.is_dir else stat.S_IFREG) | a.perm,
             "st_nlink": a.nlink, "st_size": a.size, "st_blocks": a.blocks,
@@ -133,8 +148,20 @@ class ImageFS(mfusepy.Operations):
             "st_mtime": a.mtime_ns, "st_ctime": a.ctime_ns, "st_atime": a.atime_ns,
         }
 
-    def readdir(self, path: str, fh: int) -> Iterable[Any]:
+    def opendir(self, path: str) -> int:
         node = self._node(path)
+        if not isinstance(node, DirNode):
+            raise FuseOSError(errno.ENOTDIR)
+        return self._register(_Handle(node, _no_read))
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        with self._handles_lock:
+            self._handles.pop(fh, None)
+        return 0
+
+    def readdir(self, path: str | None, fh: int) -> Iterable[Any]:
+        # readdir comes without a path (nullpath_ok): the handle knows the directory.
+        node = self._by_handle(fh).node if fh else self._node(path or "/")
         if not isinstance(node, DirNode):
             raise FuseOSError(errno.ENOTDIR)
         out: list[Any] = [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0)]
@@ -183,23 +210,24 @@ class ImageFS(mfusepy.Operations):
             fi.keep_cache = 1
         else:
             raise FuseOSError(errno.EISDIR)
+        fi.fh = self._register(handle)
+        return 0
+
+    def _register(self, handle: _Handle) -> int:
         fh = next(self._next_fh)
         with self._handles_lock:
             self._handles[fh] = handle
-        fi.fh = fh
-        return 0
+        return fh
 
-    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        handle = self._handles.get(fi.fh)
-        if handle is None:
-            raise FuseOSError(errno.EBADF)
+    def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
+        handle = self._by_handle(fi.fh)
         try:
             return handle.read(offset, size)
         except ImageError:
             # Logged once by the catalog; the reader gets EIO, never wrong bytes.
             raise FuseOSError(errno.EIO) from None
         except OSError as exc:
-            log.error("%s: read at %d failed: %s", path, offset, exc)
+            log.error("%s: read at %d failed: %s", handle.node.vpath, offset, exc)
             raise FuseOSError(errno.EIO) from None
 
     def release(self, path: str, fi: Any) -> int:
