@@ -58,8 +58,11 @@ READ_CHUNK = 4 << 20
 #: also keep allocations reusable (fresh 32 MiB buffers cost page faults).
 SUB_CHUNK = 1 << 20
 
-#: Live span decoders kept per source for continuation.
-MAX_CURSORS = 4
+#: Paused span decoders kept for continuation, over all sources: a bound on
+#: their number and on the decoded bytes they hold outside the cache (a
+#: codec that decodes whole units leaves the rest of the unit in its cursor).
+MAX_CURSORS = 16
+MAX_CURSOR_BYTES = 64 << 20
 
 _default_cache: BlockCache | None = None
 _default_cache_lock = threading.Lock()
@@ -314,11 +317,54 @@ class _Cursor:
         self.pos += len(data)
         return bytes(data)
 
+    def held(self) -> int:
+        return len(self.buf) - self.pos
+
     def close(self) -> None:
         it, self.it = self.it, None
         if it is not None and hasattr(it, "close"):
             it.close()
         self.buf = b""
+
+
+class _CursorPool:
+    """Paused span decoders of every source, least recently used first."""
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[Any, _Cursor]] = []
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+
+    def take(self, owner: Any, span: int, k: int) -> _Cursor | None:
+        """The cursor of ``owner``'s span furthest along but not past ``k``."""
+        with self._lock:
+            best = None
+            for n, (o, cur) in enumerate(self._items):
+                if o == owner and cur.span == span and cur.k <= k and (
+                        best is None or cur.k > self._items[best][1].k):
+                    best = n
+            return None if best is None else self._items.pop(best)[1]
+
+    def put(self, owner: Any, cur: _Cursor) -> None:
+        evicted = []
+        with self._lock:
+            self._items.append((owner, cur))
+            held = sum(c.held() for _, c in self._items)
+            while len(self._items) > self.max_count or (held > self.max_bytes
+                                                        and len(self._items) > 1):
+                _, old = self._items.pop(0)
+                held -= old.held()
+                evicted.append(old)
+        for old in evicted:
+            old.close()
+
+    def drop(self, owner: Any) -> None:
+        with self._lock:
+            mine = [c for o, c in self._items if o == owner]
+            self._items = [(o, c) for o, c in self._items if o != owner]
+        for cur in mine:
+            cur.close()
 
 
 def default_key_paths(source: ByteSource) -> list[str] | None:
@@ -328,6 +374,9 @@ def default_key_paths(source: ByteSource) -> list[str] | None:
     if isinstance(source, ConcatSource) and all(isinstance(p, FileSource) for p in source.parts):
         return [p.path for p in source.parts]  # type: ignore[attr-defined]
     return None
+
+
+_cursors = _CursorPool(MAX_CURSORS, MAX_CURSOR_BYTES)
 
 
 class CodecSource:
@@ -356,8 +405,6 @@ class CodecSource:
         self.spans_decoded = 0
         self._seq = _Sequential(self)
         self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
-        self._cursors: list[_Cursor] = []  # paused span decoders
-        self._cursor_lock = threading.Lock()
 
     # -- ByteSource -------------------------------------------------------
 
@@ -399,10 +446,7 @@ class CodecSource:
 
     def close(self) -> None:
         """Drop decoders and cached spans; the object can still be read after."""
-        with self._cursor_lock:
-            cursors, self._cursors = self._cursors, []
-        for cur in cursors:
-            cur.close()
+        _cursors.drop(self._owner)
         self._seq.close()
         self._cache.discard_prefix(self._owner)
         self._close_decoders()
@@ -444,29 +488,12 @@ class CodecSource:
     def _sub(self, i: int, k: int) -> bytes:
         return self._cache.get_or_load((self._owner, "sub", i, k), lambda: self._load_sub(i, k))
 
-    def _take_cursor(self, i: int, k: int) -> "_Cursor | None":
-        """The paused decoder of span ``i`` furthest along but not past ``k``."""
-        with self._cursor_lock:
-            best = None
-            for cur in self._cursors:
-                if cur.span == i and cur.k <= k and (best is None or cur.k > best.k):
-                    best = cur
-            if best is not None:
-                self._cursors.remove(best)
-            return best
-
-    def _keep_cursor(self, cur: "_Cursor") -> None:
-        with self._cursor_lock:
-            self._cursors.append(cur)
-            while len(self._cursors) > MAX_CURSORS:
-                self._cursors.pop(0).close()
-
     def _load_sub(self, i: int, k: int) -> bytes:
         index = self._index
         assert index is not None
         span_len = index.starts[i + 1] - index.starts[i]
         count = -(-span_len // SUB_CHUNK)
-        cur = self._take_cursor(i, k)
+        cur = _cursors.take(self._owner, i, k)
         if cur is None:
             cur = _Cursor(i, self._iter_span(index, i))
             with self._count_lock:
@@ -492,7 +519,7 @@ class CodecSource:
                                   f"bytes than its index says ({span_len})")
                 cur.close()
             else:
-                self._keep_cursor(cur)
+                _cursors.put(self._owner, cur)
         except BaseException:
             cur.close()
             raise

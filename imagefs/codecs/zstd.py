@@ -20,6 +20,18 @@ import struct
 from typing import Callable, Iterator
 
 import pyzstd
+import zstandard
+
+# Two bindings of the same libzstd, each for what it does best here:
+# python-zstandard decodes 2-2.5x faster than pyzstd on this machine (its
+# output buffers are reused), so spans and the index pass use it; pyzstd's
+# EndlessZstdDecompressor walks concatenated and skippable frames for the
+# header probes, and pyzstd compresses the window snapshots.
+_ZstdError = (zstandard.ZstdError, pyzstd.ZstdError)
+
+#: Frames written with --long=31 need a 2 GiB window; libzstd refuses more
+#: than 128 MiB unless told.  Memory follows the frame's real window.
+MAX_WINDOW = 1 << 31
 
 from imagefs.codecs.base import (CodecSource, SeekIndex, StreamCursor, READ_CHUNK, corrupt,
                                  human, truncated)
@@ -101,7 +113,7 @@ class _Checker:
             return self.ok
         try:
             got = self.dec.decompress(block)
-        except pyzstd.ZstdError:
+        except _ZstdError:
             got = None
         if got != expected:
             self.ok = False
@@ -156,10 +168,13 @@ def _synth_header(window_byte: int) -> bytes:
     return struct.pack("<IBB", ZSTD_MAGIC, 0, window_byte)
 
 
-def _resume_decoder(snapshot: bytes) -> pyzstd.ZstdDecompressor:
+def _resume_decoder(snapshot: bytes | None):
+    """A streaming decoder; with ``snapshot`` as raw-content prefix history."""
     if snapshot:
-        return pyzstd.ZstdDecompressor(zstd_dict=pyzstd.ZstdDict(snapshot, is_raw=True))
-    return pyzstd.ZstdDecompressor()
+        zdict = zstandard.ZstdCompressionDict(snapshot, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        return zstandard.ZstdDecompressor(dict_data=zdict,
+                                          max_window_size=MAX_WINDOW).decompressobj()
+    return zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompressobj()
 
 
 class ZstdSource(CodecSource):
@@ -184,7 +199,7 @@ class ZstdSource(CodecSource):
             pos += len(chunk)
             try:
                 out = dec.decompress(chunk)
-            except pyzstd.ZstdError as exc:
+            except _ZstdError as exc:
                 raise corrupt(self.source, f"zstd data is damaged ({exc})") from None
             if out:
                 yield out
@@ -225,7 +240,7 @@ class ZstdSource(CodecSource):
                 raise UnsupportedError(src.name, "zstd frame needs an external dictionary",
                                        "decompress it with zstd -D DICT -dc")
             frames += 1
-            main = pyzstd.ZstdDecompressor()
+            main = _resume_decoder(None)
             main.decompress(head)
             frame_u = out_pos
             # Resume points need a window descriptor; single-segment frames
@@ -260,7 +275,7 @@ class ZstdSource(CodecSource):
                 block = bh_raw + body
                 try:
                     out = main.decompress(block)
-                except pyzstd.ZstdError as exc:
+                except _ZstdError as exc:
                     raise corrupt(src, f"zstd data is damaged at compressed byte {block_c} "
                                   f"({exc})") from None
                 for checker in alive:
@@ -298,7 +313,7 @@ class ZstdSource(CodecSource):
                 checksum = cur.need(4, "a frame checksum")
                 try:
                     out = main.decompress(checksum)
-                except pyzstd.ZstdError as exc:
+                except _ZstdError as exc:
                     raise corrupt(src, f"zstd frame at compressed byte {frame_c} fails its "
                                   f"checksum ({exc})") from None
                 if out:
@@ -359,7 +374,7 @@ class ZstdSource(CodecSource):
             return
         src = self.source
         if origin[0] == "f":
-            dec = pyzstd.ZstdDecompressor()
+            dec = _resume_decoder(None)
             pos, end = origin[1], frame_end or blocks_end
         else:
             dec = _resume_decoder(pyzstd.decompress(index.blobs[origin[3]]))
@@ -372,7 +387,7 @@ class ZstdSource(CodecSource):
             pos += len(chunk)
             try:
                 out = dec.decompress(chunk)
-            except pyzstd.ZstdError as exc:
+            except _ZstdError as exc:
                 raise corrupt(src, f"zstd span {i} does not decode ({exc})") from None
             if out:
                 yield out
@@ -384,14 +399,14 @@ class ZstdSource(CodecSource):
             if origin[0] == "f":
                 # A frame start: the original bytes, checksum included when
                 # the span reaches the frame end.
-                dec = pyzstd.ZstdDecompressor()
+                dec = _resume_decoder(None)
                 data = _feed(dec, src, origin[1], frame_end or blocks_end)
             else:
                 snapshot = pyzstd.decompress(index.blobs[origin[3]])
                 dec = _resume_decoder(snapshot)
                 dec.decompress(_synth_header(origin[2]))
                 data = _feed(dec, src, origin[1], blocks_end)
-        except pyzstd.ZstdError as exc:
+        except _ZstdError as exc:
             raise corrupt(src, f"zstd span {i} does not decode ({exc})") from None
         if kind == "s":
             want = index.starts[i + 1] - index.starts[i]
