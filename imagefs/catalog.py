@@ -22,6 +22,7 @@ so ``ls -R`` and ``find`` terminate.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import os
 import stat
@@ -527,7 +528,7 @@ class _Listing:
         order = sorted(self.images, key=lambda t: (t[0] != t[1], t[1]))
         for vname, name, entry in order:
             chosen = None
-            candidates = [vname, name] + [f"{name}~{i}" for i in range(2, 1000)]
+            candidates = itertools.chain((vname, name), (f"{name}~{i}" for i in range(2, 1000)))
             for cand in candidates:
                 if cand not in taken and cand + INFO_SUFFIX not in taken:
                     chosen = cand
