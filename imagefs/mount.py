@@ -134,6 +134,7 @@ class Plan:
     single_thread: bool
     verbose: int
     quiet: bool
+    nonempty: bool = False
 
 
 def plan(argv: Sequence[str]) -> Plan:
@@ -151,9 +152,10 @@ def plan(argv: Sequence[str]) -> Plan:
         source, mountpoint = None, args.paths[0]
     elif len(args.paths) == 1:
         raise MountError("give SOURCE and MOUNTPOINT (or list sources in a -c CONFIG file)")
+    elif not args.paths:
+        raise MountError(USAGE.splitlines()[0])
     else:
-        raise MountError(USAGE.strip().splitlines()[0].replace("usage: ", "usage: ", 1)
-                         if not args.paths else "too many arguments; " + USAGE.splitlines()[0])
+        raise MountError("too many arguments; " + USAGE.splitlines()[0])
     if source is not None:
         source = os.path.abspath(os.path.expanduser(source))
         if not os.path.exists(source):
@@ -177,12 +179,10 @@ def plan(argv: Sequence[str]) -> Plan:
     # would otherwise let anyone read a root-only backup).
     fuse["default_permissions"] = True
     fuse.setdefault("max_read", 1 << 20)
-    if "nonempty" in opts.flags:
-        log.debug("nonempty: mounting over a non-empty directory")
     return Plan(source, mountpoint, settings, fuse,
                 foreground=args.foreground or args.debug or "foreground" in opts.flags,
                 debug=args.debug or "debug" in opts.flags, single_thread=args.single_thread,
-                verbose=args.verbose, quiet=args.quiet)
+                verbose=args.verbose, quiet=args.quiet, nonempty="nonempty" in opts.flags)
 
 
 def check_mountpoint(mountpoint: str, nonempty_ok: bool) -> None:
@@ -255,6 +255,8 @@ def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
         # libfuse 2 has no fuse_config in init: the cache timeouts go in as options.
         for key in ("entry_timeout", "attr_timeout", "negative_timeout"):
             options.setdefault(key, CACHE_TIMEOUT)
+        if p.nonempty:                # libfuse 3 mounts over files without being asked
+            options["nonempty"] = True
     try:
         mfusepy.FUSE(ops, p.mountpoint, raw_fi=True, foreground=True, debug=p.debug,
                      nothreads=p.single_thread, **options)
