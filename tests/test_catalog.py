@@ -291,3 +291,18 @@ def test_block_map_built_once_under_concurrent_first_reads(tmp_path):
         t.join()
     assert not errors and len(calls) == 1
     assert all(r == truth for r in results)
+
+
+def test_an_image_error_is_logged_once(tmp_path, caplog):
+    import logging
+
+    write_partclone(tmp_path / "x.img", seed=1)
+    data = (tmp_path / "x.img").read_bytes()
+    (tmp_path / "x.img").write_bytes(data[:data_start(16) + 10])
+    cat = _catalog(tmp_path)
+    entry = cat.lookup("/x.img").entry
+    with caplog.at_level(logging.WARNING, logger="imagefs"):
+        for _ in range(5):
+            with pytest.raises(ImageError):
+                entry.read(0, 16 * 4096)
+    assert len([r for r in caplog.records if "x.img" in r.getMessage()]) == 1
