@@ -35,21 +35,26 @@ def _catalog(args: argparse.Namespace, progress: bool = False) -> Catalog:
     if source is not None and not os.path.exists(source):
         raise ImageError(source, "no such file or directory",
                          "give the directory holding the backups")
-    if getattr(args, "verbose", 0) < 1:
-        # Broken images are reported in the output itself; no duplicate log line.
-        logging.getLogger("imagefs.catalog").setLevel(logging.CRITICAL)
     catalog = Catalog(_settings(args), os.path.abspath(source) if source else None)
     catalog.ctx.progress = progress
     return catalog
 
 
-def _images(catalog: Catalog) -> list[ImageEntry]:
-    """Every image entry in listing order (the walk lists every directory)."""
-    seen: list[ImageEntry] = []
-    for node in catalog.walk():
-        if isinstance(node, InfoNode):      # broken images have only the .info node
-            seen.append(node.entry)
-    return seen
+def _images(catalog: Catalog, verbose: int = 0) -> list[ImageEntry]:
+    """Every image entry in listing order (the walk lists every directory).
+
+    Broken images are reported in the output itself, so unless asked for
+    (-v) the catalog's log line about them is held back meanwhile.
+    """
+    logger = logging.getLogger("imagefs.catalog")
+    old = logger.level
+    if verbose < 1:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        # .info nodes exist for every image, broken ones included.
+        return [node.entry for node in catalog.walk() if isinstance(node, InfoNode)]
+    finally:
+        logger.setLevel(old)
 
 
 def _describe(entry: ImageEntry) -> str:
@@ -67,7 +72,7 @@ def ls_main(args: argparse.Namespace) -> int:
     """Print each image's virtual path and what it is; exit 1 if any is broken."""
     catalog = _catalog(args)
     try:
-        entries = _images(catalog)
+        entries = _images(catalog, getattr(args, "verbose", 0))
         width = max((len(e.vpath) for e in entries), default=0)
         broken = 0
         for entry in entries:
@@ -85,7 +90,7 @@ def index_main(args: argparse.Namespace) -> int:
     catalog = _catalog(args, progress=not getattr(args, "quiet", False))
     failed = 0
     try:
-        entries = _images(catalog)
+        entries = _images(catalog, getattr(args, "verbose", 0))
         for entry in entries:
             if entry.error:
                 print(f"{entry.vpath}: skipped, {entry.error}")
