@@ -148,3 +148,12 @@ def test_dead_mount_gets_a_hint(src, tmp_path):
             proc.kill()
             proc.wait()
         unmount(mnt)
+
+
+def test_version_reports_libfuse():
+    from imagefs.fuse_version import libfuse_version
+
+    text = libfuse_version()
+    assert text[0].isdigit() and "libfuse" in text, text
+    out = _run("version").stdout
+    assert "libfuse " + text in out, out
