@@ -58,6 +58,27 @@ READ_CHUNK = 4 << 20
 #: also keep allocations reusable (fresh 32 MiB buffers cost page faults).
 SUB_CHUNK = 1 << 20
 
+#: Decode the next span in a background thread while a sequential reader
+#: consumes this one (span decoding releases the GIL): the codecs whose
+#: tools decode in parallel (xz -T0, plzip, pigz helpers) keep up this way.
+PREFETCH = (os.cpu_count() or 1) > 1
+#: How many spans ahead: one per CPU keeps every core decoding.
+PREFETCH_DEPTH = max(1, min(8, os.cpu_count() or 1))
+
+_prefetch_pool = None
+_prefetch_lock = threading.Lock()
+
+
+def _prefetcher():
+    global _prefetch_pool
+    with _prefetch_lock:
+        if _prefetch_pool is None:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+            _prefetch_pool = ThreadPoolExecutor(max_workers=PREFETCH_DEPTH,
+                                                thread_name_prefix="imagefs-prefetch")
+        return _prefetch_pool
+
+
 #: Paused span decoders kept for continuation, over all sources: a bound on
 #: their number and on the decoded bytes they hold outside the cache (a
 #: codec that decodes whole units leaves the rest of the unit in its cursor).
@@ -304,18 +325,31 @@ class _Cursor:
 
     def take(self, n: int, count: Callable[[int], None]) -> bytes:
         """Up to ``n`` more decoded bytes (fewer only at the end of the span)."""
-        while len(self.buf) - self.pos < n and self.it is not None:
-            try:
-                piece = next(self.it)
-            except StopIteration:
-                self.it = None
-                break
-            count(len(piece))
-            self.buf = self.buf[self.pos:] + piece if self.pos < len(self.buf) else piece
-            self.pos = 0
-        data = self.buf[self.pos:self.pos + n]
-        self.pos += len(data)
-        return bytes(data)
+        parts: list = []
+        need = n
+        while need > 0:
+            avail = len(self.buf) - self.pos
+            if avail <= 0:
+                if self.it is None:
+                    break
+                try:
+                    piece = next(self.it)
+                except StopIteration:
+                    self.it = None
+                    break
+                count(len(piece))
+                self.buf, self.pos = piece, 0
+                continue
+            step = min(avail, need)
+            if step == len(self.buf):
+                parts.append(self.buf)       # a whole piece: no copy
+            else:
+                parts.append(memoryview(self.buf)[self.pos:self.pos + step])
+            self.pos += step
+            need -= step
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)              # the one copy of these bytes
 
     def held(self) -> int:
         return len(self.buf) - self.pos
@@ -405,6 +439,9 @@ class CodecSource:
         self.spans_decoded = 0
         self._seq = _Sequential(self)
         self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
+        self._last_end = -1                # where the previous read ended
+        self._inflight: set[int] = set()   # spans being prefetched
+        self.prefetch = PREFETCH
 
     # -- ByteSource -------------------------------------------------------
 
@@ -430,6 +467,8 @@ class CodecSource:
         i = bisect_right(starts, offset) - 1
         out = []
         end = offset + size
+        sequential = offset == self._last_end
+        self._last_end = end
         while offset < end:
             rel = offset - starts[i]
             k = rel // SUB_CHUNK
@@ -442,7 +481,38 @@ class CodecSource:
             offset += len(piece)
             if offset >= starts[i + 1]:
                 i += 1
+        if sequential and self.prefetch:
+            nxt = bisect_right(starts, end - 1)
+            for j in range(nxt, min(nxt + PREFETCH_DEPTH, index.spans)):
+                self._prefetch(j)
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _prefetch(self, j: int) -> None:
+        """Start decoding span ``j`` (its first piece) in the background."""
+        key = (self._owner, "sub", j, 0)
+        with self._count_lock:
+            if j in self._inflight:
+                return
+            self._inflight.add(j)
+        if self._cache.get(key) is not None:
+            with self._count_lock:
+                self._inflight.discard(j)
+            return
+
+        def run() -> None:
+            try:
+                self._sub(j, 0)
+            except Exception:  # noqa: BLE001 - the reader's own request reports it
+                pass
+            finally:
+                with self._count_lock:
+                    self._inflight.discard(j)
+
+        try:
+            _prefetcher().submit(run)
+        except RuntimeError:               # the interpreter is shutting down
+            with self._count_lock:
+                self._inflight.discard(j)
 
     def close(self) -> None:
         """Drop decoders and cached spans; the object can still be read after."""

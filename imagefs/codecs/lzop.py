@@ -115,17 +115,20 @@ class LzopSource(CodecSource):
             raise ValueError("empty lzop span")
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
+        return b"".join(self._iter_span(index, i))
+
+    def _iter_span(self, index: SeekIndex, i: int) -> Iterator[bytes]:
+        # Block by block: each block is checked on its own before it is
+        # served, and no join copy is needed.
         blocks = index.meta[i]
         first, last = blocks[0], blocks[-1]
         base = first[0]
         raw = self.source.read_at(base, last[0] + last[2] - base)
-        out = []
         for data_off, ulen, clen, dsum in blocks:
             data = raw[data_off - base:data_off - base + clen]
             if len(data) != clen:
                 raise corrupt(self.source, f"lzop block at byte {data_off} is cut short")
-            out.append(_decode(self.source, data, ulen, clen, dsum, data_off))
-        return b"".join(out)
+            yield _decode(self.source, data, ulen, clen, dsum, data_off)
 
     def _describe(self, index: SeekIndex) -> str:
         return (f"{index.info.get('blocks', 0)} blocks in {index.spans} spans "
