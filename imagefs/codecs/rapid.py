@@ -113,6 +113,10 @@ def _close_everything() -> None:
 class _RapidSource(CodecSource):
     """Shared by gzip and bzip2: index pass, exported index, pooled decoders."""
 
+    #: rapidgzip's chunk size (compressed bytes) for the index pass; it sets
+    #: the checkpoint spacing.  None keeps rapidgzip's default (4 MiB).
+    chunk_size: int | None = None
+
     def __init__(self, source, **kwargs) -> None:
         super().__init__(source, **kwargs)
         self._pool = _DecoderPool(self._new_decoder, POOL_SIZE)
@@ -121,7 +125,10 @@ class _RapidSource(CodecSource):
     def _new_decoder(self):
         index = self._index
         assert index is not None
-        dec = rapidgzip.RapidgzipFile(SourceReader(self.source), parallelization=1)
+        # The same chunk size as the index pass: with rapidgzip's default a
+        # bzip2 read decoded ~4 MiB around every 0.5 MiB span (65 ms vs 15 ms).
+        options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
+        dec = rapidgzip.RapidgzipFile(SourceReader(self.source), parallelization=1, **options)
         try:
             dec.import_index(io.BytesIO(index.blobs[0]))
         except BaseException:
@@ -131,7 +138,9 @@ class _RapidSource(CodecSource):
 
     def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
         threads = max(1, os.cpu_count() or 1)
-        dec = rapidgzip.RapidgzipFile(SourceReader(self.source, update), parallelization=threads)
+        options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
+        dec = rapidgzip.RapidgzipFile(SourceReader(self.source, update), parallelization=threads,
+                                      **options)
         try:
             size = 0
             while True:
@@ -199,6 +208,10 @@ class Bzip2Source(_RapidSource):
     """bzip2 / pbzip2 / lbzip2."""
 
     codec = "bzip2"
+    # bzip2 checkpoints carry no window, so dense ones cost nothing in the
+    # index and cut a random read from ~4 MiB of slow bzip2 decoding to
+    # about one block (~1 MiB).
+    chunk_size = 512 << 10
 
     def _iter_decoded(self) -> Iterator[bytes]:
         yield from _members(self.source, bz2.BZ2Decompressor, OSError, b"BZh", "bzip2")
