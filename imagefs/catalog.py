@@ -447,8 +447,8 @@ class _Listing:
                 # piece means the set is complete, and the "later piece" seen
                 # by name is an unrelated file such as NAME.sha.
                 missing = None
-            entry = ImageEntry(self.catalog, "", pieces, VOLUMES if pset.kind == VOLUMES else "split",
-                               files[name][1])
+            kind = VOLUMES if pset.kind == VOLUMES else "split"
+            entry = ImageEntry(self.catalog, "", pieces, kind, files[name][1])
             if self._probe(entry, name, virtual_name(name, pset.stem), missing=missing):
                 claimed.update(members)
                 if missing:

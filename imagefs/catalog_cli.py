@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from imagefs.catalog import Catalog, ImageEntry, ImageNode, InfoNode
+from imagefs.catalog import Catalog, ImageEntry, InfoNode
 from imagefs.config import Settings, load_config
 from imagefs.errors import ImageError
 from imagefs.info import human_size
@@ -112,5 +112,3 @@ def index_main(args: argparse.Namespace) -> int:
     finally:
         catalog.close()
 
-
-__all__ = ["ls_main", "index_main", "ImageNode"]

@@ -53,7 +53,8 @@ def libfuse_version() -> str:
     except OSError as exc:
         return f"cannot load {path}: {exc}"
     version = lib.fuse_version()            # e.g. 314 for 3.14, 29 for 2.9
-    major, minor = (version // 100, version % 100) if version >= 100 else (version // 10, version % 10)
+    base = 100 if version >= 100 else 10
+    major, minor = version // base, version % base
     text = f"{major}.{minor}"
     try:
         lib.fuse_pkgversion.restype = ctypes.c_char_p   # libfuse >= 3.0: full version

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from realimages import loop_device, mounted, need, need_root, tree_digest  # noqa: F401
+from realimages import mounted, need, need_root, tree_digest
 from test_mount_support import (Expected, build_clonezilla_tree, imagefs_mounted, need_fuse,
                                 sha256_of, source_digest)
 

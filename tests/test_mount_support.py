@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from imagefs.checksums import pc_crc32
-from realimages import IN_CI, Factory, need, tree_digest  # noqa: F401 - re-exported
+from realimages import IN_CI, Factory, need
 
 IMAGEFS = [sys.executable, "-m", "imagefs"]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -122,7 +122,8 @@ def unmount(mnt: Path | str) -> None:
     for cmd in (["fusermount3", "-u", mnt], ["umount", mnt], ["umount", "-l", mnt]):
         if shutil.which(cmd[0]) is None:
             continue
-        if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if done.returncode == 0:
             break
     wait_until(lambda: not in_mount_table(mnt), what=f"{mnt} to be unmounted")
 
@@ -265,7 +266,8 @@ def build_clonezilla_tree(factory: Factory, root: Path) -> Expected:
         "sector-size: 512\n\n/dev/sda1 : start= 2048, size= 131072, type=83\n"
         "/dev/sda2 : start= 133120, size= 131072, type=7\n")
     (cz / "clonezilla-img").write_text("This image was saved by Clonezilla at 2026-11-27\n")
-    (cz / "Info-saved-by-cmd.txt").write_text("ocs-sr -q2 -z0 savedisk 2026-11-27-10-img_laptop sda\n")
+    (cz / "Info-saved-by-cmd.txt").write_text(
+        "ocs-sr -q2 -z0 savedisk 2026-11-27-10-img_laptop sda\n")
     split_ext4 = factory.split(ext4, 4_000_000)
     pieces = _place_split(split_ext4, cz, "sda1.ext4-ptcl-img.uncomp")
     assert len(pieces) >= 2, "the ext4 image must split into several pieces"
@@ -279,8 +281,8 @@ def build_clonezilla_tree(factory: Factory, root: Path) -> Expected:
     exp.hidden += [f"/2026-11-27-10-img_laptop/{p.name}" for p in pieces]
     # Compressed the Clonezilla way: partclone | zstd | split (suffix in the
     # name), ntfsclone | gzip | split (no suffix: known by content only).
-    pieces = _compress_split(ext2.path, cz, "sda3.ext2-ptcl-img.zst", ["zstd", "-q", "-c", "-T0", "-3"],
-                             2_000_000)
+    pieces = _compress_split(ext2.path, cz, "sda3.ext2-ptcl-img.zst",
+                             ["zstd", "-q", "-c", "-T0", "-3"], 2_000_000)
     assert len(pieces) >= 2
     exp.good["/2026-11-27-10-img_laptop/sda3.ext2-ptcl-img"] = ext2
     exp.fs_kind["/2026-11-27-10-img_laptop/sda3.ext2-ptcl-img"] = "ext2"
