@@ -464,10 +464,12 @@ class _Listing:
         try:
             entry.probe()
         except NotAnImageError:
+            entry.close()          # e.g. a gzip'd log: release its decoder now
             return False
         except SourceError as exc:
             # Unreadable file: nothing tells us it is an image; show it as it is.
             log.info("%s: %s", entry.pieces[0], exc)
+            entry.close()
             return False
         except ImageError as exc:
             entry.fail(exc)
