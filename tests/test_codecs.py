@@ -460,3 +460,18 @@ def test_garbage_after_a_magic_raises(head: bytes) -> None:
         stream = open_decompressed(MemorySource(head + bytes(4000)))
         stream.read_at(0, 100)
         stream.size  # noqa: B018
+
+
+def test_live_sequential_decoders_are_bounded(streams: Streams) -> None:
+    """Header probes of many images keep only a few decoders alive."""
+    from imagefs.codecs import base
+
+    sources = [open_decompressed(FileSource(streams.path(name)), cache=BlockCache(4 << 20))
+               for name in ("zstd", "xz", "lz4") * (base.MAX_LIVE_SEQUENTIAL // 2 + 2)]
+    for s in sources:
+        assert s.read_at(0, 100) == streams.data[:100]
+    assert sum(s._seq._gen is not None for s in sources) <= base.MAX_LIVE_SEQUENTIAL
+    for s in sources:                    # evicted ones restart and still read right
+        s._cache.clear()
+        assert s.read_at(SEQ_CHUNK + 5, 100) == streams.data[SEQ_CHUNK + 5:SEQ_CHUNK + 105]
+        s.close()

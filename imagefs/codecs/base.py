@@ -241,6 +241,16 @@ class StreamCursor:
         return data
 
 
+#: Sequential decoders kept alive over all sources.  A mount probes the
+#: headers of thousands of images; each live decoder holds its library's
+#: window (up to 64 MiB for xz -9) and a few recent chunks, so only the most
+#: recently used few stay alive; the others restart if asked again.
+MAX_LIVE_SEQUENTIAL = 8
+
+_live_lock = threading.Lock()
+_live: "OrderedDict[int, _Sequential]" = OrderedDict()
+
+
 class _Sequential:
     """Decode from the start, in order, caching fixed-size chunks.
 
@@ -257,9 +267,11 @@ class _Sequential:
         self._pending = b""                # decoded but not yet a full chunk
         self._recent: OrderedDict[int, bytes] = OrderedDict()  # chunk -> bytes
         self.eof_size: int | None = None   # total size once the end was seen
+        self._done = False                 # the current generator is exhausted
         self.restarts = 0
 
     def chunk(self, k: int) -> bytes:
+        self._touch()
         with self._lock:
             if k in self._recent:
                 return self._recent[k]
@@ -272,9 +284,9 @@ class _Sequential:
                 self._gen = self._owner._iter_decoded()
                 self._pos = 0
                 self._pending = b""
+                self._done = False
             while True:
-                have = len(self._pending)
-                if have >= SEQ_CHUNK or (self._gen is None and have):
+                if len(self._pending) >= SEQ_CHUNK or (self._done and self._pending):
                     data, self._pending = self._pending[:SEQ_CHUNK], self._pending[SEQ_CHUNK:]
                     no = self._pos // SEQ_CHUNK
                     self._pos += len(data)
@@ -282,18 +294,16 @@ class _Sequential:
                     if no == k:
                         return data
                     continue
-                if self._gen is None:
-                    self.eof_size = self._pos
+                if self._done:
                     return b""
                 try:
                     piece = next(self._gen)
                 except StopIteration:
-                    self._gen = None
+                    self._done = True
+                    self.eof_size = self._pos + len(self._pending)
                     continue
                 except BaseException:
-                    self._gen = None
-                    self._pos = 0
-                    self._pending = b""
+                    self._drop_locked()
                     raise
                 self._owner._count(len(piece))
                 self._pending += piece
@@ -303,12 +313,37 @@ class _Sequential:
         while len(self._recent) > 4:   # a few MiB: header probes re-read nearby
             self._recent.popitem(last=False)
 
+    def _touch(self) -> None:
+        evict = []
+        with _live_lock:
+            _live[id(self)] = self
+            _live.move_to_end(id(self))
+            while len(_live) > MAX_LIVE_SEQUENTIAL:
+                evict.append(_live.popitem(last=False)[1])
+        for seq in evict:
+            seq.release(blocking=False)
+
+    def _drop_locked(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
+        self._gen = None
+        self._pos = 0
+        self._pending = b""
+        self._recent.clear()
+
+    def release(self, blocking: bool = True) -> None:
+        """Free the decoder and recent chunks (a busy one is left alone)."""
+        if not self._lock.acquire(blocking=blocking):
+            return
+        try:
+            self._drop_locked()
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
-        with self._lock:
-            if self._gen is not None:
-                self._gen.close()
-            self._gen = None
-            self._recent.clear()
+        with _live_lock:
+            _live.pop(id(self), None)
+        self.release()
 
 
 class _Cursor:
