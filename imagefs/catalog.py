@@ -441,12 +441,6 @@ class _Listing:
             members = [n for n in pset.names if n in files]
             pieces = [files[n][0] for n in members]
             missing = pset.missing
-            sizes = [files[n][1].st_size for n in members]
-            if missing and pset.kind != VOLUMES and len(sizes) > 1 and sizes[-1] < sizes[0]:
-                # split makes every piece but the last full size: a short last
-                # piece means the set is complete, and the "later piece" seen
-                # by name is an unrelated file such as NAME.sha.
-                missing = None
             kind = VOLUMES if pset.kind == VOLUMES else "split"
             entry = ImageEntry(self.catalog, "", pieces, kind, files[name][1])
             if self._probe(entry, name, virtual_name(name, pset.stem), missing=missing):

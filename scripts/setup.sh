@@ -37,4 +37,13 @@ fi
 "$venv/bin/pip" install -q -e "$here[test,lzo]" 2>&1 | grep -v '^WARNING: Location' || true
 "$venv/bin/python" -c "import imagefs, mfusepy, rapidgzip, pyzstd, lz4, xxhash, yaml, tqdm, lzo" \
   || { echo "setup: the Python dependencies did not install" >&2; exit 1; }
+# mount(8) runs helpers with a fixed PATH, so `mount -t fuse.imagefs` and
+# fstab lines need imagefs in /usr/local/bin (or /usr/bin): link it there
+# unless something else already owns that name.
+if [ "$(id -u)" -eq 0 ]; then
+  link=/usr/local/bin/imagefs
+  if [ ! -e "$link" ] || [ -L "$link" ]; then
+    ln -sfn "$venv/bin/imagefs" "$link"
+  fi
+fi
 echo "setup: done ($venv)"

@@ -112,3 +112,13 @@ def test_pieces_for_reports_a_hole(tmp_path):
     names, kind = pieces_for(str(tmp_path / "img.aa"))
     assert [os.path.basename(n) for n in names] == ["img.aa", "img.ab", "img.ac", "img.ad"]
     assert kind == "split"
+
+
+def test_unrelated_sibling_is_not_a_missing_piece():
+    names = ["x.img.aa", "x.img.ab", "x.img.sha", "x.img.md5sum"]
+    ps = collect_piece_set("x.img.aa", names)
+    assert ps.names == ["x.img.aa", "x.img.ab"] and ps.missing is None
+    ps = collect_piece_set("x.img.aa", ["x.img.aa", "x.img.ab", "x.img.ad"])
+    assert ps.missing == "x.img.ac"
+    ps = collect_piece_set("x.img.aa", ["x.img.aa", "x.img.zaab"])   # auto-widened piece
+    assert ps.missing == "x.img.ab"

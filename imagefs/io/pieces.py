@@ -131,12 +131,25 @@ def collect_piece_set(first_name: str, siblings: set[str] | list[str]) -> PieceS
     for other in names:
         p = split_stem(other)
         if p and p[0] == stem and p[2] == SPLIT and other not in present \
-                and len(p[1]) >= len(suffix):
+                and _could_follow(p[1], cur):
             # A piece of this set exists beyond the sequence: something between is missing.
             nxt = next_fixed_suffix(cur) or next_auto_suffix(cur)
             result.missing = f"{stem}.{nxt}"
             break
     return result
+
+
+def _could_follow(suffix: str, last: str) -> bool:
+    """Whether ``suffix`` could be a later piece of a set that reached ``last``.
+
+    Same width and later in order (split -a N), or a wider suffix of the
+    self-widening sequence (``zaaa``.., ``zzaaaa``..).  Anything else, such
+    as ``NAME.sha`` beside ``NAME.aa``, is an unrelated file.
+    """
+    if len(suffix) == len(last):
+        return suffix > last
+    width = len(suffix)
+    return width > len(last) and width % 2 == 0 and suffix.startswith("z" * (width // 2 - 1))
 
 
 def member_names(piece_set: PieceSet) -> set[str]:
