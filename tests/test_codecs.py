@@ -475,3 +475,31 @@ def test_live_sequential_decoders_are_bounded(streams: Streams) -> None:
         s._cache.clear()
         assert s.read_at(SEQ_CHUNK + 5, 100) == streams.data[SEQ_CHUNK + 5:SEQ_CHUNK + 105]
         s.close()
+
+
+def test_zstd_snapshots_stay_in_the_index_file(streams: Streams, tmp_path: Path) -> None:
+    """Window snapshots are read from the index file when needed, and checked."""
+    from imagefs.codecs.base import LazyBlobs
+
+    store = IndexStore(str(tmp_path / "idx"))
+    path = str(streams.path("zstd"))
+    built = build_index(FileSource(path), index_store=store, key_paths=[path],
+                        spacing=256 << 10)
+    assert isinstance(built._index.blobs, LazyBlobs)      # also right after a build
+    built.close()
+    stream = open_decompressed(FileSource(path), index_store=store, key_paths=[path],
+                               spacing=256 << 10)
+    assert stream.size == len(streams.data)
+    assert isinstance(stream._index.blobs, LazyBlobs)
+    _random_reads(stream, streams.data, 40, seed=9)
+    # The index file is damaged after it was loaded: never wrong bytes.
+    (index_file,) = glob.glob(str(tmp_path / "idx" / "*.idx"))
+    raw = bytearray(Path(index_file).read_bytes())
+    for pos in range(len(raw) - 2000, len(raw), 97):
+        raw[pos] ^= 0xFF
+    Path(index_file).write_bytes(bytes(raw))
+    stream.close()
+    last = stream._index.spans - 1
+    assert stream._index.meta[last][1][0] == "r"
+    with pytest.raises(ImageError):
+        stream.read_at(stream._index.starts[last], 100)

@@ -24,6 +24,7 @@ import os
 import struct
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from bisect import bisect_right
@@ -107,6 +108,50 @@ def truncated(source: ByteSource, problem: str) -> ImageError:
     return TruncatedError(source.name, problem, TRUNCATED_HINT)
 
 
+#: Binary extras above this total stay in the index file and are read when
+#: a span needs them (zstd window snapshots are ~5% of the image: a mount of
+#: many large images must not hold them all in memory).
+LAZY_BLOBS = 1 << 20
+
+
+class LazyBlobs:
+    """The blobs of a saved index, read from its file on demand.
+
+    Each read is checked against the CRC-32 recorded in the payload, so an
+    index file replaced or damaged after loading is noticed, not trusted.
+    """
+
+    def __init__(self, path: str, base: int, lengths: list[int], crcs: list[int]) -> None:
+        self.path = path
+        self._lengths = lengths
+        self._crcs = crcs
+        self._offsets = []
+        pos = base
+        for n in lengths:
+            self._offsets.append(pos)
+            pos += n
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def __getitem__(self, i: int) -> bytes:
+        n = self._lengths[i]
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offsets[i])
+                data = f.read(n)
+        except OSError as exc:
+            raise FormatError(self.path, f"cannot read the index file ({exc.strerror})",
+                              "delete it; it is rebuilt on the next open") from None
+        if len(data) != n or zlib.crc32(data) != self._crcs[i]:
+            raise FormatError(self.path, "the index file changed or is damaged",
+                              "delete it; it is rebuilt on the next open")
+        return data
+
+    def total(self) -> int:
+        return sum(self._lengths)
+
+
 @dataclass
 class SeekIndex:
     """Where each span of the decompressed stream starts and how to decode it.
@@ -120,19 +165,36 @@ class SeekIndex:
     size: int
     starts: list[int]
     meta: list[Any]
-    blobs: list[bytes] = field(default_factory=list)
+    blobs: "list[bytes] | LazyBlobs" = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+
+    def blob_bytes(self) -> int:
+        return self.blobs.total() if isinstance(self.blobs, LazyBlobs) else sum(map(len, self.blobs))
+
+    def make_lazy(self, path: str, payload_len: int) -> None:
+        """Leave the blobs in the saved file ``path`` (payload at its end)."""
+        if isinstance(self.blobs, LazyBlobs) or self.blob_bytes() <= LAZY_BLOBS:
+            return
+        blobs = list(self.blobs)
+        head = payload_len - sum(map(len, blobs))
+        try:
+            base = os.path.getsize(path) - payload_len + head
+        except OSError:
+            return
+        self.blobs = LazyBlobs(path, base, [len(b) for b in blobs],
+                               [zlib.crc32(b) for b in blobs])
 
     @property
     def spans(self) -> int:
         return len(self.meta)
 
     def to_payload(self, codec: str, comp_size: int) -> bytes:
+        blobs = [self.blobs[i] for i in range(len(self.blobs))]
         head = {"v": INDEX_VERSION, "codec": codec, "comp_size": comp_size,
                 "size": self.size, "starts": self.starts, "meta": self.meta,
-                "info": self.info, "blobs": [len(b) for b in self.blobs]}
+                "info": self.info, "blobs": [len(b) for b in blobs]}
         text = json.dumps(head, separators=(",", ":")).encode()
-        return b"".join([_PAYLOAD_MAGIC, struct.pack("<I", len(text)), text, *self.blobs])
+        return b"".join([_PAYLOAD_MAGIC, struct.pack("<I", len(text)), text, *blobs])
 
     @classmethod
     def from_payload(cls, payload: bytes, codec: str, comp_size: int) -> "SeekIndex":
@@ -656,6 +718,7 @@ class CodecSource:
                     try:
                         loaded = SeekIndex.from_payload(payload, self.codec, self.source.size)
                         self._check_loaded(loaded)
+                        loaded.make_lazy(path, len(payload))
                     except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
                         log.warning("index %s is unusable (%s); rebuilding it", path, exc)
                     else:
@@ -671,9 +734,12 @@ class CodecSource:
             took = time.monotonic() - started
             origin = f"index built in {took:.1f} s"
             if key is not None:
-                path = self._store.save(kind, key, built.to_payload(self.codec, self.source.size))  # type: ignore[union-attr]
+                payload = built.to_payload(self.codec, self.source.size)
+                path = self._store.save(kind, key, payload)  # type: ignore[union-attr]
                 if path:
                     origin += f", saved to {path}"
+                    built.make_lazy(path, len(payload))
+                del payload
             log.info("%s: %s %s", self.name, self.codec, origin)
             self._index = built
             self._origin = origin
