@@ -45,6 +45,10 @@ SKIPPABLE_MAGIC = 0x184D2A50
 #: compressed) at a few percent of the image.
 DEFAULT_SPACING = 32 << 20
 
+#: Blocks (of at most 128 KiB) a previous resume point stays verified after
+#: a newer one is committed, as the fallback origin for slow spans.
+FALLBACK_BLOCKS = 64
+
 #: Compressed bytes fed per decoder call when streaming a span: outputs stay
 #: around 0.5-1 MiB, so buffers are reused instead of freshly mapped.
 STREAM_CHUNK = 256 << 10
@@ -97,11 +101,12 @@ class _Checker:
     block for block.
     """
 
-    __slots__ = ("dec", "origin", "ok")
+    __slots__ = ("dec", "origin", "ok", "expire")
 
     def __init__(self, origin: list, snapshot: bytes | None) -> None:
         self.origin = origin
         self.ok = True
+        self.expire: int | None = None     # block count after which it is dropped
         if snapshot is None:               # a frame start: the sequential decoder itself
             self.dec = None
         else:
@@ -250,6 +255,7 @@ class ZstdSource(CodecSource):
             history = bytearray()
             start = _Checker(["f", frame_c], None)
             alive = [start]                 # checkers still matching, oldest first
+            blocks_seen = 0
             span = ["p", start.origin]       # the open span
             span_u = out_pos
             while True:
@@ -278,18 +284,27 @@ class ZstdSource(CodecSource):
                 except _ZstdError as exc:
                     raise corrupt(src, f"zstd data is damaged at compressed byte {block_c} "
                                   f"({exc})") from None
+                blocks_seen += 1
                 for checker in alive:
                     if not checker.feed(block, out):
                         rejected += 1
-                alive = [c for c in alive if c.ok]
+                alive = [c for c in alive if c.ok and (c.expire is None or c.expire > blocks_seen
+                                                       or c.origin is span[1])]
                 if trial is not None and trial.feed(block, out):
                     if out_pos > span_u:
                         meta.append(span + [block_c, 0])
                         starts.append(out_pos)
                     blobs.append(pyzstd.compress(snap, 3))
                     trial.origin[3] = len(blobs) - 1
+                    # The previous point stays checked for a while as a
+                    # fallback origin (a point failing later in its span is
+                    # most likely near its start), then is dropped: each live
+                    # checker is one more decode of the whole stream.
+                    for older in alive[1:]:
+                        if older.expire is None:
+                            older.expire = blocks_seen + FALLBACK_BLOCKS
                     alive.append(trial)
-                    if len(alive) > 3:         # frame start + two points: bounds the work
+                    if len(alive) > 3:
                         del alive[1]
                     span, span_u = ["p", trial.origin], out_pos
                 elif not any(c.origin is span[1] for c in alive):
