@@ -503,3 +503,22 @@ def test_zstd_snapshots_stay_in_the_index_file(streams: Streams, tmp_path: Path)
     assert stream._index.meta[last][1][0] == "r"
     with pytest.raises(ImageError):
         stream.read_at(stream._index.starts[last], 100)
+
+
+def test_configure_sets_spacing_and_threads(streams: Streams, monkeypatch) -> None:
+    import imagefs.codecs as codecs
+    from imagefs.codecs import base, zstd
+
+    monkeypatch.setattr(zstd, "DEFAULT_SPACING", zstd.DEFAULT_SPACING)
+    monkeypatch.setattr(base, "PREFETCH", base.PREFETCH)
+    monkeypatch.setattr(base, "PREFETCH_DEPTH", base.PREFETCH_DEPTH)
+    codecs.configure(threads=1, zstd_spacing=512 << 10)
+    assert base.PREFETCH is False
+    stream = build_index(FileSource(streams.path("zstd")))
+    assert stream.spacing == 512 << 10 and stream._index.info["resume_points"] >= 4
+    data = b"".join(stream.read_at(o, 1 << 20) for o in range(0, stream.size, 1 << 20))
+    assert data == streams.data
+    stream.close()
+    with pytest.raises(ValueError):
+        codecs.configure(zstd_spacing=1000)
+    codecs.configure(threads=0)

@@ -25,6 +25,7 @@ decompresses them.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any
 
@@ -33,7 +34,8 @@ from imagefs.errors import UnsupportedError
 from imagefs.indexdir import IndexStore
 from imagefs.io.source import ByteSource
 
-__all__ = ["sniff", "open_decompressed", "build_index", "CODECS", "codec_versions"]
+__all__ = ["sniff", "open_decompressed", "build_index", "configure", "CODECS",
+           "codec_versions"]
 
 #: Codec name -> (module, class) of the decoder; plain data, imported lazily
 #: so that sniffing thousands of files never loads a C library it needs not.
@@ -153,6 +155,25 @@ def build_index(source: ByteSource, *, index_store: IndexStore | None = None,
     if build is not None:
         build()
     return stream
+
+
+def configure(*, threads: int | None = None, zstd_spacing: int | None = None) -> None:
+    """Process-wide tuning (the ``codecs`` section of the configuration).
+
+    ``threads``: CPU threads for index passes and sequential prefetch (0 or
+    None: one per CPU).  ``zstd_spacing``: output bytes between zstd resume
+    points for indexes built from now on (default 32 MiB).
+    """
+    from imagefs.codecs import base, rapid, zstd  # noqa: PLC0415
+
+    if threads is not None:
+        n = threads if threads > 0 else (os.cpu_count() or 1)
+        base.set_threads(n)
+        rapid.INDEX_THREADS = n
+    if zstd_spacing is not None:
+        if zstd_spacing < (128 << 10):
+            raise ValueError("zstd spacing below one block (128 KiB) makes no sense")
+        zstd.DEFAULT_SPACING = zstd_spacing
 
 
 def codec_versions() -> dict[str, str]:

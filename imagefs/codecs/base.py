@@ -70,6 +70,17 @@ _prefetch_pool = None
 _prefetch_lock = threading.Lock()
 
 
+def set_threads(n: int) -> None:
+    """Threads for prefetching (and so decoding in parallel); 1 disables it."""
+    global PREFETCH, PREFETCH_DEPTH, _prefetch_pool
+    PREFETCH = n > 1
+    PREFETCH_DEPTH = max(1, min(8, n))
+    with _prefetch_lock:
+        old, _prefetch_pool = _prefetch_pool, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
 def _prefetcher():
     global _prefetch_pool
     with _prefetch_lock:
@@ -538,7 +549,7 @@ class CodecSource:
         self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
         self._last_end = -1                # where the previous read ended
         self._inflight: set[int] = set()   # spans being prefetched
-        self.prefetch = PREFETCH
+        self.prefetch: bool | None = None  # None: follow the process setting
 
     # -- ByteSource -------------------------------------------------------
 
@@ -578,7 +589,7 @@ class CodecSource:
             offset += len(piece)
             if offset >= starts[i + 1]:
                 i += 1
-        if sequential and self.prefetch:
+        if sequential and (PREFETCH if self.prefetch is None else self.prefetch):
             nxt = bisect_right(starts, end - 1)
             for j in range(nxt, min(nxt + PREFETCH_DEPTH, index.spans)):
                 self._prefetch(j)

@@ -36,6 +36,9 @@ from imagefs.codecs.base import CodecSource, SeekIndex, SourceReader, corrupt, h
 #: modest cache, so more would cost memory for little gain.
 POOL_SIZE = 2
 
+#: Threads rapidgzip uses for the index pass (imagefs.codecs.configure).
+INDEX_THREADS = max(1, os.cpu_count() or 1)
+
 _pools: "weakref.WeakSet[_DecoderPool]" = weakref.WeakSet()
 _pools_lock = threading.Lock()
 
@@ -137,7 +140,7 @@ class _RapidSource(CodecSource):
         return dec
 
     def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
-        threads = max(1, os.cpu_count() or 1)
+        threads = INDEX_THREADS
         options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
         dec = rapidgzip.RapidgzipFile(SourceReader(self.source, update), parallelization=threads,
                                       **options)
