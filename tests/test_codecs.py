@@ -522,3 +522,26 @@ def test_configure_sets_spacing_and_threads(streams: Streams, monkeypatch) -> No
     with pytest.raises(ValueError):
         codecs.configure(zstd_spacing=1000)
     codecs.configure(threads=0)
+
+
+@pytest.mark.parametrize("name", ["gzip", "bzip2", "zstd"])
+def test_close_while_other_threads_read(streams: Streams, name: str) -> None:
+    """close() drops decoders and cache but never under a reading thread."""
+    stream = build_index(FileSource(streams.path(name)), cache=BlockCache(8 << 20))
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        try:
+            _random_reads(stream, streams.data, 25, seed, max_len=100_000)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        stream.close()
+    for t in threads:
+        t.join()
+    stream.close()
+    assert not errors, errors[0]

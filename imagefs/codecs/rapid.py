@@ -44,14 +44,21 @@ _pools_lock = threading.Lock()
 
 
 class _DecoderPool:
-    """Up to ``limit`` rapidgzip decoders, each lent to one thread at a time."""
+    """Up to ``limit`` rapidgzip decoders, each lent to one thread at a time.
+
+    ``close_all`` closes the idle ones at once and the lent ones when they
+    come back, so a decoder is never closed under a reading thread (except
+    ``force`` at interpreter exit, when an open one would abort the process).
+    """
 
     def __init__(self, factory: Callable[[], object], limit: int) -> None:
         self._factory = factory
         self._limit = limit
         self._cond = threading.Condition()
         self._idle: list = []
-        self._all: list = []
+        self._lent: dict[int, object] = {}
+        self._retired: set[int] = set()
+        self._creating = 0
         with _pools_lock:
             _pools.add(self)
 
@@ -59,43 +66,46 @@ class _DecoderPool:
         with self._cond:
             while True:
                 if self._idle:
-                    return self._idle.pop()
-                if len(self._all) < self._limit:
+                    dec = self._idle.pop()
+                    self._lent[id(dec)] = dec
+                    return dec
+                if len(self._lent) + self._creating < self._limit:
+                    self._creating += 1
                     break
                 self._cond.wait()
-            self._all.append(None)          # reserve the slot while creating
         try:
             dec = self._factory()
         except BaseException:
             with self._cond:
-                self._all.remove(None)
+                self._creating -= 1
                 self._cond.notify()
             raise
         with self._cond:
-            self._all[self._all.index(None)] = dec
+            self._creating -= 1
+            self._lent[id(dec)] = dec
         return dec
 
     def release(self, dec, broken: bool = False) -> None:
         with self._cond:
-            if broken:
-                self._all.remove(dec)
-                _close_quietly(dec)
-            else:
+            self._lent.pop(id(dec), None)
+            retire = broken or id(dec) in self._retired
+            self._retired.discard(id(dec))
+            if not retire:
                 self._idle.append(dec)
             self._cond.notify()
+        if retire:
+            _close_quietly(dec)
 
-    def close_all(self) -> None:
+    def close_all(self, force: bool = False) -> None:
         with self._cond:
-            for dec in self._idle:
-                _close_quietly(dec)
-            self._all = [d for d in self._all if d not in self._idle]
-            self._idle.clear()
-            # Decoders lent out right now are closed when they come back
-            # broken=False...; at exit nothing is lent, so close them too.
-            for dec in list(self._all):
-                if dec is not None:
-                    _close_quietly(dec)
-            self._all.clear()
+            doomed, self._idle = self._idle, []
+            if force:
+                doomed += list(self._lent.values())
+                self._lent.clear()
+            else:
+                self._retired.update(self._lent)
+        for dec in doomed:
+            _close_quietly(dec)
 
 
 def _close_quietly(dec) -> None:
@@ -110,7 +120,7 @@ def _close_everything() -> None:
     with _pools_lock:
         pools = list(_pools)
     for pool in pools:
-        pool.close_all()
+        pool.close_all(force=True)
 
 
 class _RapidSource(CodecSource):
@@ -123,7 +133,7 @@ class _RapidSource(CodecSource):
     def __init__(self, source, **kwargs) -> None:
         super().__init__(source, **kwargs)
         self._pool = _DecoderPool(self._new_decoder, POOL_SIZE)
-        weakref.finalize(self, self._pool.close_all)
+        weakref.finalize(self, self._pool.close_all, True)
 
     def _new_decoder(self):
         index = self._index
