@@ -34,6 +34,8 @@ class Contender:
     loop_target: str                # file to loop-mount (a partition)
     env: dict[str, str] = field(default_factory=dict)
     forks: bool = False             # the command returns; the daemon lives on
+    backing: Path | None = None     # the file its reads end up on (pre-read before tests)
+    loop_backing: Path | None = None  # the same for the loop-mount test
 
     def path(self, mnt: Path) -> Path:
         return mnt / self.target
@@ -144,7 +146,7 @@ def passthrough(image: Path, raw: Path, stats: Path | None = None) -> Contender:
     argv = [sys.executable, str(REPO / "bench" / "passthrough.py"), "{mnt}", str(image), str(raw)]
     if stats:
         argv += ["--stats", str(stats)]
-    return Contender("passthrough", argv, image.name, raw.name)
+    return Contender("passthrough", argv, image.name, raw.name, backing=image, loop_backing=raw)
 
 
 def core_fuse(image: Path, cache_mib: int = 256) -> Contender:
@@ -157,7 +159,7 @@ def core_fuse(image: Path, cache_mib: int = 256) -> Contender:
     argv = [sys.executable, str(REPO / "bench" / "passthrough.py"), "{mnt}", str(image),
             "--virtual", "--cache-mib", str(cache_mib)]
     name = "core-fuse" if cache_mib else "core-fuse-nocache"
-    return Contender(name, argv, image.name, image.name)
+    return Contender(name, argv, image.name, image.name, backing=image)
 
 
 def imagefs_cmd() -> list[str]:
@@ -182,7 +184,8 @@ def imagefs(source: Path, vname: str, options: str | None = None) -> Contender:
     argv = imagefs_cmd() + [str(source), "{mnt}", "-f"]
     if options:
         argv += ["-o", options]
-    return Contender("imagefs", argv, vname, vname, env={"PYTHONPATH": str(REPO)})
+    return Contender("imagefs", argv, vname, vname, env={"PYTHONPATH": str(REPO)},
+                     backing=source / vname if (source / vname).is_file() else None)
 
 
 def ensure_imagebackup() -> tuple[bool, str]:
@@ -208,4 +211,4 @@ def vpartclone(image: Path) -> Contender:
     """imagebackup's vpartclone: shows IMAGE minus '.img' at the mount point; forks."""
     name = image.name[:-4] if image.name.lower().endswith(".img") else image.name
     return Contender("imagebackup", [str(IB_VENV / "bin" / "vpartclone"), str(image), "-m", "{mnt}"],
-                     name, name, forks=True)
+                     name, name, forks=True, backing=image)
