@@ -548,7 +548,8 @@ class CodecSource:
         self._seq = _Sequential(self)
         self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
         self._last_end = -1                # where the previous read ended
-        self._inflight: set[int] = set()   # spans being prefetched
+        self._inflight: dict[int, int] = {}  # span being prefetched -> pieces done
+        self._prefetch_cond = threading.Condition()
         self.prefetch: bool | None = None  # None: follow the process setting
 
     # -- ByteSource -------------------------------------------------------
@@ -591,36 +592,46 @@ class CodecSource:
                 i += 1
         if sequential and (PREFETCH if self.prefetch is None else self.prefetch):
             nxt = bisect_right(starts, end - 1)
+            # Never prefetch more than half the cache: prefetched pieces
+            # evicted before use would be decoded twice.
+            budget = self._cache.capacity // 2
             for j in range(nxt, min(nxt + PREFETCH_DEPTH, index.spans)):
+                budget -= starts[j + 1] - starts[j]
+                if budget < 0:
+                    break
                 self._prefetch(j)
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _prefetch(self, j: int) -> None:
-        """Start decoding span ``j`` (its first piece) in the background."""
-        key = (self._owner, "sub", j, 0)
-        with self._count_lock:
+        """Decode span ``j`` in the background, piece by piece, into the cache."""
+        with self._prefetch_cond:
             if j in self._inflight:
                 return
-            self._inflight.add(j)
-        if self._cache.get(key) is not None:
-            with self._count_lock:
-                self._inflight.discard(j)
-            return
+            if self._cache.get((self._owner, "sub", j, 0)) is not None:
+                return
+            self._inflight[j] = 0
 
         def run() -> None:
+            index = self._index
             try:
-                self._sub(j, 0)
+                count = -(-(index.starts[j + 1] - index.starts[j]) // SUB_CHUNK)
+                for k in range(count):
+                    self._sub(j, k, prefetching=True)
+                    with self._prefetch_cond:
+                        self._inflight[j] = k + 1
+                        self._prefetch_cond.notify_all()
             except Exception:  # noqa: BLE001 - the reader's own request reports it
                 pass
             finally:
-                with self._count_lock:
-                    self._inflight.discard(j)
+                with self._prefetch_cond:
+                    self._inflight.pop(j, None)
+                    self._prefetch_cond.notify_all()
 
         try:
             _prefetcher().submit(run)
         except RuntimeError:               # the interpreter is shutting down
-            with self._count_lock:
-                self._inflight.discard(j)
+            with self._prefetch_cond:
+                self._inflight.pop(j, None)
 
     def close(self) -> None:
         """Drop decoders and cached spans; the object can still be read after."""
@@ -663,8 +674,17 @@ class CodecSource:
             offset += len(piece)
         return b"".join(out)
 
-    def _sub(self, i: int, k: int) -> bytes:
-        return self._cache.get_or_load((self._owner, "sub", i, k), lambda: self._load_sub(i, k))
+    def _sub(self, i: int, k: int, prefetching: bool = False) -> bytes:
+        key = (self._owner, "sub", i, k)
+        if not prefetching and self._inflight:
+            # A background decoder is working through this span: wait for it
+            # to reach piece k rather than start a second decoder.
+            with self._prefetch_cond:
+                while i in self._inflight and self._inflight[i] <= k:
+                    if self._cache.get(key) is not None:
+                        break
+                    self._prefetch_cond.wait()
+        return self._cache.get_or_load(key, lambda: self._load_sub(i, k))
 
     def _load_sub(self, i: int, k: int) -> bytes:
         index = self._index
