@@ -73,7 +73,7 @@ def _stream_to_file(path: Path, offset: int) -> tuple[Path, int]:
 
 def _partition_offset(image, data_byte: int) -> int:
     bs = image.block_size
-    return image._block_of_rank(data_byte // bs) * bs + data_byte % bs
+    return image.bitmap.select(data_byte // bs) * bs + data_byte % bs
 
 
 def _data_byte_of_stream(header, offset: int) -> int:
@@ -185,7 +185,7 @@ def test_flipped_data_byte_names_the_chunk(pimg, tmp_path):
     assert f"stream byte {offset - 100}" in msg
     if vol != first:
         assert f"volume {vol.name[-3:].lstrip('0') or '0'}, {vol}" in msg
-    assert info.value.block == image._block_of_rank(k * pi.CHK_DATA // header.block_size)
+    assert info.value.block == image.bitmap.select(k * pi.CHK_DATA // header.block_size)
     proc = subprocess.run([*_cli(), "verify", str(first)], capture_output=True, text=True)
     assert proc.returncode != 0
     assert f"data chunk #{k} " in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -202,7 +202,7 @@ def test_truncated_real_image(factory, kind, tmp_path):
     h2, im2 = _open(short)
     assert im2.truncated and any("truncated" in n for n in h2.notes)
     vp = VirtualPartition(im2)
-    last_block = image._block_of_rank(header.used_blocks - 1)
+    last_block = image.bitmap.select(header.used_blocks - 1)
     with pytest.raises(TruncatedError, match="short.img"):
         vp.read(last_block * header.block_size, 1)
     with pytest.raises(TruncatedError):

@@ -21,7 +21,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
+from typing import TYPE_CHECKING
+
 from imagefs.io.source import ByteSource
+
+if TYPE_CHECKING:  # only for annotations: keeps base free of import cycles
+    from imagefs.formats.bitmap import RankedBitmap
+    from imagefs.formats.layout import GroupedLayout
 
 #: Progress callback: called with the number of bytes just processed.
 Progress = Callable[[int], None]
@@ -121,3 +127,24 @@ class BlockImage(ABC):
 
     def close(self) -> None:
         self.header.source.close()
+
+
+class BitmapImage(BlockImage):
+    """A block image whose map is a bitmap and whose data a grouped layout.
+
+    Subclasses set ``self.bitmap`` (a RankedBitmap) and ``self.layout`` (a
+    GroupedLayout addressed in stored blocks) in ``__init__``.
+    """
+
+    bitmap: "RankedBitmap"
+    layout: "GroupedLayout"
+
+    @property
+    def stored_blocks(self) -> int:
+        return self.bitmap.count
+
+    def extents(self, first: int, count: int) -> list[tuple[int, int, bool]]:
+        return self.bitmap.extents(first, count)
+
+    def read_stored(self, first: int, count: int) -> bytes:
+        return self.layout.read_ranks(self.bitmap.rank(first), count)

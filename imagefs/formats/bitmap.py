@@ -66,6 +66,21 @@ class RankedBitmap:
             base += (self.bits[full_end] & ((1 << rem) - 1)).bit_count()
         return base
 
+    def select(self, rank: int) -> int:
+        """The block number of the stored block with this rank (0-based).
+
+        Binary search over ``rank``; used only to name places in error
+        messages, never on the read path.
+        """
+        lo, hi = 0, self.total
+        while lo < hi:                      # smallest k with rank(k + 1) > rank
+            mid = (lo + hi) // 2
+            if self.rank(mid + 1) > rank:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     def is_set(self, k: int) -> bool:
         return bool(self.bits[k >> 3] >> (k & 7) & 1)
 

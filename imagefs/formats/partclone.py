@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from imagefs.checksums import pc_crc32, pc_crc32_v1_block, xxhash_module
 from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, ChecksumError, FormatError,
                             TruncatedError, UnsupportedError)
-from imagefs.formats.base import BlockImage, ImageHeader, Progress
+from imagefs.formats.base import BitmapImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
 from imagefs.formats.layout import GroupedLayout
 from imagefs.io.source import ByteSource, known_size
@@ -192,7 +192,7 @@ def _to_lsb_first(raw: bytes, word_bytes: int) -> bytes:
     return words.tobytes()[:len(raw)]
 
 
-class PartcloneImage(BlockImage):
+class PartcloneImage(BitmapImage):
     """A partclone format 2 image opened for reading."""
 
     def __init__(self, header: PartcloneV2Header) -> None:
@@ -232,16 +232,6 @@ class PartcloneImage(BlockImage):
         elif src.size > header.expected_size:
             header.notes.append(f"{src.size - header.expected_size} unexpected bytes follow "
                                 "the data area (ignored)")
-
-    @property
-    def stored_blocks(self) -> int:
-        return self.bitmap.count
-
-    def extents(self, first: int, count: int) -> list[tuple[int, int, bool]]:
-        return self.bitmap.extents(first, count)
-
-    def read_stored(self, first: int, count: int) -> bytes:
-        return self.layout.read_ranks(self.bitmap.rank(first), count)
 
     def stats(self) -> dict[str, object]:
         return {"index memory": self.bitmap.memory_bytes()}
@@ -306,7 +296,7 @@ class PartcloneImage(BlockImage):
                 state = update(state, mv[off:off + n * bs])
                 stored = bytes(mv[off + n * bs:off + n * bs + cs])
                 if digest(state) != stored:
-                    block = self._block_of_rank(rank)
+                    block = self.bitmap.select(rank)
                     raise ChecksumError(
                         name, f"checksum of block group {group_no} (blocks with data "
                         f"#{rank}..#{rank + n - 1}, first is partition block {block}) does not "
@@ -318,17 +308,6 @@ class PartcloneImage(BlockImage):
             pos += length
             if progress:
                 progress(length)
-
-    def _block_of_rank(self, rank: int) -> int:
-        """The partition block number of the stored block with this rank."""
-        lo, hi = 0, self.total_blocks
-        while lo < hi:                      # smallest k with rank(k+1) > rank
-            mid = (lo + hi) // 2
-            if self.bitmap.rank(mid + 1) > rank:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
 
 
 # --------------------------------------------------------------------------- v1
@@ -373,7 +352,7 @@ class PartcloneV1Header(ImageHeader):
         return PartcloneV1Image(self)
 
 
-class PartcloneV1Image(BlockImage):
+class PartcloneV1Image(BitmapImage):
     """A partclone format 1 image (one bitmap byte per block)."""
 
     def __init__(self, header: PartcloneV1Header) -> None:
@@ -406,16 +385,6 @@ class PartcloneV1Image(BlockImage):
         self.truncated = src.size < header.expected_size
         if self.truncated:
             _note_truncated(header, src.size)
-
-    @property
-    def stored_blocks(self) -> int:
-        return self.bitmap.count
-
-    def extents(self, first: int, count: int) -> list[tuple[int, int, bool]]:
-        return self.bitmap.extents(first, count)
-
-    def read_stored(self, first: int, count: int) -> bytes:
-        return self.layout.read_ranks(self.bitmap.rank(first), count)
 
     def verify(self, progress: Progress | None = None) -> None:
         """Check the running v1 register block by block.

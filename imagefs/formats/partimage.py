@@ -429,22 +429,11 @@ class PartimageImage(BlockImage):
 
     def _bad_chunk(self, chunk_no: int, data_offset: int, offset: int, bad_record: bool) -> None:
         bs = self.header.block_size
-        block = self._block_of_rank(data_offset // bs)
+        block = self.bitmap.select(data_offset // bs)
         what = "has no CHK record after it" if bad_record else "does not match its CRC-32"
         raise ChecksumError(self.header.path,
                             f"data chunk #{chunk_no} (64 KiB of data at {self.where(offset)}, "
                             f"holding partition byte {block * bs + data_offset % bs} "
                             f"= block {block}) {what}", CORRUPT_HINT,
                             image_offset=offset, block=block)
-
-    def _block_of_rank(self, rank: int) -> int:
-        """The partition block holding the stored block of this rank."""
-        lo, hi = 0, self.total_blocks
-        while lo < hi:                      # smallest k with rank(k+1) > rank
-            mid = (lo + hi) // 2
-            if self.bitmap.rank(mid + 1) > rank:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
 
