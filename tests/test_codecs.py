@@ -46,7 +46,7 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "plzip": (["plzip", "-B", "1MiB", "-c"], "lzip"),
 }
 NAMES = sorted(VARIANTS) + ["gzip-members"]
-SLOW = {"xz-single"}          # no restart points: sequential slow path
+SLOW = {"xz-single"}          # one block, no restart point: one span (slow path if large)
 
 
 def _original() -> bytes:
@@ -370,7 +370,10 @@ def test_head_reads_stay_lazy(streams: Streams) -> None:
         stream.close()
 
 
-def test_slow_path_is_reported(streams: Streams) -> None:
+def test_slow_path_is_reported(streams: Streams, monkeypatch) -> None:
+    from imagefs.codecs import xz
+
+    monkeypatch.setattr(xz, "SMALL_SINGLE_BLOCK", 1 << 20)   # the fixture counts as large
     stream = build_index(FileSource(streams.path("xz-single")))
     assert "slow path" in stream.index_state()
     assert stream.read_at(len(streams.data) - 100, 100) == streams.data[-100:]
@@ -401,14 +404,26 @@ def test_interpreter_exit_with_open_rapidgzip_decoders(streams: Streams) -> None
 
 @pytest.mark.parametrize("cmd,hint", [
     (["xz", "--format=lzma", "-c"], "lzma -dc"),
-    (["plzip", "-c"], "lzip -dc"),              # small input: one member
+    (["plzip", "-c"], "lzip -dc"),              # one member
 ])
-def test_unsupported_streams_name_the_command(cmd: list[str], hint: str, tmp_path: Path) -> None:
+def test_unsupported_streams_name_the_command(cmd: list[str], hint: str, tmp_path: Path,
+                                              monkeypatch) -> None:
+    from imagefs.codecs import lzip
+
+    monkeypatch.setattr(lzip, "SMALL_SINGLE_MEMBER", 1000)   # this one counts as large
     path = tmp_path / "x"
     path.write_bytes(_run(cmd, b"some data " * 5000))
     with pytest.raises(UnsupportedError) as info:
         open_decompressed(FileSource(path))
     assert hint in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("cmd", [["plzip", "-c"], ["xz", "-T1", "-c"]])
+def test_small_single_unit_streams_are_served_whole(cmd: list[str], tmp_path: Path) -> None:
+    data = b"small image " * 20000
+    stream = open_decompressed(MemorySource(_run(cmd, data)))
+    assert stream.size == len(data) and stream.read_at(1000, 50) == data[1000:1050]
+    assert "slow path" not in stream.index_state()
 
 
 def test_lrzip_is_unsupported(tmp_path: Path) -> None:

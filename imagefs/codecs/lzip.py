@@ -6,8 +6,9 @@ decompression.  A member is decoded with the standard library's lzma
 (FORMAT_RAW, LZMA1 lc=3 lp=0 pb=2, the dictionary size from the member
 header) and checked against the trailer's CRC-32 and data size.
 
-A single-member file (real lzip, or plzip on small input) has no restart
-point and raises UnsupportedError with the command that decompresses it.
+A large single-member file (real lzip) has no restart point and raises
+UnsupportedError with the command that decompresses it; a small one (plzip
+on small input) is served as one span.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ HEADER = 6
 TRAILER = 20
 #: A member whose output exceeds this is not served as one span (memory).
 MAX_MEMBER = 512 << 20
+
+#: A single-member file holding up to this much is served as one span (a
+#: miss decodes it whole, well under a second); a larger one is refused.
+SMALL_SINGLE_MEMBER = 64 << 20
 
 
 def dict_size(byte: int) -> int:
@@ -52,8 +57,8 @@ class LzipSource(CodecSource):
         super().__init__(source, **kwargs)
         # One read at the end tells whether the file is one member; refuse
         # that now so the .info can say what to do (formats.md 6.2).
-        _crc, _dsize, msize = _trailer(source, source.size)
-        if msize == source.size:
+        _crc, dsize, msize = _trailer(source, source.size)
+        if msize == source.size and dsize > SMALL_SINGLE_MEMBER:
             raise UnsupportedError(source.name, "single-member lzip has no restart points "
                                    "and cannot be mounted yet",
                                    "decompress it first: lzip -dc FILE > IMAGE "

@@ -7,8 +7,8 @@ write many blocks; each is one span, decoded by wrapping it into a
 one-block xz stream (the original stream header, the block, a synthesized
 Index and footer) so liblzma checks the block's own integrity check.
 
-A stream of one block (plain ``xz`` before 5.6) has no restart point: it
-takes the sequential slow path, reported in ``index_state``.
+A large stream of one block (plain ``xz`` before 5.6) has no restart
+point: it takes the sequential slow path, reported in ``index_state``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ FOOTER_MAGIC = b"YZ"
 #: A block whose output exceeds this is not decoded as one span (memory);
 #: the stream takes the slow path instead.
 MAX_SPAN = 256 << 20
+
+#: A single-block stream up to this size is simply one span (decoding it
+#: whole on a miss costs well under a second); a larger one is the slow path.
+SMALL_SINGLE_BLOCK = 64 << 20
 
 
 def _vli(buf: bytes, pos: int) -> tuple[int, int]:
@@ -114,7 +118,7 @@ class XzSource(CodecSource):
                 meta.append([stream_start, block_c, unpadded, ulen])
                 out_pos += ulen
                 starts.append(out_pos)
-        slow = blocks == 1 or largest > MAX_SPAN
+        slow = (blocks == 1 and largest > SMALL_SINGLE_BLOCK) or largest > MAX_SPAN
         return SeekIndex(out_pos, starts, meta, [],
                          {"streams": len(streams), "blocks": blocks, "slow": slow})
 
