@@ -18,7 +18,7 @@ lzop      block index from the block headers
 lzip      member index (plzip), each member decoded as raw LZMA1
 ========  ===================================================================
 
-Single-member lzip, lzma ("alone"), lrzip and legacy lz4 raise
+Large single-member lzip, lzma ("alone"), lrzip and legacy lz4 raise
 :class:`~imagefs.errors.UnsupportedError` naming the command that
 decompresses them.
 """
