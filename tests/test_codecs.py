@@ -560,3 +560,11 @@ def test_close_while_other_threads_read(streams: Streams, name: str) -> None:
         t.join()
     stream.close()
     assert not errors, errors[0]
+
+
+@pytest.mark.parametrize("name", ["zstd", "gzip", "xz"])
+def test_index_build_with_a_progress_bar(streams: Streams, name: str, capsys) -> None:
+    stream = build_index(FileSource(streams.path(name)), progress=True)
+    assert stream.size == len(streams.data)
+    assert "indexing" in capsys.readouterr().err        # tqdm writes to stderr
+    stream.close()
