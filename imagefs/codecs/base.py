@@ -94,7 +94,9 @@ def _prefetcher():
 #: Paused span decoders kept for continuation, over all sources: a bound on
 #: their number and on the decoded bytes they hold outside the cache (a
 #: codec that decodes whole units leaves the rest of the unit in its cursor).
-MAX_CURSORS = 16
+#: A paused zstd decoder also holds its window (2-8 MiB), so few are kept:
+#: one per concurrent sequential reader is what pays off.
+MAX_CURSORS = 4
 MAX_CURSOR_BYTES = 64 << 20
 
 _default_cache: BlockCache | None = None
@@ -318,7 +320,7 @@ class StreamCursor:
 #: headers of thousands of images; each live decoder holds its library's
 #: window (up to 64 MiB for xz -9) and a few recent chunks, so only the most
 #: recently used few stay alive; the others restart if asked again.
-MAX_LIVE_SEQUENTIAL = 8
+MAX_LIVE_SEQUENTIAL = 4
 
 _live_lock = threading.Lock()
 _live: "OrderedDict[int, _Sequential]" = OrderedDict()
