@@ -23,8 +23,9 @@ _M_MMAP_THRESHOLD = -3
 #: Buffers up to this size come from the heap (covers 1 MiB FUSE reads,
 #: cache chunks and codec spans).
 MMAP_THRESHOLD = 8 << 20
-#: Idle heap memory glibc may keep instead of returning it to the kernel.
-TRIM_THRESHOLD = 64 << 20
+#: Idle heap memory glibc may keep instead of returning it to the kernel
+#: (part of the "cache size + 50 MB" memory budget of design.md).
+TRIM_THRESHOLD = 16 << 20
 
 _done = False
 
