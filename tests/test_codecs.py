@@ -568,3 +568,21 @@ def test_index_build_with_a_progress_bar(streams: Streams, name: str, capsys) ->
     assert stream.size == len(streams.data)
     assert "indexing" in capsys.readouterr().err        # tqdm writes to stderr
     stream.close()
+
+
+def test_rapidgzip_decoders_are_bounded_over_all_sources(streams: Streams) -> None:
+    """Each rapidgzip decoder keeps its own chunk cache: few live at once."""
+    from imagefs.codecs import rapid
+
+    before = rapid._total                # decoders of other tests' sources, if any
+    sources = [build_index(FileSource(streams.path(name)), cache=BlockCache(4 << 20))
+               for name in ("gzip", "pigz", "bzip2", "pbzip2", "gzip-members")]
+    rnd = random.Random(8)
+    for _ in range(60):
+        s = rnd.choice(sources)
+        off = rnd.randrange(len(streams.data) - 4096)
+        assert s.read_at(off, 4096) == streams.data[off:off + 4096]
+        assert rapid._total <= rapid.MAX_DECODERS
+    for s in sources:
+        s.close()
+    assert rapid._total <= before

@@ -25,16 +25,18 @@ import os
 import threading
 import weakref
 import zlib
+from collections import OrderedDict
 from typing import Callable, Iterator
 
 import rapidgzip
 
 from imagefs.codecs.base import CodecSource, SeekIndex, SourceReader, corrupt, human, truncated
 
-#: Decoders per source: two lets a sequential reader and a random reader
-#: (or two FUSE threads) decode different spans at once; each holds a
-#: modest cache, so more would cost memory for little gain.
-POOL_SIZE = 2
+#: Live rapidgzip decoders over all sources.  Each holds its own cache of
+#: decoded chunks (~80 MB measured after a few dozen span reads) although
+#: imagefs caches the spans itself, so they are few and shared LRU-wise:
+#: an idle decoder of another image is closed to make room.
+MAX_DECODERS = max(2, os.cpu_count() or 1)
 
 #: Threads rapidgzip uses for the index pass (imagefs.codecs.configure).
 INDEX_THREADS = max(1, os.cpu_count() or 1)
@@ -42,68 +44,89 @@ INDEX_THREADS = max(1, os.cpu_count() or 1)
 _pools: "weakref.WeakSet[_DecoderPool]" = weakref.WeakSet()
 _pools_lock = threading.Lock()
 
+_global = threading.Condition()
+_idle: "OrderedDict[int, tuple[_DecoderPool, object]]" = OrderedDict()   # LRU, all sources
+_total = 0                                  # live decoders, idle or lent
+
 
 class _DecoderPool:
-    """Up to ``limit`` rapidgzip decoders, each lent to one thread at a time.
+    """The rapidgzip decoders of one source, each lent to one thread at a time.
 
+    The number of decoders is bounded over all sources (``MAX_DECODERS``).
     ``close_all`` closes the idle ones at once and the lent ones when they
     come back, so a decoder is never closed under a reading thread (except
     ``force`` at interpreter exit, when an open one would abort the process).
     """
 
-    def __init__(self, factory: Callable[[], object], limit: int) -> None:
+    def __init__(self, factory: Callable[[], object]) -> None:
         self._factory = factory
-        self._limit = limit
-        self._cond = threading.Condition()
-        self._idle: list = []
         self._lent: dict[int, object] = {}
         self._retired: set[int] = set()
-        self._creating = 0
         with _pools_lock:
             _pools.add(self)
 
     def acquire(self):
-        with self._cond:
+        global _total
+        evicted = []
+        with _global:
             while True:
-                if self._idle:
-                    dec = self._idle.pop()
-                    self._lent[id(dec)] = dec
-                    return dec
-                if len(self._lent) + self._creating < self._limit:
-                    self._creating += 1
+                for key in reversed(_idle):
+                    if _idle[key][0] is self:
+                        dec = _idle.pop(key)[1]
+                        self._lent[id(dec)] = dec
+                        break
+                else:
+                    dec = None
+                if dec is not None:
                     break
-                self._cond.wait()
+                if _total < MAX_DECODERS:
+                    _total += 1
+                    break
+                if _idle:
+                    evicted.append(_idle.popitem(last=False)[1][1])
+                    _total -= 1
+                    continue
+                _global.wait()
+        for old in evicted:
+            _close_quietly(old)
+        if dec is not None:
+            return dec
         try:
             dec = self._factory()
         except BaseException:
-            with self._cond:
-                self._creating -= 1
-                self._cond.notify()
+            with _global:
+                _total -= 1
+                _global.notify_all()
             raise
-        with self._cond:
-            self._creating -= 1
+        with _global:
             self._lent[id(dec)] = dec
         return dec
 
     def release(self, dec, broken: bool = False) -> None:
-        with self._cond:
+        global _total
+        with _global:
             self._lent.pop(id(dec), None)
             retire = broken or id(dec) in self._retired
             self._retired.discard(id(dec))
-            if not retire:
-                self._idle.append(dec)
-            self._cond.notify()
+            if retire:
+                _total -= 1
+            else:
+                _idle[id(dec)] = (self, dec)
+            _global.notify_all()
         if retire:
             _close_quietly(dec)
 
     def close_all(self, force: bool = False) -> None:
-        with self._cond:
-            doomed, self._idle = self._idle, []
+        global _total
+        with _global:
+            doomed = [_idle.pop(key)[1] for key in [k for k, v in _idle.items() if v[0] is self]]
             if force:
                 doomed += list(self._lent.values())
                 self._lent.clear()
             else:
                 self._retired.update(self._lent)
+            _total -= len(doomed)
+            _global.notify_all()
         for dec in doomed:
             _close_quietly(dec)
 
@@ -132,7 +155,7 @@ class _RapidSource(CodecSource):
 
     def __init__(self, source, **kwargs) -> None:
         super().__init__(source, **kwargs)
-        self._pool = _DecoderPool(self._new_decoder, POOL_SIZE)
+        self._pool = _DecoderPool(self._new_decoder)
         weakref.finalize(self, self._pool.close_all, True)
 
     def _new_decoder(self):
