@@ -97,7 +97,7 @@ def _prefetcher():
 #: A paused zstd decoder also holds its window (2-8 MiB), so few are kept:
 #: one per concurrent sequential reader is what pays off.
 MAX_CURSORS = 4
-MAX_CURSOR_BYTES = 64 << 20
+MAX_CURSOR_BYTES = 32 << 20
 
 _default_cache: BlockCache | None = None
 _default_cache_lock = threading.Lock()
