@@ -5,13 +5,22 @@ frame (``zstd -T0`` writes one frame for the whole image) a block boundary
 is a restart point when decoding a synthesized frame header plus the
 original blocks from there, with the preceding window loaded as a
 raw-content prefix dictionary, gives the same bytes as the sequential
-decode (formats.md 6.4).  That holds at most boundaries but not all (a
-block may reuse the previous block's entropy tables or repeat offsets), so
-every resume point is checked while indexing: a second decoder started at
-the point runs beside the sequential one over the whole span it will serve,
-block by block.  A point whose span does not match is dropped; bytes no
-point can serve take the slow path (decode from the frame start), reported
-in ``index_state``.  Window snapshots are stored zstd-compressed.
+decode (formats.md 6.4).  That fails where a block reuses an earlier
+block's entropy tables or repeat offsets, so while indexing:
+
+* candidates are block boundaries at least ``spacing`` bytes after the
+  previous point whose block defines all its tables (parsed from the
+  literals and sequences headers);
+* a candidate is committed only if its decoder reproduces its first block
+  (most misses are repeat offsets; the next boundaries are tried), and its
+  decoder then keeps running beside the sequential one over its whole
+  span, block by block;
+* if it ever diverges, its span ends there and the following bytes are a
+  "slow" span decoded from an older point still verified (or the frame
+  start), until a new point commits.  Never seen on real data; reported
+  in ``index_state`` if it happens.
+
+Window snapshots are stored zstd-compressed in the index file.
 """
 
 from __future__ import annotations
