@@ -36,7 +36,7 @@ from imagefs.codecs.base import CodecSource, SeekIndex, SourceReader, corrupt, h
 #: decoded chunks (~80 MB measured after a few dozen span reads) although
 #: imagefs caches the spans itself, so they are few and shared LRU-wise:
 #: an idle decoder of another image is closed to make room.
-MAX_DECODERS = max(2, os.cpu_count() or 1)
+MAX_DECODERS = min(4, max(2, os.cpu_count() or 1))
 
 #: Threads rapidgzip uses for the index pass (imagefs.codecs.configure).
 INDEX_THREADS = max(1, os.cpu_count() or 1)
