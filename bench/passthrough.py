@@ -68,7 +68,7 @@ mfusepy = _load_mfusepy()
 #: glibc thresholds as imagefs.memtune sets them: 1 MiB read buffers then come
 #: from the heap instead of a fresh mmap (page-faulted in) per request.
 MMAP_THRESHOLD = 8 << 20
-TRIM_THRESHOLD = 64 << 20
+TRIM_THRESHOLD = 16 << 20
 
 
 def tune_allocator() -> bool:
