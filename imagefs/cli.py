@@ -75,15 +75,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"imagefs {__version__}")
     print(f"python {sys.version.split()[0]}")
-    for module, label in (("mfusepy", "mfusepy"), ("rapidgzip", "rapidgzip"),
-                          ("pyzstd", "pyzstd"), ("lz4", "lz4"), ("xxhash", "xxhash"),
-                          ("lzo", "python-lzo"), ("yaml", "pyyaml"), ("tqdm", "tqdm")):
+    from importlib.metadata import PackageNotFoundError, version
+    for dist in ("mfusepy", "xxhash", "zstandard", "PyYAML", "tqdm"):
         try:
-            mod = __import__(module)
-            ver = getattr(mod, "__version__", None) or getattr(mod, "VERSION", "installed")
-        except Exception:  # noqa: BLE001 - any import failure just means "not available"
-            ver = "not installed"
-        print(f"{label} {ver}")
+            print(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            print(f"{dist} not installed")
+    try:
+        from imagefs.codecs import codec_versions
+        for name, ver in codec_versions().items():
+            print(f"{name} {ver}")
+    except Exception as exc:  # noqa: BLE001 - the verb must print what it can
+        print(f"codecs unavailable ({exc})")
     try:
         from imagefs.fuse_version import libfuse_version
         print(f"libfuse {libfuse_version()}")

@@ -185,7 +185,8 @@ def codec_versions() -> dict[str, str]:
             import importlib
 
             module = importlib.import_module(name)
-            out[name] = str(getattr(module, attr, "installed"))
+            value = getattr(module, attr, "installed")
+            out[name] = value.decode() if isinstance(value, bytes) else str(value)
         except ImportError:
             out[name] = "missing"
     try:
