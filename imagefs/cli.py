@@ -149,6 +149,9 @@ def _run_guarded(func: Callable[[], int], verbose: int) -> int:
     except KeyboardInterrupt:
         print("imagefs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`imagefs ls | head`): not an error to report.
+        return 0
     except OSError as exc:
         if verbose > 1:
             log.exception("details")
