@@ -341,6 +341,29 @@ class Factory:
             self._images[name] = img
             return img
 
+
+    def compressed(self, image: Image, compressor: list[str], suffix: str,
+                   split_bytes: int | None = None) -> Image:
+        """``image`` compressed by the real ``compressor`` (and split), named the Clonezilla way.
+
+        Returns an Image whose path is the compressed file or its ``.aa`` piece;
+        the ground truth is the uncompressed image's.
+        """
+        name = f"{image.name}-{'_'.join(compressor).replace('-', '')}" + \
+            (f"-split{split_bytes}" if split_bytes else "")
+        with self._lock:
+            if name in self._images:
+                return self._images[name]
+            d = self.base / name
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            out = d / f"{image.path.name}.{suffix}"
+            pipe_to_files(image.path, compressor, out, split_bytes)
+            path = Path(f"{out}.aa") if split_bytes else out
+            img = Image(name, path, image.ground_truth, image.source, image.tool, image.sha256)
+            self._images[name] = img
+            return img
+
     def split(self, image: Image, piece_bytes: int, suffix_len: int = 2) -> Image:
         """``image`` cut with ``split -a N -b BYTES`` (Clonezilla's way)."""
         name = f"{image.name}-split{piece_bytes}"
@@ -357,3 +380,22 @@ class Factory:
             img = Image(name, first, image.ground_truth, image.source, image.tool, image.sha256)
             self._images[name] = img
             return img
+
+
+def pipe_to_files(src_path: Path, compressor: list[str], out: Path,
+                  split_bytes: int | None = None) -> None:
+    """``compressor < src_path > out`` or ``| split -a 2 -b N - out.``, as Clonezilla does."""
+    need(compressor[0], "split")
+    with open(src_path, "rb") as src:
+        if split_bytes is None:
+            with open(out, "wb") as dst:
+                proc = subprocess.run(compressor, stdin=src, stdout=dst, stderr=subprocess.PIPE)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(compressor)} failed: {proc.stderr.decode()[-500:]}")
+            return
+        comp = subprocess.Popen(compressor, stdin=src, stdout=subprocess.PIPE)
+        run(["split", "-a", "2", "-b", str(split_bytes), "-", f"{out}."], stdin=comp.stdout)
+        comp.stdout.close()  # type: ignore[union-attr]
+        if comp.wait(600) != 0:
+            raise RuntimeError(f"{' '.join(compressor)} failed")
+
