@@ -9,7 +9,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from imagefs.formats import ntfsclone, probe
 from imagefs.formats.ntfsclone import NtfscloneHeader, RunList
 from imagefs.indexdir import IndexStore, source_key
 from imagefs.io.source import FileSource, MemorySource
+from readers import check_threads
 
 def _cli() -> list[str]:
     """The installed console script beside this interpreter (else ``python -m imagefs``)."""
@@ -95,24 +95,8 @@ def test_random_reads(nc):
 
 def test_threads_read_the_same_bytes(nc):
     _, image = _open(nc.path)
-    truth = _ground_truth(nc)
     vp = VirtualPartition(image, BlockCache(2 << 20))
-    errors: list[str] = []
-
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        for _ in range(150):
-            start = rng.randrange(0, vp.size)
-            size = rng.randrange(1, 600000)
-            if vp.read(start, size) != truth[start:start + size]:
-                errors.append(f"mismatch at {start}+{size}")
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    check_threads(vp, _ground_truth(nc), seed=17)
 
 
 def test_verify_passes_and_says_it_has_no_checksums(nc):

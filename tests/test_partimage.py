@@ -10,7 +10,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import threading
 import zlib
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from imagefs.formats import probe
 from imagefs.io.source import MemorySource
 from imagefs.opener import open_image_header
 from realimages_partimage import clonezilla_pipeline, partimage_image
+from readers import check_threads
 
 def _cli() -> list[str]:
     """The installed console script beside this interpreter (else ``python -m imagefs``)."""
@@ -129,24 +129,8 @@ def test_random_reads_cross_blocks_chk_records_and_volumes(pimg):
 
 def test_threads_read_the_same_bytes(pimg):
     _, image = _open(pimg.path)
-    truth = Path(pimg.ground_truth).read_bytes()
     vp = VirtualPartition(image, BlockCache(2 << 20))
-    errors: list[str] = []
-
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        for _ in range(120):
-            start = rng.randrange(0, vp.size)
-            size = rng.randrange(1, 500000)
-            if vp.read(start, size) != truth[start:start + size]:
-                errors.append(f"mismatch at {start}+{size}")
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    check_threads(vp, Path(pimg.ground_truth).read_bytes(), seed=17)
 
 
 def test_verify_passes(pimg):
