@@ -10,7 +10,7 @@ chunk is fetched once however many threads ask for it.  Reads of a chunk or
 more stream past the cache (scan resistance): a sequential copy of a whole
 partition would otherwise evict every other image's working set, and the
 kernel page cache (kernel_cache on these immutable files) already keeps
-what was read.  Chunks already cached still serve such reads.
+what was read.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import threading
 from imagefs.cache import BlockCache
 from imagefs.formats.base import BlockImage
 
-#: Cache chunk size for small reads.  A cold random 4 KiB read costs one
-#: chunk of disk I/O: with 256 KiB chunks that was 1,600 IOPS on the bench's
-#: 2 GB image against 5,600 with 32 KiB (in-process, cold page cache), while
-#: large reads bypass the cache anyway, so the chunk only has to amortise
-#: the Python work of one small request.
-DEFAULT_CHUNK = 32 * 1024
+#: Cache chunk size for small reads (at least one block).  A cold random
+#: 4 KiB read costs one chunk of disk I/O: in-process on the bench's 2 GB
+#: image, cold, 256 KiB chunks gave 1,600 IOPS, 32 KiB 5,000-5,900, 4 KiB
+#: 6,800-7,700 and no cache 8,000.  For uncompressed images the kernel page
+#: cache (kernel_cache on these immutable files) is the real cache; the
+#: shared LRU matters most for decoded spans of compressed images, which the
+#: codecs keep in the same instance.
+DEFAULT_CHUNK = 4 * 1024
 
 _ids = itertools.count(1)
 _id_lock = threading.Lock()
@@ -63,7 +65,7 @@ class VirtualPartition:
         cs = self.chunk_size
         first = offset // cs
         last = (end - 1) // cs
-        if end - offset >= cs and not self._any_cached(first, last):
+        if end - offset >= cs:
             return self.read_uncached(offset, end - offset)
         if first == last:
             chunk = self._chunk(first)
@@ -78,11 +80,6 @@ class VirtualPartition:
             hi = min(end - idx * cs, cs)
             parts.append(chunk if (lo == 0 and hi == len(chunk)) else chunk[lo:hi])
         return b"".join(parts)
-
-    def _any_cached(self, first: int, last: int) -> bool:
-        get = self._cache.get  # type: ignore[union-attr]
-        key = self._key
-        return any(get((key, idx)) is not None for idx in range(first, last + 1))
 
     def _chunk(self, idx: int) -> bytes:
         cs = self.chunk_size
