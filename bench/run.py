@@ -160,7 +160,7 @@ def head_to_head(cs: list[ct.Contender], rounds: int, cfg: dict, work: Path,
 
 
 def _brief(test: str, res: dict) -> str:
-    if test in ("seq", "loopcopy"):
+    if test in ("seq", "seqhot", "loopcopy"):
         return f"{res['mibps']:8.1f} MiB/s  ({res['bytes'] / MiB:.0f} MiB in {res['seconds']:.2f} s)"
     return f"{res['iops']:8.0f} IOPS  p99 {res['p99_ms']:.2f} ms"
 
