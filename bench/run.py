@@ -252,6 +252,56 @@ def tree_series(counts: list[int], rounds: int, work: Path, options: str | None,
     return out
 
 
+def memory_open_images(count: int, work: Path, options: str | None,
+                       random_reads: int = 200) -> dict:
+    """imagefs with ``count`` images open at once: peak RSS against the design bound.
+
+    Every virtual partition of a tree of ``count`` images is opened and kept
+    open, read once sequentially (1 MiB reads) and then with ``random_reads``
+    random 4 KiB preads (readahead off), so that every block map is built and
+    the block cache sees small reads of every image.
+    """
+    root = fixtures.image_tree(count)
+    c = ct.imagefs(root, "", options)
+    mnt = work / "mnt-mem"
+    drop_caches()
+    m = ct.start(c, mnt, work)
+    fds: list[int] = []
+    try:
+        t0 = time.perf_counter()
+        for dirpath, _dirs, files in os.walk(mnt):
+            for name in files:
+                if not name.endswith(".info"):
+                    fds.append(os.open(os.path.join(dirpath, name), os.O_RDONLY))
+        rng = __import__("random").Random(3)
+        for fd in fds:
+            while os.read(fd, MiB):
+                pass
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            size = os.fstat(fd).st_size
+            for _ in range(random_reads):
+                os.pread(fd, 4096, rng.randrange(max(1, size // 4096 - 1)) * 4096)
+        seconds = time.perf_counter() - t0
+        now = _vmrss_kib(m.pid)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        peak = (ct.stop(m) or 0) / 1024
+    return {"images_open": len(fds), "seconds": seconds, "peak_rss_mib": peak,
+            "rss_mib": (now or 0) / 1024}
+
+
+def _vmrss_kib(pid: int | None) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, TypeError):
+        return None
+    return None
+
+
 def first_open_inprocess(img: Path) -> dict:
     """probe + open (bitmap read, CRC, rank table) + first 4 KiB read, cold cache."""
     sys.path.insert(0, str(REPO))
@@ -485,6 +535,15 @@ def report(res: dict) -> str:
                          f"{e['files_listed']:.0f} | {e['peak_rss_mib']:.0f} |")
     elif tr:
         L.append(f"\nTree series: {tr}")
+    mem = res.get("memory")
+    if mem:
+        if "error" in mem:
+            L.append(f"\nMemory with 100 images open: error: {mem['error']}")
+        else:
+            L.append(f"\nMemory with {mem['images_open']} images open at once (each read through, "
+                     f"then 200 random 4 KiB reads): peak RSS {mem['peak_rss_mib']:.0f} MiB, "
+                     f"RSS at the end {mem['rss_mib']:.0f} MiB (bound: cache size + 50 MB + "
+                     f"indexes; default cache 256 MiB), {mem['seconds']:.1f} s")
     bm = res.get("bitmaps")
     if bm:
         L.append("\n| device (GB) | bitmap (MiB) | in-process probe+open+read (s) | via mount: open + first byte (s) |")
@@ -543,7 +602,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="1.1 GiB fixture, shorter limits, trees up to 1,000, bitmaps up to 1 TB")
     ap.add_argument("--only", default="",
-                    help="comma list of sections: h2h,inprocess,trees,bitmaps,ntfs,codecs")
+                    help="comma list of sections: h2h,inprocess,trees,memory,bitmaps,ntfs,codecs")
     ap.add_argument("--no-imagebackup", action="store_true", help="skip the vpartclone contender")
     ap.add_argument("--no-core", action="store_true",
                     help="skip the core-fuse contenders (imagefs's reader behind passthrough.py)")
@@ -565,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budget = Budget(args.budget_min * 60)
     sections = set(filter(None, args.only.split(","))) or {
-        "h2h", "inprocess", "trees", "bitmaps", "ntfs", "codecs"}
+        "h2h", "inprocess", "trees", "memory", "bitmaps", "ntfs", "codecs"}
     quick = args.quick
     rounds = max(1, args.rounds)
     cmd = "sudo " + " ".join([sys.executable, "bench/run.py"] + (argv if argv is not None else sys.argv[1:]))
@@ -618,6 +677,12 @@ def main(argv: list[str] | None = None) -> int:
             res["trees"] = (tree_series([10, 100, 1000] if quick else [10, 100, 1000, 10000],
                                         rounds, work, opts, budget)
                             if ok_fs else {"unavailable": why_fs})
+        if "memory" in sections and ok_fs and budget.left() > 60:
+            try:
+                res["memory"] = memory_open_images(100, work, opts)
+            except Exception as exc:
+                res["memory"] = {"error": str(exc)}
+            log(f"memory: {res['memory']}")
         if "bitmaps" in sections:
             res["bitmaps"] = bitmap_series([1, 16, 256, 1024] if quick else [1, 16, 256, 1024, 4096],
                                            work, ok_fs, opts, budget)
