@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -29,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders as ct      # noqa: E402
 import fixtures              # noqa: E402
 import measures as ms        # noqa: E402
-from common import BENCH_DIR, GiB, MiB, bench_tempdir, log, run, unmount   # noqa: E402
+from common import (BENCH_DIR, GiB, MiB, bench_tempdir, is_mounted, log, run,  # noqa: E402
+                    unmount)
 
 TOOLS = BENCH_DIR / "tools"
 
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ct.stop(m)
         unmount(work / "mnt")
+        if not is_mounted(work / "mnt"):
+            shutil.rmtree(work, ignore_errors=True)   # never recurse into a live mount
     if not raw.exists():
         return 1
     print(f"{args.contender}, workload {args.workload}, {args.seconds:.0f} s; raw stacks: {raw}")

@@ -455,6 +455,10 @@ def codecs_series(quick: bool, budget: Budget) -> dict:
         cmd.append("--quick")
     elif quick and "--size-mb" in helptext:
         cmd += ["--size-mb", "64", "--rounds", "1"] if "--rounds" in helptext else ["--size-mb", "64"]
+        if "--workdir" in helptext:
+            # Its own work dir: codecs_bench.py reuses compressed files by
+            # codec name, so a 64 MB run beside a 256 MB one mixes them up.
+            cmd += ["--workdir", str(BENCH_DIR / "codecs-quick")]
     timeout = max(60.0, budget.left() - 30)
     t0 = time.perf_counter()
     try:
@@ -561,7 +565,10 @@ def report(res: dict) -> str:
     cd = res.get("codecs")
     if cd:
         L.append("\nCompressed variants (bench/codecs_bench.py):\n")
-        if "stdout" in cd:
+        if cd.get("rc"):
+            L.append(f"`{cd['cmd']}` failed (exit {cd['rc']}):\n\n```\n"
+                     + cd.get("stderr", "").strip()[-1500:] + "\n```")
+        elif "stdout" in cd:
             L.append("```\n" + cd["stdout"].strip() + "\n```")
         else:
             L.append(str(cd))
