@@ -122,3 +122,23 @@ def test_unrelated_sibling_is_not_a_missing_piece():
     assert ps.missing == "x.img.ac"
     ps = collect_piece_set("x.img.aa", ["x.img.aa", "x.img.zaab"])   # auto-widened piece
     assert ps.missing == "x.img.ab"
+
+
+def test_fd_pool_shares_one_descriptor_between_threads(tmp_path):
+    data = random.Random(4).randbytes(1 << 20)
+    p = tmp_path / "shared"
+    p.write_bytes(data)
+    pool = FdPool(4)
+    src = FileSource(p, pool)
+
+    def reads(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(500):
+            off = rng.randrange(len(data))
+            assert src.read_at(off, 4096) == data[off:off + 4096]
+
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(reads, range(8)))
+    # Concurrent first opens may race, but readers never churn descriptors.
+    assert pool.opens <= 8
+    assert pool.open_count() == 1
