@@ -92,24 +92,5 @@ def clonezilla_pipeline(factory: Factory, image: Image, compressor: list[str],
 
     Returns the ``.aa`` piece; the ground truth is the image's own.
     """
-    need(compressor[0], "split")
-    name = f"{image.name}-{compressor[0]}-split"
-    with factory._lock:
-        cached = factory._images.get(name)
-        if cached is not None:
-            return cached
-        outdir = factory.base / name
-        shutil.rmtree(outdir, ignore_errors=True)
-        outdir.mkdir()
-        prefix = outdir / (image.path.name + ".gz.")
-        with open(image.path, "rb") as src:
-            comp = subprocess.Popen(compressor, stdin=src, stdout=subprocess.PIPE)
-            run(["split", "-a", "2", "-b", str(piece_bytes), "-", str(prefix)],
-                stdin=comp.stdout)
-            comp.stdout.close()  # type: ignore[union-attr]
-            if comp.wait(TIMEOUT) != 0:
-                raise RuntimeError(f"{' '.join(compressor)} failed")
-        img = Image(name, Path(str(prefix) + "aa"), image.ground_truth, image.source,
-                    image.tool, image.sha256)
-        factory._images[name] = img
-        return img
+    suffix = {"gzip": "gz", "pigz": "gz", "bzip2": "bz2", "zstd": "zst"}.get(compressor[0], "z")
+    return factory.compressed(image, compressor, suffix, piece_bytes)

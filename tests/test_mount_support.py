@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from imagefs.checksums import pc_crc32
-from realimages import IN_CI, Factory, need
+from realimages import IN_CI, Factory, pipe_to_files
 
 IMAGEFS = [sys.executable, "-m", "imagefs"]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -231,13 +231,7 @@ def _place_split(split_image, dest_dir: Path, dest_stem: str) -> list[Path]:
 def _compress_split(image_path: Path, dest_dir: Path, prefix: str, compressor: list[str],
                     piece_bytes: int) -> list[Path]:
     """``compressor < image | split -a 2 -b N - PREFIX.``: Clonezilla's own pipeline."""
-    need(compressor[0], "split")
-    with open(image_path, "rb") as src:
-        comp = subprocess.Popen(compressor, stdin=src, stdout=subprocess.PIPE)
-        subprocess.run(["split", "-a", "2", "-b", str(piece_bytes), "-",
-                        str(dest_dir / (prefix + "."))], stdin=comp.stdout, check=True)
-        comp.stdout.close()  # type: ignore[union-attr]
-        assert comp.wait(120) == 0, f"{compressor} failed"
+    pipe_to_files(image_path, compressor, dest_dir / prefix, piece_bytes)
     return sorted(dest_dir.glob(prefix + ".*"))
 
 
