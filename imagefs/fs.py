@@ -219,6 +219,10 @@ class ImageFS(mfusepy.Operations):
                 entry.partition()          # first open reads the block map, once
             except ImageError:
                 raise FuseOSError(errno.EIO) from None
+            except Exception as exc:  # noqa: BLE001 - see read()
+                log.error("%s: unexpected error opening: %s: %s", node.vpath,
+                          type(exc).__name__, exc)
+                raise FuseOSError(errno.EIO) from None
             handle = _Handle(node, entry.read)
             fi.keep_cache = 1
         elif isinstance(node, InfoNode):
@@ -249,6 +253,12 @@ class ImageFS(mfusepy.Operations):
             raise FuseOSError(errno.EIO) from None
         except OSError as exc:
             log.error("%s: read at %d failed: %s", handle.node.vpath, offset, exc)
+            raise FuseOSError(errno.EIO) from None
+        except Exception as exc:  # noqa: BLE001 - the FUSE boundary: never EFAULT, never a crash
+            # A library error we did not anticipate: refuse the bytes rather
+            # than guess, and say where (mfusepy would answer EFAULT).
+            log.error("%s: unexpected error reading at %d: %s: %s", handle.node.vpath, offset,
+                      type(exc).__name__, exc)
             raise FuseOSError(errno.EIO) from None
 
     def release(self, path: str, fi: Any) -> int:

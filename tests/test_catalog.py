@@ -306,3 +306,29 @@ def test_an_image_error_is_logged_once(tmp_path, caplog):
             with pytest.raises(ImageError):
                 entry.read(0, 16 * 4096)
     assert len([r for r in caplog.records if "x.img" in r.getMessage()]) == 1
+
+
+def test_unexpected_read_errors_become_eio_not_efault(tmp_path):
+    """The FUSE boundary maps every failure of a read to EIO (never wrong bytes)."""
+    import errno
+    from types import SimpleNamespace
+
+    from mfusepy import FuseOSError
+
+    from imagefs.fs import ImageFS
+
+    truth = write_partclone(tmp_path / "x.img", seed=5)
+    ops = ImageFS(_catalog(tmp_path))
+    fi = SimpleNamespace(flags=os.O_RDONLY, fh=0, keep_cache=0, direct_io=0)
+    ops.open("/x.img", fi)
+    assert ops.read(None, 4096, 0, fi) == truth[:4096]
+    entry = ops.catalog.lookup("/x.img").entry
+
+    def broken(*_args):
+        raise ValueError("a decoder said something odd")
+
+    entry.partition().image.read_stored = broken
+    entry.partition()._cache = None          # make the read reach the image
+    with pytest.raises(FuseOSError) as err:
+        ops.read(None, 4096, 0, fi)
+    assert err.value.errno == errno.EIO
