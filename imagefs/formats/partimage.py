@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from imagefs.checksums import sum32_signed, sum64_unsigned
 from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, ChecksumError, FormatError,
                             TruncatedError, UnsupportedError)
-from imagefs.formats.base import BlockImage, ImageHeader, Progress
+from imagefs.formats.base import BitmapImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
 from imagefs.formats.layout import GroupedLayout
 from imagefs.io.source import ByteSource, ConcatSource, FileSource, MemorySource, SliceSource
@@ -252,7 +252,7 @@ def _is_plain(source: ByteSource) -> bool:
     return False
 
 
-class PartimageImage(BlockImage):
+class PartimageImage(BitmapImage):
     """A partimage image: the bitmap with rank checkpoints over the data area."""
 
     def __init__(self, header: PartimageHeader) -> None:
@@ -326,15 +326,8 @@ class PartimageImage(BlockImage):
             h.add_note(f"{size - h.expected_size} unexpected bytes follow the tail "
                      "(ignored)")
 
-    @property
-    def stored_blocks(self) -> int:
-        return self.bitmap.count
-
     def stats(self) -> dict[str, object]:
         return {"index memory": self.bitmap.memory_bytes()}
-
-    def extents(self, first: int, count: int) -> list[tuple[int, int, bool]]:
-        return self.bitmap.extents(first, count)
 
     def read_stored(self, first: int, count: int) -> bytes:
         bs = self.header.block_size
