@@ -1,8 +1,10 @@
 """The virtual partition: ``read(offset, size)`` over an opened image.
 
 A read is built from the image's extents: holes become zeros, each run of
-stored blocks is one ``read_stored`` call (one large pread with the
-interleaved checksums skipped).
+stored blocks is one ``read_stored_into`` call (for the grouped layouts one
+``preadv`` scattering data into the caller's buffer and the interleaved
+checksums into scratch space).  ``read_into`` fills a caller's buffer, such
+as the FUSE reply buffer, with no intermediate copy; ``read`` returns bytes.
 
 Small reads go through the shared :class:`~imagefs.cache.BlockCache` in
 fixed chunks of the virtual partition, keyed by the image's identity, so a
@@ -29,6 +31,9 @@ from imagefs.formats.base import BlockImage
 #: shared LRU matters most for decoded spans of compressed images, which the
 #: codecs keep in the same instance.
 DEFAULT_CHUNK = 4 * 1024
+
+#: Zeros to copy from when filling holes (a memoryview slice is free).
+_ZEROS = memoryview(bytes(1 << 20))
 
 _ids = itertools.count(1)
 _id_lock = threading.Lock()
@@ -90,32 +95,60 @@ class VirtualPartition:
 
     def read_uncached(self, offset: int, size: int) -> bytes:
         """Assemble ``[offset, offset + size)`` straight from the image."""
-        end = min(offset + size, self.size)
-        if end <= offset:
-            return b""
+        size = max(0, min(size, self.size - offset))
+        buf = bytearray(size)
+        self._fill(offset, memoryview(buf))
+        return buf  # type: ignore[return-value]  # bytes-like, never mutated
+
+    def read_into(self, offset: int, dest: memoryview) -> int:
+        """Fill ``dest`` (a writable byte view) from ``offset``; returns the count.
+
+        Short only at the end of the partition.  Small reads go through the
+        shared cache exactly as :meth:`read` does; others are scattered
+        straight into ``dest``.
+        """
+        if offset < 0:
+            raise ValueError("negative offset")
+        n = min(len(dest), self.size - offset)
+        if n <= 0:
+            return 0
+        if self._cache is not None and n < self.chunk_size:
+            dest[:n] = self.read(offset, n)
+        else:
+            self._fill(offset, dest[:n] if n < len(dest) else dest)
+        return n
+
+    def _fill(self, offset: int, dest: memoryview) -> None:
+        """Fill all of ``dest`` (inside the partition) from the image."""
+        end = offset + len(dest)
         image = self.image
         bs = image.block_size
         mapped_end = min(end, self._mapped_end)
-        if offset >= mapped_end:
-            return bytes(end - offset)
-        b0 = offset // bs
-        b1 = -(-mapped_end // bs)
-        parts = []
-        for start, count, stored in image.extents(b0, b1 - b0):
-            if stored:
-                parts.append(image.read_stored(start, count))
-            else:
-                parts.append(bytes(count * bs))
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        lo = offset - b0 * bs
-        hi = mapped_end - b0 * bs
-        if lo or hi != len(data):
-            data = data[lo:hi]
-        if end > mapped_end:
-            data += bytes(end - mapped_end)
-        return data
+        pos = offset
+        if offset < mapped_end:
+            b0 = offset // bs
+            b1 = -(-mapped_end // bs)
+            for start, count, stored in image.extents(b0, b1 - b0):
+                run_end = min((start + count) * bs, mapped_end)
+                if stored:
+                    image.read_stored_into(start, pos - start * bs,
+                                           dest[pos - offset:run_end - offset])
+                else:
+                    _zero(dest, pos - offset, run_end - offset)
+                pos = run_end
+        if pos < end:
+            _zero(dest, pos - offset, end - offset)
 
     def close(self) -> None:
         if self._cache is not None:
             self._cache.discard_prefix(self._key)
         self.image.close()
+
+
+def _zero(dest: memoryview, lo: int, hi: int) -> None:
+    """Set ``dest[lo:hi]`` to zeros (FUSE reply buffers are not zeroed)."""
+    step = len(_ZEROS)
+    while lo < hi:
+        n = min(step, hi - lo)
+        dest[lo:lo + n] = _ZEROS[:n]
+        lo += n

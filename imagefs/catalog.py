@@ -227,6 +227,15 @@ class ImageEntry:
                 self.fail(exc, fatal=False)
             raise
 
+    def read_into(self, offset: int, dest: memoryview) -> int:
+        """Fill ``dest`` from ``offset`` of the virtual partition (the FUSE reply path)."""
+        try:
+            return self.partition().read_into(offset, dest)
+        except ImageError as exc:
+            if self.error is None:
+                self.fail(exc, fatal=False)
+            raise
+
     # ----------------------------------------------------------- describing
     @property
     def size(self) -> int:

@@ -20,6 +20,7 @@ opened or fails, so they are opened ``direct_io`` (read fresh every time).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import logging
@@ -77,14 +78,43 @@ def _no_read(offset: int, size: int) -> bytes:
     raise FuseOSError(errno.EISDIR)
 
 
+def _copying_reader(read: Callable[[int, int], bytes]) -> Callable[[int, memoryview], int]:
+    """A ``read_into`` for readers that only return bytes (.info, plain files)."""
+    def read_into(offset: int, dest: memoryview) -> int:
+        data = read(offset, len(dest))
+        dest[:len(data)] = data
+        return len(data)
+    return read_into
+
+
 class _Handle:
-    """An open file: a reader function plus the node it reads."""
+    """An open file: its node plus functions that read it as bytes or into a buffer."""
 
-    __slots__ = ("node", "read")
+    __slots__ = ("node", "read", "read_into")
 
-    def __init__(self, node: Node, read: Callable[[int, int], bytes]) -> None:
+    def __init__(self, node: Node, read: Callable[[int, int], bytes],
+                 read_into: Callable[[int, memoryview], int] | None = None) -> None:
         self.node = node
         self.read = read
+        self.read_into = read_into or _copying_reader(read)
+
+
+class ImageFUSE(mfusepy.FUSE):
+    """mfusepy's FUSE with a read callback that fills libfuse's buffer in place.
+
+    mfusepy's own ``read`` takes bytes from the operations and copies them
+    into the reply buffer.  Here ``ImageFS.read_into`` is handed that buffer:
+    image data is scattered into it by ``preadv`` with no Python-side copy
+    (the bench profile put the reply copy at 16% and the checksum-stripping
+    join at 10% of a hot sequential read).
+    """
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        if size <= 0:
+            return 0
+        address = ctypes.cast(buf, ctypes.c_void_p).value
+        dest = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+        return self.operations.read_into(fip.contents.fh, dest, offset)
 
 
 class ImageFS(mfusepy.Operations):
@@ -223,7 +253,7 @@ class ImageFS(mfusepy.Operations):
                 log.error("%s: unexpected error opening: %s: %s", node.vpath,
                           type(exc).__name__, exc)
                 raise FuseOSError(errno.EIO) from None
-            handle = _Handle(node, entry.read)
+            handle = _Handle(node, entry.read, entry.read_into)
             fi.keep_cache = 1
         elif isinstance(node, InfoNode):
             text = node.entry.info_text()  # a snapshot per open: consistent reads
@@ -245,12 +275,25 @@ class ImageFS(mfusepy.Operations):
         return fh
 
     def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
+        """mfusepy's bytes-returning read (used when mounted by plain mfusepy.FUSE)."""
         handle = self._by_handle(fi.fh)
+        return self._guarded(handle, offset, handle.read, offset, size)
+
+    def read_into(self, fh: int, dest: memoryview, offset: int) -> int:
+        """Fill ``dest`` (libfuse's reply buffer) from ``offset``; returns the byte count."""
+        handle = self._by_handle(fh)
+        return self._guarded(handle, offset, handle.read_into, offset, dest)
+
+    @staticmethod
+    def _guarded(handle: _Handle, offset: int, func: Callable[..., Any], *args: Any) -> Any:
+        """Run a read; every failure becomes EIO (the FUSE boundary)."""
         try:
-            return handle.read(offset, size)
+            return func(*args)
         except ImageError:
             # Logged once by the catalog; the reader gets EIO, never wrong bytes.
             raise FuseOSError(errno.EIO) from None
+        except FuseOSError:
+            raise
         except OSError as exc:
             log.error("%s: read at %d failed: %s", handle.node.vpath, offset, exc)
             raise FuseOSError(errno.EIO) from None

@@ -243,7 +243,7 @@ def _user_allow_other() -> bool:
 def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
     """Build the catalog and serve until unmounted (blocks)."""
     from imagefs.catalog import Catalog
-    from imagefs.fs import CACHE_TIMEOUT, ImageFS, mfusepy
+    from imagefs.fs import CACHE_TIMEOUT, ImageFS, ImageFUSE, mfusepy
 
     catalog = Catalog(p.settings, p.source, mountpoint=p.mountpoint)
     max_read = p.fuse_options.get("max_read")
@@ -258,7 +258,7 @@ def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
         if p.nonempty:                # libfuse 3 mounts over files without being asked
             options["nonempty"] = True
     try:
-        mfusepy.FUSE(ops, p.mountpoint, raw_fi=True, foreground=True, debug=p.debug,
+        ImageFUSE(ops, p.mountpoint, raw_fi=True, foreground=True, debug=p.debug,
                      nothreads=p.single_thread, **options)
     except RuntimeError as exc:
         if ops.started:

@@ -10,6 +10,7 @@ import pytest
 
 from imagefs.blockio import VirtualPartition
 from imagefs.cache import BlockCache
+from imagefs.formats.base import BlockImage
 from imagefs.formats.bitmap import RankedBitmap
 from imagefs.formats.layout import GroupedLayout
 from imagefs.io import MemorySource
@@ -122,6 +123,8 @@ class _FakeImage:
     def read_stored(self, first, count):
         return b"".join(self.data[k] for k in range(first, first + count))
 
+    read_stored_into = BlockImage.read_stored_into   # the default: read and copy
+
     def close(self):
         pass
 
@@ -140,3 +143,24 @@ def test_reader_zero_fills_holes_and_tail(cache):
         n = rng.randrange(0, 20_000)
         assert vp.read(off, n) == truth[off:off + n]
     assert vp.read(0, device) == truth
+
+
+@pytest.mark.parametrize("cache", [None, BlockCache(64 * 1024)])
+def test_read_into_fills_exactly_the_partition_bytes(cache):
+    """read_into (the FUSE reply path) = read, and leaves the buffer past the end alone."""
+    bs, total = 512, 300
+    stored = set(random.Random(4).sample(range(total), 150))
+    device = total * bs + 333
+    img = _FakeImage(bs, total, stored, device)
+    truth = b"".join(img.data.get(k, bytes(bs)) for k in range(total)) + bytes(333)
+    vp = VirtualPartition(img, cache, chunk_size=4096)
+    rng = random.Random(5)
+    for _ in range(500):
+        off = rng.randrange(device + 10)
+        n = rng.randrange(0, 20_000)
+        buf = bytearray(b"\xee" * (n + 7))        # garbage, as a reply buffer may hold
+        got = vp.read_into(off, memoryview(buf)[:n])
+        want = truth[off:off + n]
+        assert got == len(want)
+        assert buf[:got] == want
+        assert buf[got:] == b"\xee" * (n + 7 - got)

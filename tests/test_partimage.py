@@ -418,8 +418,13 @@ def test_truncated_data_area_raises_on_read_and_verify():
     stored = [k for k in range(400) if image.bitmap.is_set(k)]
     vp = VirtualPartition(image)
     assert vp.read(stored[99] * 1024, 1024) == part[stored[99] * 1024:stored[100] * 1024]
+    # The 10 bytes of block 101 that survive are served; the next one is not.
+    first = stored[100] * 1024
+    assert vp.read(first, 10) == part[first:first + 10]
     with pytest.raises(TruncatedError, match="cut.img"):
-        vp.read(stored[100] * 1024, 1)
+        vp.read(first + 10, 1)
+    with pytest.raises(TruncatedError, match="cut.img"):
+        vp.read(first, 1024)
     with pytest.raises(TruncatedError):
         image.verify()
 

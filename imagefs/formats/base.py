@@ -117,6 +117,18 @@ class BlockImage(ABC):
         padded with zeros).  Raises TruncatedError if the source ends early.
         """
 
+    def read_stored_into(self, first: int, skip: int, dest: memoryview) -> None:
+        """Fill ``dest`` with stored data starting ``skip`` bytes into block ``first``.
+
+        Every block the range touches is stored (one run of ``extents``).
+        This default reads with :meth:`read_stored` and copies; formats with
+        a grouped layout scatter straight into ``dest``.
+        """
+        bs = self.block_size
+        count = -(-(skip + len(dest)) // bs)
+        data = self.read_stored(first, count)
+        dest[:] = memoryview(data)[skip:skip + len(dest)]
+
     @abstractmethod
     def verify(self, progress: Progress | None = None) -> None:
         """Check every checksum; raise ChecksumError naming the first bad place."""
@@ -148,3 +160,8 @@ class BitmapImage(BlockImage):
 
     def read_stored(self, first: int, count: int) -> bytes:
         return self.layout.read_ranks(self.bitmap.rank(first), count)
+
+    def read_stored_into(self, first: int, skip: int, dest: memoryview) -> None:
+        # The layout counts data bytes, so this holds for layouts addressed
+        # in blocks (partclone) and in bytes (partimage) alike.
+        self.layout.read_into(self.bitmap.rank(first) * self.block_size + skip, dest)

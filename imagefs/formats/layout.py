@@ -8,19 +8,21 @@ shape shifted by one byte).  All are: the ``r``-th stored block is at
     data_start + r * block_size + (r // group) * trailer
 
 so a run of consecutive stored blocks is one contiguous byte range of the
-source, read with one ``read_at`` and then stripped of the trailers.
+source, read with one ``read_at`` and then stripped of the trailers, or
+scattered with one ``read_into`` whose trailer iovecs land in scratch space.
 """
 
 from __future__ import annotations
 
 from imagefs.errors import TRUNCATED_HINT, TruncatedError
-from imagefs.io.source import ByteSource
+from imagefs.io.source import ByteSource, read_into
 
 
 class GroupedLayout:
     """Maps stored-block ranks to source offsets and reads runs of them."""
 
-    __slots__ = ("source", "data_start", "block_size", "group", "trailer", "_stride")
+    __slots__ = ("source", "data_start", "block_size", "group", "trailer", "_stride",
+                 "_scratch")
 
     def __init__(self, source: ByteSource, data_start: int, block_size: int,
                  group: int = 0, trailer: int = 0) -> None:
@@ -31,6 +33,9 @@ class GroupedLayout:
         self.group = group if (group > 0 and trailer > 0) else 0
         self.trailer = trailer if self.group else 0
         self._stride = self.group * block_size + self.trailer
+        # Where read_into drops the trailers.  Shared by all threads: the
+        # bytes written there are never read.
+        self._scratch = memoryview(bytearray(self.trailer))
 
     def offset(self, rank: int) -> int:
         """Source offset of the stored block of rank ``rank``."""
@@ -67,3 +72,31 @@ class GroupedLayout:
             pos += stride
             remaining -= g
         return b"".join(parts)
+
+    def read_into(self, pos: int, dest: memoryview) -> None:
+        """Fill ``dest`` with stored data from byte ``pos`` of the stripped data.
+
+        ``pos`` counts data bytes only (``rank * block_size + offset in the
+        block``), so any byte range of a run of stored blocks is one scatter
+        read: data straight into ``dest``, trailers into scratch space.
+        """
+        n = len(dest)
+        if not self.group:
+            read_into(self.source, self.data_start + pos, (dest,))
+            return
+        group_bytes = self.group * self.block_size
+        group, within = divmod(pos, group_bytes)
+        start = self.data_start + group * self._stride + within
+        first = group_bytes - within            # data bytes before the next trailer
+        if first >= n:
+            read_into(self.source, start, (dest,))
+            return
+        views = [dest[:first]]
+        scratch = self._scratch
+        done = first
+        while done < n:
+            take = min(group_bytes, n - done)
+            views.append(scratch)
+            views.append(dest[done:done + take])
+            done += take
+        read_into(self.source, start, views)

@@ -338,6 +338,15 @@ class PartimageImage(BitmapImage):
                                  f"{first + count - 1} lie past the end of the image",
                                  TRUNCATED_HINT) from None
 
+    def read_stored_into(self, first: int, skip: int, dest: memoryview) -> None:
+        try:
+            super().read_stored_into(first, skip, dest)
+        except TruncatedError:
+            last = first + (skip + len(dest) - 1) // self.header.block_size
+            raise TruncatedError(self.header.path, f"the data of partition blocks {first} to "
+                                 f"{last} lie past the end of the image",
+                                 TRUNCATED_HINT) from None
+
     def _volume_count(self) -> int:
         """How many partimage volumes the stream is made of (1 for a single stream)."""
         parts = getattr(self.header.source, "parts", None)

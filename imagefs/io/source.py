@@ -6,6 +6,11 @@ one source serves any number of threads at once.  ``read_at`` returns fewer
 bytes than asked only at the end of the source; a source that turns out to
 be shorter than it claims raises :class:`~imagefs.errors.TruncatedError`.
 
+:func:`read_into` is the zero-copy sibling of ``read_at``: it fills caller
+buffers (a FUSE reply buffer, say) in order from consecutive bytes, so file
+sources scatter one ``preadv`` straight into them and skip the interleaved
+checksums by pointing those iovecs at scratch space.
+
 Sources stack: a piece set is a :class:`ConcatSource` of :class:`FileSource`
 pieces, a decompressed stream (imagefs.codecs) wraps any source, and the
 formats read through whatever they are given.
@@ -20,6 +25,9 @@ from typing import Protocol, Sequence, runtime_checkable
 from bisect import bisect_right
 
 from imagefs.errors import SourceError, TRUNCATED_HINT, TruncatedError
+
+#: Linux's IOV_MAX: one preadv takes at most this many buffers.
+_IOV_MAX = 1024
 
 
 @runtime_checkable
@@ -38,6 +46,75 @@ class ByteSource(Protocol):
 
     def close(self) -> None:
         """Release resources; reads after close may reopen them."""
+
+    # Optional: ``read_into(offset, views)`` (see the module function).
+
+
+def read_into(source: ByteSource, offset: int, views: Sequence[memoryview]) -> None:
+    """Fill ``views`` in order from the consecutive bytes of ``source`` at ``offset``.
+
+    Sources that can scatter (files, slices and concatenations of them)
+    implement ``read_into`` themselves; others (decompressed streams, memory)
+    are read with ``read_at`` and copied.  Raises TruncatedError if the source
+    ends before every view is full: a caller never gets a partly filled buffer.
+    """
+    fill = getattr(source, "read_into", None)
+    if fill is not None:
+        fill(offset, views)
+        return
+    total = sum(map(len, views))
+    data = source.read_at(offset, total)
+    if len(data) < total:
+        raise TruncatedError(source.name, f"ends at byte {offset + len(data)}, "
+                             f"before byte {offset + total}", TRUNCATED_HINT)
+    if len(views) == 1:
+        views[0][:] = data
+        return
+    mv = memoryview(data)
+    pos = 0
+    for view in views:
+        n = len(view)
+        view[:] = mv[pos:pos + n]
+        pos += n
+
+
+def split_views(views: Sequence[memoryview], size: int
+                ) -> tuple[list[memoryview], list[memoryview]]:
+    """The first ``size`` bytes of ``views`` and the rest, cutting one view if needed."""
+    head: list[memoryview] = []
+    rest = list(views)
+    while rest and size > 0:
+        view = rest[0]
+        if len(view) <= size:
+            head.append(rest.pop(0))
+            size -= len(view)
+        else:
+            head.append(view[:size])
+            rest[0] = view[size:]
+            size = 0
+    return head, rest
+
+
+def _preadv_fully(fd: int, views: Sequence[memoryview], offset: int) -> int:
+    """preadv until every view is full or the file ends; returns bytes read."""
+    count = len(views)
+    if count <= _IOV_MAX:
+        done = os.preadv(fd, views, offset)
+        if done == sum(map(len, views)):
+            return done                      # the common case: one syscall
+    else:
+        done = 0
+    # Short read or too many buffers: advance view by view.
+    pending = list(views)
+    if done:
+        _, pending = split_views(pending, done)
+    while pending:
+        n = os.preadv(fd, pending[:_IOV_MAX], offset + done)
+        if n <= 0:
+            break
+        done += n
+        _, pending = split_views(pending, n)
+    return done
 
 
 class FdPool:
@@ -208,6 +285,26 @@ class FileSource:
                                  f"but was {self._size} bytes when opened", TRUNCATED_HINT)
         return data
 
+    def read_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        """Scatter ``[offset, offset + total)`` into ``views`` with preadv."""
+        if offset < 0:
+            raise ValueError("negative offset")
+        total = sum(map(len, views))
+        if offset + total > self._size:
+            raise TruncatedError(self.path, f"ends at byte {self._size}, before byte "
+                                 f"{offset + total}", TRUNCATED_HINT)
+        fd = self._pool.acquire(self.path)
+        try:
+            got = _preadv_fully(fd, views, offset)
+        except OSError as exc:
+            raise SourceError(self.path, f"read error at byte {offset}: {exc.strerror}",
+                              "check the disk holding the backup") from None
+        finally:
+            self._pool.release(self.path, fd)
+        if got < total:
+            raise TruncatedError(self.path, f"file ended at byte {offset + got} "
+                                 f"but was {self._size} bytes when opened", TRUNCATED_HINT)
+
     def close(self) -> None:
         self._pool.close_path(self.path)
 
@@ -267,6 +364,14 @@ class SliceSource:
         if size <= 0:
             return b""
         return self.base.read_at(self.start + offset, size)
+
+    def read_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        if self._length is not None:
+            total = sum(map(len, views))
+            if offset + total > self._length:
+                raise TruncatedError(self.name, f"ends at byte {self._length}, before byte "
+                                     f"{offset + total}", TRUNCATED_HINT)
+        read_into(self.base, self.start + offset, views)
 
     def close(self) -> None:
         self.base.close()
@@ -328,6 +433,30 @@ class ConcatSource:
             size -= len(chunk)
             index += 1
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def read_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        starts = self._table()
+        total = sum(map(len, views))
+        if offset < 0:
+            raise ValueError("negative offset")
+        if offset + total > self._size:
+            raise TruncatedError(self.name, f"ends at byte {self._size}, before byte "
+                                 f"{offset + total}", TRUNCATED_HINT)
+        index = bisect_right(starts, offset) - 1
+        pending: Sequence[memoryview] = views
+        while total > 0:
+            local = offset - starts[index]
+            room = self.parts[index].size - local
+            if room >= total and pending is views:
+                read_into(self.parts[index], local, views)   # inside one piece
+                return
+            batch, pending = split_views(pending, min(room, total))
+            if room > 0:
+                read_into(self.parts[index], local, batch)
+            taken = min(room, total)
+            offset += taken
+            total -= taken
+            index += 1
 
     def close(self) -> None:
         for part in self.parts:
