@@ -84,6 +84,13 @@ class BlockCache:
                 self._data.move_to_end(key)
             return value
 
+    def discard(self, key: Hashable) -> None:
+        """Drop one entry if present (a value its reader will not need again)."""
+        with self._lock:
+            value = self._data.pop(key, None)
+            if value is not None:
+                self.size -= len(value)
+
     def discard_prefix(self, owner: Hashable) -> None:
         """Drop every entry whose key is a tuple starting with ``owner``."""
         with self._lock:

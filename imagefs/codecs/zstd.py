@@ -42,8 +42,8 @@ _ZstdError = (zstandard.ZstdError, pyzstd.ZstdError)
 #: than 128 MiB unless told.  Memory follows the frame's real window.
 MAX_WINDOW = 1 << 31
 
-from imagefs.codecs.base import (CodecSource, SeekIndex, StreamCursor, READ_CHUNK, corrupt,
-                                 human, truncated)
+from imagefs.codecs.base import (CodecSource, SeekIndex, StreamCursor, READ_CHUNK, SUB_CHUNK,
+                                 corrupt, human, truncated)
 
 ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_MASK = 0xFFFFFFF0
@@ -58,9 +58,12 @@ DEFAULT_SPACING = 32 << 20
 #: a newer one is committed, as the fallback origin for slow spans.
 FALLBACK_BLOCKS = 64
 
-#: Compressed bytes fed per decoder call when streaming a span: outputs stay
-#: around 0.5-1 MiB, so buffers are reused instead of freshly mapped.
-STREAM_CHUNK = 256 << 10
+#: Compressed bytes read at a time when streaming a span (the decoder keeps
+#: what one piece does not use for the next).
+STREAM_CHUNK = 1 << 20
+
+#: The window limit above, as a pyzstd decoder option.
+_DECODER_OPTIONS = {pyzstd.DParameter.windowLogMax: MAX_WINDOW.bit_length() - 1}
 
 
 class _FrameHeader:
@@ -388,33 +391,50 @@ class ZstdSource(CodecSource):
     # Span decoding ---------------------------------------------------------
 
     def _iter_span(self, index: SeekIndex, i: int) -> Iterator[bytes]:
-        # Stream the span in small pieces: a random read stops at the
-        # sub-chunk it needs, and a sequential reader continues the same
-        # decoder.  Every point was verified against the sequential output
-        # while indexing; slow spans (rare) are decoded whole.
+        # Stream the span in sub-chunk pieces: a random read stops at the
+        # piece it needs, and a sequential reader continues the same decoder.
+        # Every point was verified against the sequential output while
+        # indexing; slow spans (rare) are decoded whole.
+        #
+        # pyzstd's max_length lets the decoder write each piece straight
+        # into a buffer of the piece's size: whole pieces need no join (a
+        # join of fresh memory cost as much as a third of the decoding).
         kind, origin, blocks_end, frame_end = index.meta[i]
         if kind == "s":
             yield self._decode_span(index, i)
             return
         src = self.source
         if origin[0] == "f":
-            dec = _resume_decoder(None)
+            dec = pyzstd.EndlessZstdDecompressor(option=_DECODER_OPTIONS)
+            pending = b""
             pos, end = origin[1], frame_end or blocks_end
         else:
-            dec = _resume_decoder(pyzstd.decompress(index.blobs[origin[3]]))
-            dec.decompress(_synth_header(origin[2]))
+            snapshot = pyzstd.ZstdDict(pyzstd.decompress(index.blobs[origin[3]]), is_raw=True)
+            dec = pyzstd.EndlessZstdDecompressor(zstd_dict=snapshot.as_prefix,
+                                                 option=_DECODER_OPTIONS)
+            pending = _synth_header(origin[2])
             pos, end = origin[1], blocks_end
-        while pos < end:
-            chunk = src.read_at(pos, min(STREAM_CHUNK, end - pos))
-            if not chunk:
-                raise truncated(src, f"zstd stream ends at byte {pos}, expected {end}")
-            pos += len(chunk)
-            try:
-                out = dec.decompress(chunk)
-            except _ZstdError as exc:
-                raise corrupt(src, f"zstd span {i} does not decode ({exc})") from None
-            if out:
-                yield out
+        produced = 0
+        try:
+            while True:
+                if dec.needs_input:
+                    if pos >= end:
+                        return
+                    chunk = src.read_at(pos, min(STREAM_CHUNK, end - pos))
+                    if not chunk:
+                        raise truncated(src, f"zstd stream ends at byte {pos}, expected {end}")
+                    pos += len(chunk)
+                    if pending:
+                        chunk, pending = pending + chunk, b""
+                else:
+                    chunk, pending = pending, b""
+                # Never cross a piece boundary: outputs then line up with pieces.
+                out = dec.decompress(chunk, SUB_CHUNK - produced % SUB_CHUNK)
+                if out:
+                    produced += len(out)
+                    yield out
+        except _ZstdError as exc:
+            raise corrupt(src, f"zstd span {i} does not decode ({exc})") from None
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
         kind, origin, blocks_end, frame_end = index.meta[i]
