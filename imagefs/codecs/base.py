@@ -65,6 +65,8 @@ SUB_CHUNK = 1 << 20
 PREFETCH = (os.cpu_count() or 1) > 1
 #: How many spans ahead: one per CPU keeps every core decoding.
 PREFETCH_DEPTH = max(1, min(8, os.cpu_count() or 1))
+#: ...and at least this many decoded bytes ahead when spans are small.
+PREFETCH_BYTES = 8 << 20
 
 _prefetch_pool = None
 _prefetch_lock = threading.Lock()
@@ -567,6 +569,10 @@ class CodecSource:
             return b""
         index = self._index
         if index is None and offset + size <= HEAD_LIMIT:
+            # A stream read from its start continues past the head: remember
+            # where, so the first indexed read already counts as sequential
+            # and starts the prefetchers.
+            self._last_end = offset + size
             return self._read_sequential(offset, size)
         index = self._ensure_index()
         size = min(size, index.size - offset)
@@ -580,6 +586,10 @@ class CodecSource:
         end = offset + size
         sequential = offset == self._last_end
         self._last_end = end
+        if sequential and (PREFETCH if self.prefetch is None else self.prefetch):
+            # Before decoding this read: the workers start on the spans after
+            # it while this thread decodes its own.
+            self._prefetch_after(index, end)
         while offset < end:
             rel = offset - starts[i]
             k = rel // SUB_CHUNK
@@ -599,17 +609,26 @@ class CodecSource:
             offset += len(piece)
             if offset >= starts[i + 1]:
                 i += 1
-        if sequential and (PREFETCH if self.prefetch is None else self.prefetch):
-            nxt = bisect_right(starts, end - 1)
-            # Never prefetch more than half the cache: prefetched pieces
-            # evicted before use would be decoded twice.
-            budget = self._cache.capacity // 2
-            for j in range(nxt, min(nxt + PREFETCH_DEPTH, index.spans)):
-                budget -= starts[j + 1] - starts[j]
-                if budget < 0:
-                    break
-                self._prefetch(j)
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _prefetch_after(self, index: SeekIndex, end: int) -> None:
+        """Queue background decoding of the spans that follow offset ``end``."""
+        starts = index.starts
+        nxt = bisect_right(starts, end - 1)
+        # Never prefetch more than half the cache: prefetched pieces
+        # evicted before use would be decoded twice.
+        budget = self._cache.capacity // 2
+        j = nxt
+        # At least one span per worker, and small spans (bzip2 blocks, gzip
+        # chunks) until PREFETCH_BYTES are under way: one span each kept the
+        # workers barely a read ahead of the reader.
+        while j < index.spans and (j < nxt + PREFETCH_DEPTH
+                                   or starts[j] - end < PREFETCH_BYTES):
+            budget -= starts[j + 1] - starts[j]
+            if budget < 0:
+                break
+            self._prefetch(j)
+            j += 1
 
     def _prefetch(self, j: int) -> None:
         """Decode span ``j`` in the background, piece by piece, into the cache."""
