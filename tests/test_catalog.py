@@ -328,7 +328,12 @@ def test_unexpected_read_errors_become_eio_not_efault(tmp_path):
         raise ValueError("a decoder said something odd")
 
     entry.partition().image.read_stored = broken
+    entry.partition().image.read_stored_into = broken
     entry.partition()._cache = None          # make the read reach the image
     with pytest.raises(FuseOSError) as err:
         ops.read(None, 4096, 0, fi)
+    assert err.value.errno == errno.EIO
+    # The same through the reply-buffer path ImageFUSE uses.
+    with pytest.raises(FuseOSError) as err:
+        ops.read_into(fi.fh, memoryview(bytearray(4096)), 0)
     assert err.value.errno == errno.EIO

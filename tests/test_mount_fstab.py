@@ -36,11 +36,18 @@ def imagefs_on_default_path() -> Iterator[None]:
     script = Path(sys.executable).parent / "imagefs"
     assert script.exists(), f"{script} missing: install imagefs into this environment"
     link = Path("/usr/local/bin/imagefs")
+    # A dangling link (left by a set-up of a checkout since deleted) is
+    # replaced for the test's duration and put back after.
+    stale = os.readlink(link) if link.is_symlink() else None
+    if stale is not None:
+        link.unlink()
     link.symlink_to(script)
     try:
         yield
     finally:
         link.unlink()
+        if stale is not None:
+            link.symlink_to(stale)
 
 
 def listing(root: Path) -> dict[str, int]:
