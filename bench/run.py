@@ -134,16 +134,30 @@ def one_test(c: ct.Contender, test: str, work: Path, cfg: dict) -> dict:
     return out
 
 
+def storage_ceiling(image: Path, cfg: dict) -> float:
+    """The image file itself read cold with 1 MiB reads, no FUSE at all (MiB/s).
+
+    What no FUSE layer can beat on this machine: it shows whether a target
+    such as "6x imagebackup" lies within reach of the storage at all.
+    """
+    prewarm_host([image])
+    return ms.sequential(image, cfg["seq_time"])["mibps"]
+
+
 def head_to_head(cs: list[ct.Contender], rounds: int, cfg: dict, work: Path,
-                 budget: Budget) -> dict:
+                 budget: Budget, image: Path | None = None) -> dict:
     """Every test for every contender, contenders rotating round by round."""
     tests = ["seq", "seqhot", "rand1", "rand8", "loopcopy"]
     raw: dict = {c.name: {t: [] for t in tests} for c in cs}
     errors: dict = {}
+    storage: list[float] = []
     for r in range(rounds):
         if r >= 3 and budget.left() < 240:
             log(f"budget: stopping after {r} rounds")
             break
+        if image is not None:
+            storage.append(storage_ceiling(image, cfg))
+            log(f"round {r + 1} storage  image file, no FUSE {storage[-1]:8.1f} MiB/s")
         order = cs[r % len(cs):] + cs[:r % len(cs)]   # alternate who goes first
         for test in tests:
             for c in order:
@@ -156,7 +170,9 @@ def head_to_head(cs: list[ct.Contender], rounds: int, cfg: dict, work: Path,
                 except Exception as exc:
                     errors.setdefault(c.name, []).append(f"{test}: {exc}")
                     log(f"round {r + 1} {test} {c.name} FAILED: {exc}")
-    return {"raw": raw, "errors": errors, "summary": summarize(raw)}
+    return {"raw": raw, "errors": errors, "summary": summarize(raw),
+            "storage_mibps": median(storage) if storage else None,
+            "storage_range": _range(storage)}
 
 
 def _brief(test: str, res: dict) -> str:
@@ -515,6 +531,11 @@ def report(res: dict) -> str:
             r1 = fmt(rp.get(rk), ".2f") + "×" if rk and rp else ""
             r2 = fmt(ri.get(rk), ".2f") + "×" if rk and ri else ""
             L.append(f"| {label} | " + " | ".join(cells) + f" | {r1} | {r2} |")
+        if h.get("storage_mibps"):
+            ib = summ.get("imagebackup", {}).get("seq_mibps")
+            six = f"; 6 × imagebackup would be {6 * ib:.0f} MiB/s" if ib else ""
+            L.append(f"| (storage ceiling) the image file itself, cold, no FUSE (MiB/s) | "
+                     f"{h['storage_mibps']:.0f} ({h['storage_range']}){six} |")
         L.append("\nRatios are speed ratios (>1: imagefs faster; times are inverted). "
                  f"Medians of {max(s['rounds'] for s in summ.values())} rounds "
                  "(min-max over the rounds in brackets).\n")
@@ -674,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             keep = set(args.contenders.split(","))
             cs = [c for c in cs if c.name in keep]
         if "h2h" in sections:
-            res["head_to_head"] = head_to_head(cs, rounds, cfg, work, budget)
+            res["head_to_head"] = head_to_head(cs, rounds, cfg, work, budget, fx.image)
             res["ratio_passthrough"] = ratios(res["head_to_head"]["summary"], "imagefs", "passthrough")
             res["ratio_imagebackup"] = ratios(res["head_to_head"]["summary"], "imagefs", "imagebackup")
         if "inprocess" in sections:
