@@ -98,7 +98,10 @@ class VirtualPartition:
         size = max(0, min(size, self.size - offset))
         buf = bytearray(size)
         self._fill(offset, memoryview(buf))
-        return buf  # type: ignore[return-value]  # bytes-like, never mutated
+        # bytes, as promised: callers such as mfusepy's read hand the value to
+        # ctypes, which takes bytes but not a bytearray.  The FUSE adapter
+        # reads through read_into and never pays this copy.
+        return bytes(buf)
 
     def read_into(self, offset: int, dest: memoryview) -> int:
         """Fill ``dest`` (a writable byte view) from ``offset``; returns the count.

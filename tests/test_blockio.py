@@ -164,3 +164,5 @@ def test_read_into_fills_exactly_the_partition_bytes(cache):
         assert got == len(want)
         assert buf[:got] == want
         assert buf[got:] == b"\xee" * (n + 7 - got)
+    # read() still hands out bytes (mfusepy's plain read passes them to ctypes).
+    assert type(vp.read(0, 20_000)) is bytes

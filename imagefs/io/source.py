@@ -95,12 +95,12 @@ def split_views(views: Sequence[memoryview], size: int
     return head, rest
 
 
-def _preadv_fully(fd: int, views: Sequence[memoryview], offset: int) -> int:
-    """preadv until every view is full or the file ends; returns bytes read."""
+def _preadv_fully(fd: int, views: Sequence[memoryview], offset: int, total: int) -> int:
+    """preadv until all ``total`` bytes of ``views`` are in or the file ends."""
     count = len(views)
     if count <= _IOV_MAX:
         done = os.preadv(fd, views, offset)
-        if done == sum(map(len, views)):
+        if done == total:
             return done                      # the common case: one syscall
     else:
         done = 0
@@ -295,7 +295,7 @@ class FileSource:
                                  f"{offset + total}", TRUNCATED_HINT)
         fd = self._pool.acquire(self.path)
         try:
-            got = _preadv_fully(fd, views, offset)
+            got = _preadv_fully(fd, views, offset, total)
         except OSError as exc:
             raise SourceError(self.path, f"read error at byte {offset}: {exc.strerror}",
                               "check the disk holding the backup") from None
