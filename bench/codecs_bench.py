@@ -10,7 +10,7 @@ For each codec, on the same compressed file:
 Prints a markdown table.  Input: ~256 MiB of real file-system content
 (``tar`` of /usr) or ``--input FILE``; everything lives in ``--workdir``.
 
-    /work/venv/bin/python bench/codecs_bench.py [--size-mb 256] [--codecs zstd,gzip]
+    .venv/bin/python bench/codecs_bench.py [--size-mb 256] [--codecs zstd,gzip]
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# Nothing is written into the source tree: no bytecode caches from this
+# script, the bench modules, imagefs or the daemons it starts.
+sys.dont_write_bytecode = True
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imagefs.cache import BlockCache  # noqa: E402

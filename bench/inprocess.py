@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """In-process throughput of ``VirtualPartition.read`` (no FUSE), warm page cache.
 
-    sudo /work/venv/bin/python bench/inprocess.py [--image IMG] [--rounds 3] [--profile]
+    sudo .venv/bin/python bench/inprocess.py [--image IMG] [--rounds 3] [--profile]
 
 Without ``--image`` it builds (once, cached under /var/tmp/imagefs-bench) a
 sparse 1.1 GiB ext4 filled to ~90% with files of mixed data and images it
@@ -40,6 +40,10 @@ import sys
 import time
 from pathlib import Path
 
+# Nothing is written into the source tree: no bytecode caches from this
+# script, the bench modules, imagefs or the daemons it starts.
+sys.dont_write_bytecode = True
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a FUSE daemon spends its time while it serves a workload (py-spy).
 
-    sudo /work/venv/bin/python bench/profile_mount.py [--contender imagefs] [--workload seq]
+    sudo .venv/bin/python bench/profile_mount.py [--contender imagefs] [--workload seq]
          [--seconds 8] [--image IMG]
 
 Mounts one contender (as bench/run.py does), samples it with ``py-spy
@@ -25,6 +25,10 @@ import threading
 import time
 from pathlib import Path
 
+# Nothing is written into the source tree: no bytecode caches from this
+# script, the bench modules, imagefs or the daemons it starts.
+sys.dont_write_bytecode = True
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contenders as ct      # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """imagefs benchmark: one command, side by side, medians of rounds.
 
-    sudo /work/venv/bin/python bench/run.py [--size-gb 2] [--rounds 3] [--quick]
+    sudo .venv/bin/python bench/run.py [--size-gb 2] [--rounds 3] [--quick]
 
 Needs: root (drop_caches, loop devices, mount), /dev/fuse, mkfs.ext4,
 partclone.ext4, losetup; optional: mkntfs + ntfs-3g + ntfsclone (ntfsclone
@@ -24,6 +24,10 @@ import time
 import traceback
 from pathlib import Path
 
+# Nothing is written into the source tree: no bytecode caches from this
+# script, the bench modules, imagefs or the daemons it starts.
+sys.dont_write_bytecode = True
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contenders as ct          # noqa: E402
