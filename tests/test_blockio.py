@@ -58,6 +58,32 @@ def test_grouped_layout_strips_trailers():
             assert layout.read_ranks(r, n) == b"".join(blocks[r:r + n])
 
 
+@pytest.mark.parametrize("on_file", [False, True], ids=["memory", "file-preadv"])
+def test_grouped_layout_read_into_any_byte_range(tmp_path, on_file):
+    """read_into scatters data bytes from any position; trailers never reach dest."""
+    bs, g, t = 16, 3, 5
+    blocks = [bytes([i + 1]) * bs for i in range(40)]
+    stream = bytearray(b"H" * 7)
+    for i, b in enumerate(blocks):
+        stream += b
+        if (i + 1) % g == 0:
+            stream += b"C" * t
+    if on_file:
+        (tmp_path / "img").write_bytes(bytes(stream))
+        from imagefs.io import FileSource
+        source = FileSource(tmp_path / "img")
+    else:
+        source = MemorySource(bytes(stream))
+    layout = GroupedLayout(source, 7, bs, g, t)
+    data = b"".join(blocks)
+    for pos in range(0, len(data), 3):
+        for n in (1, 15, 16, 17, 47, 48, 49, 200):
+            n = min(n, len(data) - pos)
+            dest = bytearray(n)
+            layout.read_into(pos, memoryview(dest))
+            assert bytes(dest) == data[pos:pos + n], (pos, n)
+
+
 def test_cache_loads_once_per_key_under_contention():
     cache = BlockCache(1 << 20)
     calls = []

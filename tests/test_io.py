@@ -12,7 +12,7 @@ import pytest
 from imagefs.errors import SourceError, TruncatedError
 from imagefs.io import ConcatSource, FdPool, FileSource, MemorySource, SliceSource
 from imagefs.io.pieces import collect_piece_set, next_auto_suffix, next_fixed_suffix
-from imagefs.io.source import known_size
+from imagefs.io.source import known_size, read_into
 from imagefs.opener import pieces_for
 
 
@@ -75,6 +75,68 @@ def test_concat_and_slice():
     sl = SliceSource(cat, 13)
     assert sl.read_at(0, 1000) == whole[13:]
     assert known_size(sl) == len(whole) - 13
+
+
+def _scatter_views(rng: random.Random, total: int) -> tuple[bytearray, list[memoryview]]:
+    """One buffer cut into random-sized views (some empty) covering ``total`` bytes."""
+    buf = bytearray(b"\xee" * total)
+    mv = memoryview(buf)
+    views, pos = [], 0
+    while pos < total:
+        n = min(rng.choice((0, 1, 3, 4, 100, 4096)), total - pos)
+        views.append(mv[pos:pos + n])
+        pos += n
+    return buf, views
+
+
+def test_read_into_matches_read_at_for_every_kind_of_source(tmp_path):
+    data = random.Random(2).randbytes(200_000)
+    cuts = [0, 70_000, 70_001, 150_000, len(data)]
+    paths = []
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        paths.append(tmp_path / f"p{i}")
+        paths[-1].write_bytes(data[a:b])
+    (tmp_path / "whole.bin").write_bytes(data)
+    sources = {
+        "file": FileSource(tmp_path / "whole.bin"),
+        "pieces": ConcatSource([FileSource(p) for p in paths]),
+        "memory": MemorySource(data),
+        "slice": SliceSource(ConcatSource([FileSource(p) for p in paths]), 5, len(data) - 10),
+    }
+    rng = random.Random(3)
+    for name, src in sources.items():
+        shift = 5 if name == "slice" else 0
+        for _ in range(200):
+            off = rng.randrange(known_size(src))
+            total = rng.randrange(0, min(30_000, known_size(src) - off) + 1)
+            buf, views = _scatter_views(rng, total)
+            read_into(src, off, views)
+            assert bytes(buf) == data[shift + off:shift + off + total], (name, off, total)
+
+
+def test_read_into_takes_more_buffers_than_one_preadv_can(tmp_path):
+    data = random.Random(4).randbytes(5000)
+    (tmp_path / "f").write_bytes(data)
+    buf = bytearray(len(data))
+    mv = memoryview(buf)
+    views = [mv[i:i + 1] for i in range(len(data))]        # 5000 iovecs > IOV_MAX
+    FileSource(tmp_path / "f").read_into(0, views)
+    assert bytes(buf) == data
+
+
+def test_read_into_past_the_end_raises_and_never_half_fills_silently(tmp_path):
+    (tmp_path / "f").write_bytes(b"y" * 10_000)
+    src = FileSource(tmp_path / "f")
+    with pytest.raises(TruncatedError):
+        src.read_into(9_000, [memoryview(bytearray(2_000))])
+    os.truncate(tmp_path / "f", 5_000)                      # shrank after opening
+    with pytest.raises(TruncatedError):
+        src.read_into(4_000, [memoryview(bytearray(3_000))])
+    with pytest.raises(TruncatedError):
+        read_into(MemorySource(b"z" * 10), 5, [memoryview(bytearray(6))])
+    with pytest.raises(TruncatedError):
+        ConcatSource([MemorySource(b"a" * 4), MemorySource(b"b" * 4)]).read_into(
+            6, [memoryview(bytearray(3))])
 
 
 def test_split_suffix_rules_match_gnu_split(tmp_path):
