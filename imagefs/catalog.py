@@ -28,7 +28,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from imagefs.blockio import VirtualPartition
 from imagefs.cache import BlockCache
@@ -43,6 +43,8 @@ from imagefs.io.source import ByteSource, FdPool, FileSource, default_fd_pool
 from imagefs.opener import OpenContext, StreamInfo, open_stream
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: Clonezilla's compressor suffixes (formats.md 5.3) plus the common ``.lz``.
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".lz4", ".bz2", ".xz", ".lzo", ".lzip", ".lz",
@@ -220,17 +222,16 @@ class ImageEntry:
             return part
 
     def read(self, offset: int, size: int) -> bytes:
-        try:
-            return self.partition().read(offset, size)
-        except ImageError as exc:
-            if self.error is None:
-                self.fail(exc, fatal=False)
-            raise
+        return self._reading(lambda part: part.read(offset, size))
 
     def read_into(self, offset: int, dest: memoryview) -> int:
         """Fill ``dest`` from ``offset`` of the virtual partition (the FUSE reply path)."""
+        return self._reading(lambda part: part.read_into(offset, dest))
+
+    def _reading(self, read: Callable[[VirtualPartition], _T]) -> _T:
+        """Run a read; its first ImageError marks the image damaged (logged once)."""
         try:
-            return self.partition().read_into(offset, dest)
+            return read(self.partition())
         except ImageError as exc:
             if self.error is None:
                 self.fail(exc, fatal=False)

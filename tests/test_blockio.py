@@ -155,35 +155,35 @@ class _FakeImage:
         pass
 
 
+def _fake_partition(seed: int, stored_count: int, tail: int, cache):
+    """A 300-block fake image with ``tail`` bytes past its blocks, and its true bytes."""
+    bs, total = 512, 300
+    stored = set(random.Random(seed).sample(range(total), stored_count))
+    img = _FakeImage(bs, total, stored, total * bs + tail)   # the tail reads as zeros
+    truth = b"".join(img.data.get(k, bytes(bs)) for k in range(total)) + bytes(tail)
+    return VirtualPartition(img, cache, chunk_size=4096), truth
+
+
+def _random_ranges(seed: int, device: int, count: int = 500):
+    """(offset, size) pairs, some past the end, some empty."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        yield rng.randrange(device + 10), rng.randrange(0, 20_000)
+
+
 @pytest.mark.parametrize("cache", [None, BlockCache(64 * 1024)])
 def test_reader_zero_fills_holes_and_tail(cache):
-    bs, total = 512, 300
-    stored = set(random.Random(2).sample(range(total), 120))
-    device = total * bs + 777                    # bytes past the blocks read as zeros
-    img = _FakeImage(bs, total, stored, device)
-    truth = b"".join(img.data.get(k, bytes(bs)) for k in range(total)) + bytes(777)
-    vp = VirtualPartition(img, cache, chunk_size=4096)
-    rng = random.Random(3)
-    for _ in range(500):
-        off = rng.randrange(device + 10)
-        n = rng.randrange(0, 20_000)
+    vp, truth = _fake_partition(2, 120, 777, cache)
+    for off, n in _random_ranges(3, len(truth)):
         assert vp.read(off, n) == truth[off:off + n]
-    assert vp.read(0, device) == truth
+    assert vp.read(0, len(truth)) == truth
 
 
 @pytest.mark.parametrize("cache", [None, BlockCache(64 * 1024)])
 def test_read_into_fills_exactly_the_partition_bytes(cache):
     """read_into (the FUSE reply path) = read, and leaves the buffer past the end alone."""
-    bs, total = 512, 300
-    stored = set(random.Random(4).sample(range(total), 150))
-    device = total * bs + 333
-    img = _FakeImage(bs, total, stored, device)
-    truth = b"".join(img.data.get(k, bytes(bs)) for k in range(total)) + bytes(333)
-    vp = VirtualPartition(img, cache, chunk_size=4096)
-    rng = random.Random(5)
-    for _ in range(500):
-        off = rng.randrange(device + 10)
-        n = rng.randrange(0, 20_000)
+    vp, truth = _fake_partition(4, 150, 333, cache)
+    for off, n in _random_ranges(5, len(truth)):
         buf = bytearray(b"\xee" * (n + 7))        # garbage, as a reply buffer may hold
         got = vp.read_into(off, memoryview(buf)[:n])
         want = truth[off:off + n]
