@@ -24,9 +24,10 @@ import pytest
 from imagefs.cache import BlockCache
 from imagefs.codecs import build_index, open_decompressed, sniff
 from imagefs.codecs.base import HEAD_LIMIT, SEQ_CHUNK
-from imagefs.errors import ImageError, UnsupportedError
+from imagefs.errors import ImageError, TruncatedError, UnsupportedError
 from imagefs.indexdir import IndexStore
 from imagefs.io import ConcatSource, FileSource, MemorySource
+from imagefs.io.source import read_into
 
 # name -> (command reading stdin and writing stdout, codec sniffed, slow path?)
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -180,6 +181,38 @@ def test_content_matches_original(streams: Streams, name: str, split: bool) -> N
         assert whole == data
         assert stream.read_at(len(data), 10) == b""
         _random_reads(stream, data, 500, seed=hash(name) & 0xFFFF)
+    finally:
+        stream.close()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_read_into_scatters_the_same_bytes(streams: Streams, name: str) -> None:
+    """The FUSE path: decoded pieces copied straight into scattered buffers."""
+    data = streams.data
+    src, paths = _source(streams, name, False)
+    stream = open_decompressed(src, cache=BlockCache(32 << 20), key_paths=paths)
+    rnd = random.Random(11)
+    try:
+        # Sequential 1 MiB reads cut like a layout's scatter (data, 4-byte
+        # trailer, data), then random ones; the head is read before the index.
+        pos = 0
+        while pos < len(data):
+            n = min(1 << 20, len(data) - pos)
+            buf = bytearray(n)
+            mv = memoryview(buf)
+            cut = rnd.randrange(n + 1)
+            views = [mv[:cut], mv[cut:cut + 4], mv[cut + 4:]] if cut + 4 <= n else [mv]
+            read_into(stream, pos, views)
+            assert buf == data[pos:pos + n], pos
+            pos += n
+        for _ in range(200):
+            off = rnd.randrange(len(data))
+            n = rnd.randrange(1, min(300_000, len(data) - off) + 1)
+            buf = bytearray(n)
+            read_into(stream, off, [memoryview(buf)])
+            assert buf == data[off:off + n], (off, n)
+        with pytest.raises(TruncatedError):
+            read_into(stream, len(data) - 10, [memoryview(bytearray(20))])
     finally:
         stream.close()
 

@@ -28,12 +28,12 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from bisect import bisect_right
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from imagefs.cache import BlockCache
 from imagefs.errors import CORRUPT_HINT, TRUNCATED_HINT, FormatError, ImageError, TruncatedError
 from imagefs.indexdir import IndexStore, source_key
-from imagefs.io.source import ByteSource, ConcatSource, FileSource
+from imagefs.io.source import ByteSource, ConcatSource, FileSource, copy_read, scatter
 from imagefs.progress import progress_bar
 
 log = logging.getLogger("imagefs.codecs")
@@ -580,36 +580,59 @@ class CodecSource:
             return b""
         if index.info.get("slow"):
             return self._read_sequential(offset, size)
-        starts = index.starts
-        i = bisect_right(starts, offset) - 1
-        out = []
-        end = offset + size
+        parts = list(self._pieces(index, offset, offset + size))
+        if len(parts) == 1:
+            part = parts[0]
+            return part if isinstance(part, bytes) else bytes(part)
+        return b"".join(parts)
+
+    def read_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        """Copy decoded bytes straight from the cached pieces into ``views``.
+
+        Through FUSE every request of a compressed image lands on this: one
+        copy per byte, where ``read_at`` would slice, join and then copy.
+        """
+        total = sum(map(len, views))
+        index = self._index
+        if offset < 0 or total == 0 or (index is None and offset + total <= HEAD_LIMIT):
+            copy_read(self, offset, views)            # the head, or nothing to do
+            return
+        index = self._ensure_index()
+        if offset + total > index.size or index.info.get("slow"):
+            copy_read(self, offset, views)            # short: raises TruncatedError
+            return
+        if scatter(self._pieces(index, offset, offset + total), views) != total:
+            raise corrupt(self.source, f"{self.codec} stream is shorter than its index says")
+
+    def _pieces(self, index: SeekIndex, offset: int, end: int) -> Iterator[bytes | memoryview]:
+        """The decoded bytes of ``[offset, end)`` as cached pieces or views of them."""
         sequential = offset == self._last_end
         self._last_end = end
         if sequential and (PREFETCH if self.prefetch is None else self.prefetch):
             # Before decoding this read: the workers start on the spans after
             # it while this thread decodes its own.
             self._prefetch_after(index, end)
+        starts = index.starts
+        i = bisect_right(starts, offset) - 1
         while offset < end:
             rel = offset - starts[i]
             k = rel // SUB_CHUNK
             data = self._sub(i, k)
             lo = rel - k * SUB_CHUNK
-            piece = data[lo:lo + (end - offset)]
-            if not piece:
+            n = min(len(data) - lo, end - offset)
+            if n <= 0:
                 raise corrupt(self.source, f"{self.codec} span {i} is shorter than its index says")
-            if sequential and lo + len(piece) == len(data):
+            if sequential and lo + n == len(data):
                 # A streaming reader is done with this piece (the kernel's page
                 # cache keeps what it read): free it now, so the next decoded
                 # piece reuses its memory instead of faulting in fresh pages
                 # (that halved decoding speed), and the shared LRU keeps the
                 # random-access working set rather than a stream's tail.
                 self._cache.discard((self._owner, "sub", i, k))
-            out.append(piece)
-            offset += len(piece)
+            yield data if (lo == 0 and n == len(data)) else memoryview(data)[lo:lo + n]
+            offset += n
             if offset >= starts[i + 1]:
                 i += 1
-        return out[0] if len(out) == 1 else b"".join(out)
 
     def _prefetch_after(self, index: SeekIndex, end: int) -> None:
         """Queue background decoding of the spans that follow offset ``end``."""

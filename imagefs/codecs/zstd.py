@@ -60,7 +60,7 @@ FALLBACK_BLOCKS = 64
 
 #: Compressed bytes read at a time when streaming a span (the decoder keeps
 #: what one piece does not use for the next).
-STREAM_CHUNK = 1 << 20
+STREAM_CHUNK = 4 << 20
 
 #: The window limit above, as a pyzstd decoder option.
 _DECODER_OPTIONS = {pyzstd.DParameter.windowLogMax: MAX_WINDOW.bit_length() - 1}

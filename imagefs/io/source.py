@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 from bisect import bisect_right
 
 from imagefs.errors import SourceError, TRUNCATED_HINT, TruncatedError
@@ -62,20 +62,50 @@ def read_into(source: ByteSource, offset: int, views: Sequence[memoryview]) -> N
     if fill is not None:
         fill(offset, views)
         return
+    copy_read(source, offset, views)
+
+
+def copy_read(source: ByteSource, offset: int, views: Sequence[memoryview]) -> None:
+    """:func:`read_into` done with ``read_at`` and one copy (for any source)."""
     total = sum(map(len, views))
     data = source.read_at(offset, total)
     if len(data) < total:
         raise TruncatedError(source.name, f"ends at byte {offset + len(data)}, "
                              f"before byte {offset + total}", TRUNCATED_HINT)
-    if len(views) == 1:
-        views[0][:] = data
-        return
-    mv = memoryview(data)
-    pos = 0
-    for view in views:
-        n = len(view)
-        view[:] = mv[pos:pos + n]
-        pos += n
+    scatter((data,), views)
+
+
+def scatter(pieces: Iterable[bytes | memoryview], views: Sequence[memoryview]) -> int:
+    """Copy consecutive ``pieces`` into consecutive ``views``; returns bytes copied.
+
+    One copy per byte, whatever the two cuttings; stops when either runs out.
+    """
+    if len(views) == 1:                       # the common case: one buffer
+        dest = views[0]
+        pos = 0
+        for piece in pieces:
+            n = min(len(piece), len(dest) - pos)
+            dest[pos:pos + n] = piece if n == len(piece) else memoryview(piece)[:n]
+            pos += n
+            if pos >= len(dest):
+                break
+        return pos
+    vi, vpos, copied = 0, 0, 0
+    for piece in pieces:
+        src = memoryview(piece)
+        spos = 0
+        while spos < len(src) and vi < len(views):
+            view = views[vi]
+            take = min(len(view) - vpos, len(src) - spos)
+            view[vpos:vpos + take] = src[spos:spos + take]
+            vpos += take
+            spos += take
+            copied += take
+            if vpos >= len(view):
+                vi, vpos = vi + 1, 0
+        if vi >= len(views):
+            break
+    return copied
 
 
 def split_views(views: Sequence[memoryview], size: int
