@@ -67,6 +67,13 @@ PREFETCH = (os.cpu_count() or 1) > 1
 PREFETCH_DEPTH = max(1, min(8, os.cpu_count() or 1))
 #: ...and at least this many decoded bytes ahead when spans are small.
 PREFETCH_BYTES = 8 << 20
+#: A read of at least STREAM_MIN_READ (the kernel's readahead requests are
+#: 128 KiB or more) starting this close to where a stream's reads reach
+#: continues the stream.
+STREAM_SLACK = 8 << 20
+STREAM_MIN_READ = 128 << 10
+#: Partly delivered pieces tracked per source (a bound on the bookkeeping).
+MAX_TRACKED_PIECES = 4096
 
 _prefetch_pool = None
 _prefetch_lock = threading.Lock()
@@ -551,7 +558,8 @@ class CodecSource:
         self.spans_decoded = 0
         self._seq = _Sequential(self)
         self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
-        self._last_end = -1                # where the previous read ended
+        self._last_end: int | None = None  # where the streaming reader's reads reach
+        self._consumed: dict[tuple[int, int], int] = {}  # piece -> bytes delivered
         self._inflight: dict[int, int] = {}  # span being prefetched -> pieces done
         self._prefetch_cond = threading.Condition()
         self.prefetch: bool | None = None  # None: follow the process setting
@@ -570,7 +578,7 @@ class CodecSource:
         index = self._index
         if index is None and offset + size <= HEAD_LIMIT:
             # A stream read from its start continues past the head: remember
-            # where, so the first indexed read already counts as sequential
+            # where, so the first indexed read already counts as streaming
             # and starts the prefetchers.
             self._last_end = offset + size
             return self._read_sequential(offset, size)
@@ -606,9 +614,17 @@ class CodecSource:
 
     def _pieces(self, index: SeekIndex, offset: int, end: int) -> Iterator[bytes | memoryview]:
         """The decoded bytes of ``[offset, end)`` as cached pieces or views of them."""
-        sequential = offset == self._last_end
-        self._last_end = end
-        if sequential and (PREFETCH if self.prefetch is None else self.prefetch):
+        # A streaming reader: FUSE serves the kernel's readahead with several
+        # threads, so consecutive requests arrive slightly out of order (a
+        # third of them, measured): a large read "near where the stream has
+        # got to" continues it; a small one only right where it ended (random
+        # 4 KiB reads close to each other are not a stream).
+        last = self._last_end
+        streaming = last is not None and (
+            offset == last or (end - offset >= STREAM_MIN_READ
+                               and last - STREAM_SLACK <= offset <= last + STREAM_SLACK))
+        self._last_end = max(last, end) if streaming else end  # type: ignore[type-var]
+        if streaming and (PREFETCH if self.prefetch is None else self.prefetch):
             # Before decoding this read: the workers start on the spans after
             # it while this thread decodes its own.
             self._prefetch_after(index, end)
@@ -622,17 +638,34 @@ class CodecSource:
             n = min(len(data) - lo, end - offset)
             if n <= 0:
                 raise corrupt(self.source, f"{self.codec} span {i} is shorter than its index says")
-            if sequential and lo + n == len(data):
-                # A streaming reader is done with this piece (the kernel's page
-                # cache keeps what it read): free it now, so the next decoded
-                # piece reuses its memory instead of faulting in fresh pages
-                # (that halved decoding speed), and the shared LRU keeps the
-                # random-access working set rather than a stream's tail.
-                self._cache.discard((self._owner, "sub", i, k))
+            if streaming:
+                self._delivered(i, k, n, len(data))
             yield data if (lo == 0 and n == len(data)) else memoryview(data)[lo:lo + n]
             offset += n
             if offset >= starts[i + 1]:
                 i += 1
+
+    def _delivered(self, i: int, k: int, n: int, size: int) -> None:
+        """Count a streaming reader's bytes of piece (i, k); free it once all are out.
+
+        The kernel's page cache keeps what was read, so a streamed piece is
+        not needed again: freeing it lets the next decoded piece reuse its
+        memory instead of faulting in fresh pages (that halved decoding
+        speed) and keeps the shared LRU for random access.  Counting bytes
+        rather than "the read reached the piece's end" matters when requests
+        overtake each other: the tail of a piece may be delivered before its
+        head, and freeing it then would force the head's reader to decode the
+        span again from its start.
+        """
+        key = (i, k)
+        with self._count_lock:
+            done = self._consumed.pop(key, 0) + n
+            if done < size:
+                if len(self._consumed) >= MAX_TRACKED_PIECES:
+                    self._consumed.clear()       # abandoned streams: forget them
+                self._consumed[key] = done
+        if done >= size:
+            self._cache.discard((self._owner, "sub", i, k))
 
     def _prefetch_after(self, index: SeekIndex, end: int) -> None:
         """Queue background decoding of the spans that follow offset ``end``."""
@@ -688,6 +721,9 @@ class CodecSource:
         """Drop decoders and cached spans; the object can still be read after."""
         _cursors.drop(self._owner)
         self._seq.close()
+        self._last_end = None              # the next read starts afresh
+        with self._count_lock:
+            self._consumed.clear()
         self._cache.discard_prefix(self._owner)
         self._close_decoders()
 
