@@ -30,6 +30,7 @@ sys.dont_write_bytecode = True
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import codecs_mount              # noqa: E402
 import contenders as ct          # noqa: E402
 import fixtures                  # noqa: E402
 import measures as ms            # noqa: E402
@@ -597,6 +598,8 @@ def report(res: dict) -> str:
             L.append("```\n" + cd["stdout"].strip() + "\n```")
         else:
             L.append(str(cd))
+    if res.get("codecs_mount"):
+        L.append("\n" + codecs_mount.table(res["codecs_mount"]))
     return "\n".join(L) + "\n"
 
 
@@ -634,7 +637,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="1.1 GiB fixture, shorter limits, trees up to 1,000, bitmaps up to 1 TB")
     ap.add_argument("--only", default="",
-                    help="comma list of sections: h2h,inprocess,trees,memory,bitmaps,ntfs,codecs")
+                    help="comma list of sections: h2h,inprocess,trees,memory,bitmaps,ntfs,codecs,"
+                         "codecs-mount")
     ap.add_argument("--no-imagebackup", action="store_true", help="skip the vpartclone contender")
     ap.add_argument("--no-core", action="store_true",
                     help="skip the core-fuse contenders (imagefs's reader behind passthrough.py)")
@@ -656,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budget = Budget(args.budget_min * 60)
     sections = set(filter(None, args.only.split(","))) or {
-        "h2h", "inprocess", "trees", "memory", "bitmaps", "ntfs", "codecs"}
+        "h2h", "inprocess", "trees", "memory", "bitmaps", "ntfs", "codecs", "codecs-mount"}
     quick = args.quick
     rounds = max(1, args.rounds)
     cmd = "sudo " + " ".join([sys.executable, "bench/run.py"] + (argv if argv is not None else sys.argv[1:]))
@@ -722,6 +726,11 @@ def main(argv: list[str] | None = None) -> int:
             res["ntfs"] = ntfs_series(quick, work, ok_fs, opts, rounds)
         if "codecs" in sections and budget.left() > 60:
             res["codecs"] = codecs_series(quick, budget)
+        if "codecs-mount" in sections and ok_fs and budget.left() > 120:
+            hot = res.get("head_to_head", {}).get("summary", {}).get("passthrough", {})
+            res["codecs_mount"] = codecs_mount.series(
+                fx.image, work, opts, rounds, cfg["seq_time"], budget.left,
+                hot.get("seqhot_mibps"))
     except Exception:
         res["fatal"] = traceback.format_exc()
         log(res["fatal"])
