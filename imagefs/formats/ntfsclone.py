@@ -500,6 +500,37 @@ class NtfscloneImage(BlockImage):
             idx += 1
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def read_stored_into(self, first: int, skip: int, dest: memoryview) -> None:
+        """Scatter stored clusters into ``dest``, skipping each record's header byte.
+
+        One ``read_into`` per run of the record stream (each cluster's
+        1-byte header goes to scratch space); the partial last cluster, if
+        the range reaches it, takes the copying path.
+        """
+        cs = self.header.block_size
+        last = first + (skip + len(dest) - 1) // cs
+        if 0 <= self._tail_cluster <= last:
+            super().read_stored_into(first, skip, dest)
+            return
+        src = self.header.source
+        r = self.runs
+        c, within = first + skip // cs, skip % cs
+        idx = bisect_right(r.firsts, c) - 1
+        pos = 0
+        while pos < len(dest):
+            if idx < 0 or c >= r.firsts[idx] + r.counts[idx]:
+                if c >= r.known_clusters:
+                    raise TruncatedError(src.name, f"cluster {c} lies past the end of the "
+                                         f"truncated record stream", TRUNCATED_HINT)
+                raise ValueError(f"cluster {c} is not stored")
+            rfirst, rcount, roff = r.firsts[idx], r.counts[idx], r.offsets[idx]
+            take = min((rfirst + rcount - c) * cs - within, len(dest) - pos)
+            GroupedLayout(src, roff + 1, cs, 1, 1).read_into((c - rfirst) * cs + within,
+                                                             dest[pos:pos + take])
+            pos += take
+            c, within = rfirst + rcount, 0
+            idx += 1
+
     def verify(self, progress: Progress | None = None) -> None:
         """Walk the record stream again: structure, bounds and length.
 
