@@ -478,12 +478,7 @@ class NtfscloneImage(BlockImage):
         c = first
         idx = bisect_right(r.firsts, c) - 1
         while c < end:
-            if idx < 0 or c >= r.firsts[idx] + r.counts[idx]:
-                if c >= r.known_clusters:
-                    raise TruncatedError(src.name, f"cluster {c} lies past the end of the "
-                                         f"truncated record stream", TRUNCATED_HINT)
-                raise ValueError(f"cluster {c} is not stored")
-            rfirst, rcount, roff = r.firsts[idx], r.counts[idx], r.offsets[idx]
+            rfirst, rcount, roff = self._run_holding(idx, c)
             n = min(end, rfirst + rcount) - c
             full = n - 1 if c + n - 1 == self._tail_cluster else n
             if full:
@@ -499,6 +494,16 @@ class NtfscloneImage(BlockImage):
             c += n
             idx += 1
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _run_holding(self, idx: int, c: int) -> tuple[int, int, int]:
+        """(first cluster, count, record offset) of run ``idx``, which must hold cluster ``c``."""
+        r = self.runs
+        if idx < 0 or c >= r.firsts[idx] + r.counts[idx]:
+            if c >= r.known_clusters:
+                raise TruncatedError(self.header.source.name, f"cluster {c} lies past the end "
+                                     "of the truncated record stream", TRUNCATED_HINT)
+            raise ValueError(f"cluster {c} is not stored")
+        return r.firsts[idx], r.counts[idx], r.offsets[idx]
 
     def read_stored_into(self, first: int, skip: int, dest: memoryview) -> None:
         """Scatter stored clusters into ``dest``, skipping each record's header byte.
@@ -518,12 +523,7 @@ class NtfscloneImage(BlockImage):
         idx = bisect_right(r.firsts, c) - 1
         pos = 0
         while pos < len(dest):
-            if idx < 0 or c >= r.firsts[idx] + r.counts[idx]:
-                if c >= r.known_clusters:
-                    raise TruncatedError(src.name, f"cluster {c} lies past the end of the "
-                                         f"truncated record stream", TRUNCATED_HINT)
-                raise ValueError(f"cluster {c} is not stored")
-            rfirst, rcount, roff = r.firsts[idx], r.counts[idx], r.offsets[idx]
+            rfirst, rcount, roff = self._run_holding(idx, c)
             take = min((rfirst + rcount - c) * cs - within, len(dest) - pos)
             GroupedLayout(src, roff + 1, cs, 1, 1).read_into((c - rfirst) * cs + within,
                                                              dest[pos:pos + take])
