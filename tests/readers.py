@@ -7,6 +7,7 @@ import hashlib
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from imagefs.blockio import VirtualPartition
 from imagefs.cache import BlockCache
@@ -46,6 +47,13 @@ def check_random_reads(vp: VirtualPartition, truth: bytes, spans: list[tuple[int
         got = vp.read(off, length)
         want = truth[off:off + length]
         assert got == want, f"mismatch at offset {off} length {length}"
+
+
+def check_both_readers(image, truth: bytes,
+                       spans_for: Callable[[VirtualPartition], list[tuple[int, int]]]) -> None:
+    """``spans_for(vp)`` read through a reader without and one with a BlockCache."""
+    for vp in (VirtualPartition(image), VirtualPartition(image, BlockCache(4 << 20))):
+        check_random_reads(vp, truth, spans_for(vp))
 
 
 def check_threads(vp: VirtualPartition, truth: bytes, seed: int, threads: int = 8,
