@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -65,3 +66,30 @@ def check_threads(vp: VirtualPartition, truth: bytes, seed: int, threads: int = 
 
     with ThreadPoolExecutor(threads) as pool:
         assert sum(pool.map(worker, range(threads))) == threads * per_thread
+
+
+def run_in_threads(work: Callable[[int], object], count: int = 8, timeout: float | None = 300,
+                   while_running: Callable[[], object] | None = None) -> None:
+    """Run ``work(0) .. work(count - 1)`` in threads at once.
+
+    ``while_running`` is called over and over until they all end (to race
+    them); fails if a thread hangs past ``timeout`` or any raised.
+    """
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    if while_running is not None:
+        while any(t.is_alive() for t in threads):
+            while_running()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "reader threads hung"
+    assert not errors, errors[0]

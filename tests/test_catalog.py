@@ -12,6 +12,7 @@ from imagefs.catalog import (Catalog, DirNode, FileNode, ImageNode, InfoNode, No
 from imagefs.config import Settings, SourceSpec
 from imagefs.errors import ImageError
 from imagefs.io.source import FdPool
+from readers import run_in_threads
 from test_mount_support import data_start, partclone_v2, write_partclone
 
 
@@ -261,7 +262,6 @@ def test_split_sets_with_unrelated_siblings_and_holes(tmp_path):
 
 
 def test_block_map_built_once_under_concurrent_first_reads(tmp_path):
-    import threading
     import time
 
     truth = write_partclone(tmp_path / "x.img", seed=3)
@@ -276,20 +276,9 @@ def test_block_map_built_once_under_concurrent_first_reads(tmp_path):
         return real_open(*args, **kw)
 
     entry.header.open = slow_open
-    results, errors = [], []
-
-    def reader():
-        try:
-            results.append(entry.read(0, len(truth)))
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=reader) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(calls) == 1
+    results = []
+    run_in_threads(lambda _: results.append(entry.read(0, len(truth))))
+    assert len(calls) == 1
     assert all(r == truth for r in results)
 
 

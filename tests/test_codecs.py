@@ -28,6 +28,7 @@ from imagefs.errors import ImageError, TruncatedError, UnsupportedError
 from imagefs.indexdir import IndexStore
 from imagefs.io import ConcatSource, FileSource, MemorySource
 from imagefs.io.source import read_into
+from readers import run_in_threads
 
 # name -> (command reading stdin and writing stdout, codec sniffed, slow path?)
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -250,21 +251,10 @@ def test_concurrent_reads_match(streams: Streams, name: str) -> None:
     data = streams.data
     src, paths = _source(streams, name, False)
     stream = open_decompressed(src, cache=BlockCache(8 << 20), key_paths=paths)
-    errors: list[BaseException] = []
-
-    def worker(seed: int) -> None:
-        try:
-            _random_reads(stream, data, 40, seed, max_len=300_000)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    stream.close()
-    assert not errors, errors[0]
+    try:
+        run_in_threads(lambda seed: _random_reads(stream, data, 40, seed, max_len=300_000))
+    finally:
+        stream.close()
 
 
 # -- index persistence ---------------------------------------------------------
@@ -603,23 +593,11 @@ def test_configure_sets_spacing_and_threads(streams: Streams, monkeypatch) -> No
 def test_close_while_other_threads_read(streams: Streams, name: str) -> None:
     """close() drops decoders and cache but never under a reading thread."""
     stream = build_index(FileSource(streams.path(name)), cache=BlockCache(8 << 20))
-    errors: list[BaseException] = []
-
-    def reader(seed: int) -> None:
-        try:
-            _random_reads(stream, streams.data, 25, seed, max_len=100_000)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
+    try:
+        run_in_threads(lambda seed: _random_reads(stream, streams.data, 25, seed, max_len=100_000),
+                       count=4, while_running=stream.close)
+    finally:
         stream.close()
-    for t in threads:
-        t.join()
-    stream.close()
-    assert not errors, errors[0]
 
 
 @pytest.mark.parametrize("name", ["zstd", "gzip", "xz"])

@@ -14,11 +14,11 @@ import os
 import random
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
+from readers import run_in_threads
 from realimages import mounted, need, need_root, tree_digest
 from test_mount_support import (Expected, build_clonezilla_tree, imagefs_mounted, need_fuse,
                                 sha256_of, source_digest)
@@ -108,24 +108,14 @@ def _random_reads(path: Path, truth: Path, seed: int, count: int = 60) -> None:
 def test_parallel_random_reads(tree, mnt):
     _, exp, _ = tree
     targets = [(v, img) for v, img in exp.good.items()]
-    errors: list[BaseException] = []
 
     def worker(i: int) -> None:
-        try:
-            vpath, image = targets[i % len(targets)]
-            _random_reads(_p(mnt, vpath), image.ground_truth, seed=i)
-            vpath, image = targets[(i + 3) % len(targets)]
-            _random_reads(_p(mnt, vpath), image.ground_truth, seed=100 + i)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        vpath, image = targets[i % len(targets)]
+        _random_reads(_p(mnt, vpath), image.ground_truth, seed=i)
+        vpath, image = targets[(i + 3) % len(targets)]
+        _random_reads(_p(mnt, vpath), image.ground_truth, seed=100 + i)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "reader threads hung"
-    assert not errors, errors[0]
+    run_in_threads(worker)
 
 
 @pytest.mark.parametrize("kind", ["ext4", "ext2", "ext3", "xfs", "btrfs"])
