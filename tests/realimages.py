@@ -23,7 +23,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -351,35 +351,34 @@ class Factory:
         """
         name = f"{image.name}-{'_'.join(compressor).replace('-', '')}" + \
             (f"-split{split_bytes}" if split_bytes else "")
-        with self._lock:
-            if name in self._images:
-                return self._images[name]
-            d = self.base / name
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir()
+
+        def make(d: Path) -> Path:
             out = d / f"{image.path.name}.{suffix}"
             pipe_to_files(image.path, compressor, out, split_bytes)
-            path = Path(f"{out}.aa") if split_bytes else out
-            img = Image(name, path, image.ground_truth, image.source, image.tool, image.sha256)
-            self._images[name] = img
-            return img
+            return Path(f"{out}.aa") if split_bytes else out
+
+        return self._derived(name, image, make)
 
     def split(self, image: Image, piece_bytes: int, suffix_len: int = 2) -> Image:
         """``image`` cut with ``split -a N -b BYTES`` (Clonezilla's way)."""
-        name = f"{image.name}-split{piece_bytes}"
-        with self._lock:
-            if name in self._images:
-                return self._images[name]
-            d = self.base / name
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir()
+        def make(d: Path) -> Path:
             prefix = d / (image.path.name + ".")
             run(["split", "-a", str(suffix_len), "-b", str(piece_bytes), str(image.path),
                  str(prefix)])
-            first = Path(str(prefix) + "a" * suffix_len)
-            img = Image(name, first, image.ground_truth, image.source, image.tool, image.sha256)
-            self._images[name] = img
-            return img
+            return Path(str(prefix) + "a" * suffix_len)
+
+        return self._derived(f"{image.name}-split{piece_bytes}", image, make)
+
+    def _derived(self, name: str, image: Image, make: Callable[[Path], Path]) -> Image:
+        """The same partition's bytes in another form: ``make(fresh dir)`` returns its path."""
+        with self._lock:
+            if name not in self._images:
+                d = self.base / name
+                shutil.rmtree(d, ignore_errors=True)
+                d.mkdir()
+                self._images[name] = Image(name, make(d), image.ground_truth, image.source,
+                                           image.tool, image.sha256)
+            return self._images[name]
 
 
 def pipe_to_files(src_path: Path, compressor: list[str], out: Path,
