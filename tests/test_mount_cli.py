@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -89,24 +90,31 @@ def test_libfuse_rejects_unknown_option(src, tmp_path):
         unmount(mnt)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_foreground_unmounts_cleanly_on_signal(src, tmp_path, sig):
+@contextlib.contextmanager
+def _foreground(src, mnt):
+    """``imagefs SRC MNT -f`` started, waited for until it mounts or exits; cleaned up."""
     need_fuse()
-    mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc = subprocess.Popen(IMAGEFS + [str(src), str(mnt), "-f"], stderr=subprocess.PIPE)
     try:
         wait_until(lambda: os.path.ismount(mnt) or proc.poll() is not None, what="the mount")
-        assert os.path.ismount(mnt), proc.stderr.read().decode() if proc.stderr else ""
-        assert sorted(os.listdir(mnt)) == ["sda1.img", "sda1.img.info"]
-        proc.send_signal(sig)
-        assert proc.wait(timeout=30) == 0
-        assert not os.path.ismount(mnt)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         unmount(mnt)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_foreground_unmounts_cleanly_on_signal(src, tmp_path, sig):
+    mnt = tmp_path / "mnt"
+    with _foreground(src, mnt) as proc:
+        assert os.path.ismount(mnt), proc.stderr.read().decode() if proc.stderr else ""
+        assert sorted(os.listdir(mnt)) == ["sda1.img", "sda1.img.info"]
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+        assert not os.path.ismount(mnt)
 
 
 def test_background_returns_when_live_and_single_image_source(src, tmp_path):
@@ -134,20 +142,11 @@ def test_fstab_placeholder_source_with_config(src, tmp_path):
 
 
 def test_dead_mount_gets_a_hint(src, tmp_path):
-    need_fuse()
     mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = subprocess.Popen(IMAGEFS + [str(src), str(mnt), "-f"], stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: os.path.ismount(mnt) or proc.poll() is not None, what="the mount")
+    with _foreground(src, mnt) as proc:
         proc.kill()                          # dies without unmounting
         proc.wait()
         _one_line_error(_run(str(src), str(mnt)), "dead FUSE mount", "fusermount3 -u")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        unmount(mnt)
 
 
 def test_version_reports_libfuse():
