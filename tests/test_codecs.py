@@ -126,6 +126,12 @@ def _source(streams: Streams, name: str, split: bool):
     return FileSource(path), [str(path)]
 
 
+def _open(streams: Streams, name: str, cache_bytes: int, split: bool = False):
+    """The decompressed stream of fixture ``name`` (file or pieces), with its own cache."""
+    src, paths = _source(streams, name, split)
+    return open_decompressed(src, cache=BlockCache(cache_bytes), key_paths=paths)
+
+
 def _random_reads(src, data: bytes, count: int, seed: int, max_len: int = 200_000) -> None:
     rnd = random.Random(seed)
     n = len(data)
@@ -169,8 +175,7 @@ def test_plain_source_is_returned_unchanged() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_content_matches_original(streams: Streams, name: str, split: bool) -> None:
     data = streams.data
-    src, paths = _source(streams, name, split)
-    stream = open_decompressed(src, cache=BlockCache(32 << 20), key_paths=paths)
+    stream = _open(streams, name, 32 << 20, split)
     try:
         assert stream.codec == (VARIANTS.get(name, (None, "gzip"))[1])
         # A header probe is served without building the index.
@@ -190,8 +195,7 @@ def test_content_matches_original(streams: Streams, name: str, split: bool) -> N
 def test_read_into_scatters_the_same_bytes(streams: Streams, name: str) -> None:
     """The FUSE path: decoded pieces copied straight into scattered buffers."""
     data = streams.data
-    src, paths = _source(streams, name, False)
-    stream = open_decompressed(src, cache=BlockCache(32 << 20), key_paths=paths)
+    stream = _open(streams, name, 32 << 20)
     rnd = random.Random(11)
     try:
         # Sequential 1 MiB reads cut like a layout's scatter (data, 4-byte
@@ -249,8 +253,7 @@ def test_stream_read_out_of_order_decodes_each_piece_once(streams: Streams, name
 def test_concurrent_reads_match(streams: Streams, name: str) -> None:
     """Eight threads at once, the first of them racing to build the index."""
     data = streams.data
-    src, paths = _source(streams, name, False)
-    stream = open_decompressed(src, cache=BlockCache(8 << 20), key_paths=paths)
+    stream = _open(streams, name, 8 << 20)
     try:
         run_in_threads(lambda seed: _random_reads(stream, data, 40, seed, max_len=300_000))
     finally:
