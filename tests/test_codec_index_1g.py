@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from imagefs.blockio import VirtualPartition
-import imagefs.codecs.base as codecs_base
 from imagefs.codecs import build_index
 from imagefs.indexdir import IndexStore
 from imagefs.opener import OpenContext, open_image_header, open_stream, pieces_for
@@ -46,12 +45,8 @@ def big_image(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("cmd,suffix", [(["zstd", "-q", "-c", "-T0", "-3"], "zst"),
                                         (["pigz", "-c", "--fast", "-b", "1024", "--rsyncable"], "gz")],
                          ids=["zstd", "pigz"])
-def test_one_span_per_random_read_after_indexing(big_image, tmp_path, cmd, suffix, monkeypatch):
+def test_one_span_per_random_read_after_indexing(big_image, tmp_path, cmd, suffix):
     raw, image = big_image
-    # Opening reads header and bitmap sequentially, which would start the
-    # background prefetchers; their decoding would be counted against the
-    # random read measured here.
-    monkeypatch.setattr(codecs_base, "PREFETCH", False)
     compressed = tmp_path / f"{image.name}.{suffix}"
     pipe_to_files(image, cmd, compressed)
     store = IndexStore(str(tmp_path / "index"))

@@ -72,6 +72,9 @@ PREFETCH_BYTES = 8 << 20
 #: continues the stream.
 STREAM_SLACK = 8 << 20
 STREAM_MIN_READ = 128 << 10
+#: Prefetching starts once a stream has run this far: opening an image reads
+#: its header and bitmap in a row, which is no reason to decode spans ahead.
+PREFETCH_AFTER = 4 << 20
 #: Partly delivered pieces tracked per source (a bound on the bookkeeping).
 MAX_TRACKED_PIECES = 4096
 
@@ -559,6 +562,7 @@ class CodecSource:
         self._seq = _Sequential(self)
         self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
         self._last_end: int | None = None  # where the streaming reader's reads reach
+        self._stream_start = 0             # where that stream began
         self._consumed: dict[tuple[int, int], int] = {}  # piece -> bytes delivered
         self._inflight: dict[int, int] = {}  # span being prefetched -> pieces done
         self._prefetch_cond = threading.Condition()
@@ -577,10 +581,9 @@ class CodecSource:
             return b""
         index = self._index
         if index is None and offset + size <= HEAD_LIMIT:
-            # A stream read from its start continues past the head: remember
-            # where, so the first indexed read already counts as streaming
-            # and starts the prefetchers.
-            self._last_end = offset + size
+            # A stream read from its start continues past the head: follow it,
+            # so the first indexed read already counts as streaming.
+            self._follow(offset, offset + size)
             return self._read_sequential(offset, size)
         index = self._ensure_index()
         size = min(size, index.size - offset)
@@ -614,17 +617,9 @@ class CodecSource:
 
     def _pieces(self, index: SeekIndex, offset: int, end: int) -> Iterator[bytes | memoryview]:
         """The decoded bytes of ``[offset, end)`` as cached pieces or views of them."""
-        # A streaming reader: FUSE serves the kernel's readahead with several
-        # threads, so consecutive requests arrive slightly out of order (a
-        # third of them, measured): a large read "near where the stream has
-        # got to" continues it; a small one only right where it ended (random
-        # 4 KiB reads close to each other are not a stream).
-        last = self._last_end
-        streaming = last is not None and (
-            offset == last or (end - offset >= STREAM_MIN_READ
-                               and last - STREAM_SLACK <= offset <= last + STREAM_SLACK))
-        self._last_end = max(last, end) if streaming else end  # type: ignore[type-var]
-        if streaming and (PREFETCH if self.prefetch is None else self.prefetch):
+        streaming, run = self._follow(offset, end)
+        if streaming and run >= PREFETCH_AFTER and (
+                PREFETCH if self.prefetch is None else self.prefetch):
             # Before decoding this read: the workers start on the spans after
             # it while this thread decodes its own.
             self._prefetch_after(index, end)
@@ -644,6 +639,25 @@ class CodecSource:
             offset += n
             if offset >= starts[i + 1]:
                 i += 1
+
+    def _follow(self, offset: int, end: int) -> tuple[bool, int]:
+        """Whether ``[offset, end)`` continues the stream, and how far the stream has run.
+
+        FUSE serves the kernel's readahead with several threads, so
+        consecutive requests arrive slightly out of order (a third of them,
+        measured): a large read "near where the stream has got to" continues
+        it; a small one only right where it ended (random 4 KiB reads close
+        to each other are not a stream).
+        """
+        last = self._last_end
+        streaming = last is not None and (
+            offset == last or (end - offset >= STREAM_MIN_READ
+                               and last - STREAM_SLACK <= offset <= last + STREAM_SLACK))
+        if streaming:
+            self._last_end = max(last, end)  # type: ignore[type-var]
+        else:
+            self._last_end, self._stream_start = end, offset
+        return streaming, self._last_end - self._stream_start  # type: ignore[operator]
 
     def _delivered(self, i: int, k: int, n: int, size: int) -> None:
         """Count a streaming reader's bytes of piece (i, k); free it once all are out.
