@@ -80,16 +80,6 @@ def scatter(pieces: Iterable[bytes | memoryview], views: Sequence[memoryview]) -
 
     One copy per byte, whatever the two cuttings; stops when either runs out.
     """
-    if len(views) == 1:                       # the common case: one buffer
-        dest = views[0]
-        pos = 0
-        for piece in pieces:
-            n = min(len(piece), len(dest) - pos)
-            dest[pos:pos + n] = piece if n == len(piece) else memoryview(piece)[:n]
-            pos += n
-            if pos >= len(dest):
-                break
-        return pos
     vi, vpos, copied = 0, 0, 0
     for piece in pieces:
         src = memoryview(piece)
@@ -112,17 +102,16 @@ def split_views(views: Sequence[memoryview], size: int
                 ) -> tuple[list[memoryview], list[memoryview]]:
     """The first ``size`` bytes of ``views`` and the rest, cutting one view if needed."""
     head: list[memoryview] = []
-    rest = list(views)
-    while rest and size > 0:
-        view = rest[0]
-        if len(view) <= size:
-            head.append(rest.pop(0))
-            size -= len(view)
-        else:
+    i = 0
+    while i < len(views) and size > 0:
+        view = views[i]
+        if len(view) > size:
             head.append(view[:size])
-            rest[0] = view[size:]
-            size = 0
-    return head, rest
+            return head, [view[size:], *views[i + 1:]]
+        head.append(view)
+        size -= len(view)
+        i += 1
+    return head, list(views[i:])
 
 
 def _preadv_fully(fd: int, views: Sequence[memoryview], offset: int, total: int) -> int:
