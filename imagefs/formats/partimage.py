@@ -334,18 +334,19 @@ class PartimageImage(BitmapImage):
         try:
             return self.layout.read_ranks(self.bitmap.rank(first) * bs, count * bs)
         except TruncatedError:
-            raise TruncatedError(self.header.path, f"the data of partition blocks {first} to "
-                                 f"{first + count - 1} lie past the end of the image",
-                                 TRUNCATED_HINT) from None
+            raise self._past_the_end(first, first + count - 1) from None
 
     def read_stored_into(self, first: int, skip: int, dest: memoryview) -> None:
         try:
             super().read_stored_into(first, skip, dest)
         except TruncatedError:
             last = first + (skip + len(dest) - 1) // self.header.block_size
-            raise TruncatedError(self.header.path, f"the data of partition blocks {first} to "
-                                 f"{last} lie past the end of the image",
-                                 TRUNCATED_HINT) from None
+            raise self._past_the_end(first, last) from None
+
+    def _past_the_end(self, first: int, last: int) -> TruncatedError:
+        """The error for partition blocks whose data the (truncated) image lacks."""
+        return TruncatedError(self.header.path, f"the data of partition blocks {first} to "
+                              f"{last} lie past the end of the image", TRUNCATED_HINT)
 
     def _volume_count(self) -> int:
         """How many partimage volumes the stream is made of (1 for a single stream)."""
