@@ -9,19 +9,27 @@ Two naming schemes exist in the wild:
   Both orders are accepted.
 * partimage volumes: ``NAME.000 NAME.001 ...`` (``%s.%03d``).
 
-Only the *first* piece starts a set; a set with a hole in its sequence is
-reported as broken (the missing name is stated).  A missing *last* piece
+Only the *first* piece starts a set.  One rule holds wherever a set is
+resolved (a directory scan, a configured single image, a path given on the
+command line): a set with a hole in its sequence is an image that is
+broken, and the error names the missing piece (:func:`missing_piece_error`);
+the pieces past the hole are hidden with the set.  A missing *last* piece
 cannot be seen from names alone: the formats notice the short stream.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from imagefs.errors import SourceError
 
 _ALPHA = re.compile(r"^(?P<stem>.+)\.(?P<suffix>[a-z]{2,})$")
 _DIGITS = re.compile(r"^(?P<stem>.+)\.(?P<suffix>\d{3})$")
 
+SINGLE = "single"        # one file
 SPLIT = "split"          # byte cut of one stream
 VOLUMES = "volumes"      # partimage volumes, each its own (compressed) stream
 
@@ -34,6 +42,9 @@ class PieceSet:
     kind: str                  # SPLIT or VOLUMES
     names: list[str] = field(default_factory=list)
     missing: str | None = None  # first missing piece name, if the sequence has a hole
+    #: Every name that belongs to the set and is hidden with it: ``names``
+    #: plus, when a piece is missing, the pieces found past the hole.
+    members: set[str] = field(default_factory=set)
 
 
 def _increment(suffix: str) -> str | None:
@@ -114,6 +125,7 @@ def collect_piece_set(first_name: str, siblings: set[str] | list[str]) -> PieceS
             if p and p[0] == stem and p[2] == VOLUMES and int(p[1]) > n:
                 result.missing = f"{stem}.{n:03d}"
                 break
+        result.members = _members(result, names)
         return result
     # Follow whichever successor rule the present names continue with.
     cur = suffix
@@ -136,6 +148,7 @@ def collect_piece_set(first_name: str, siblings: set[str] | list[str]) -> PieceS
             nxt = next_fixed_suffix(cur) or next_auto_suffix(cur)
             result.missing = f"{stem}.{nxt}"
             break
+    result.members = _members(result, names)
     return result
 
 
@@ -152,6 +165,73 @@ def _could_follow(suffix: str, last: str) -> bool:
     return width > len(last) and width % 2 == 0 and suffix.startswith("z" * (width // 2 - 1))
 
 
-def member_names(piece_set: PieceSet) -> set[str]:
-    """Names to hide from the mount's listing (all pieces of the set)."""
-    return set(piece_set.names)
+def _members(pset: PieceSet, names: set[str]) -> set[str]:
+    """``pset.names`` plus, for a set with a hole, the pieces lying past it.
+
+    Only names with the same suffix width (or split's widened ``z..`` form)
+    count, so ``NAME.info`` or ``NAME.sha`` next to ``NAME.aa`` stay visible.
+    """
+    members = set(pset.names)
+    if pset.missing is None:
+        return members
+    first = split_stem(pset.names[0])
+    assert first is not None                 # a set's first name is a piece name
+    width = len(first[1])
+    for other in names:
+        p = split_stem(other)
+        if p and p[0] == pset.stem and p[2] == pset.kind and (
+                len(p[1]) == width or (len(p[1]) > width and p[1].startswith("z"))):
+            members.add(other)
+    return members
+
+
+def missing_piece_error(directory: str, missing: str) -> SourceError:
+    """The one error for a piece set with a hole (CLI, scan and configured sources)."""
+    return SourceError(os.path.join(directory, missing),
+                       f"piece {missing} of the split set is missing",
+                       "find the missing piece; the set cannot be read without it")
+
+
+@dataclass
+class ResolvedPieces:
+    """The files an image at one path is stored in."""
+
+    paths: list[str]               # absolute paths in stream order
+    kind: str                      # SINGLE, SPLIT or VOLUMES
+    stem: str | None = None        # the name without its split suffix (sets only)
+    missing: SourceError | None = None   # the hole in the set, if any
+
+
+def resolve(path: str, siblings: Iterable[str] | None = None) -> ResolvedPieces:
+    """The piece set a path starts (``x.aa``, ``x.000``), or the single file.
+
+    ``siblings`` are the names in the path's directory (listed when not
+    given).  A set with a hole is returned with ``missing`` set (the caller
+    decides whether to raise it or show the image as broken).
+    """
+    path = os.path.abspath(path)
+    directory, name = os.path.split(path)
+    if is_first_piece(name):
+        if siblings is None:
+            try:
+                siblings = os.listdir(directory)
+            except OSError as exc:
+                raise SourceError(directory, f"cannot list: {exc.strerror}") from None
+        pset = collect_piece_set(name, list(siblings))
+        if pset is not None:
+            missing = missing_piece_error(directory, pset.missing) if pset.missing else None
+            return ResolvedPieces([os.path.join(directory, n) for n in pset.names],
+                                  pset.kind, pset.stem, missing)
+    return ResolvedPieces([path], SINGLE)
+
+
+def piece_sets(names: Iterable[str]) -> list[PieceSet]:
+    """Every piece set the first pieces among ``names`` start, in name order."""
+    present = set(names)
+    out = []
+    for name in sorted(present):
+        if is_first_piece(name):
+            pset = collect_piece_set(name, present)
+            if pset is not None:
+                out.append(pset)
+    return out

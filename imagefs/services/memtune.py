@@ -25,7 +25,7 @@ _M_ARENA_MAX = -8
 #: cache chunks and codec spans).
 MMAP_THRESHOLD = 8 << 20
 #: Idle heap memory glibc may keep instead of returning it to the kernel
-#: (part of the "cache size + 50 MB" memory budget of design.md).
+#: (part of the "cache size + 50 MB" memory budget of docs/design.md).
 TRIM_THRESHOLD = 16 << 20
 
 #: glibc gives each thread that allocates its own arena (up to 8 per core),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 
 class _Pending:
@@ -44,15 +44,15 @@ class BlockCache:
                 self.hits += 1
                 return value
             self.misses += 1
-            pending = self._pending.get(key)
-            owner = pending is None
-            if owner:
+            waiting = self._pending.get(key)
+            if waiting is None:
                 pending = self._pending[key] = _Pending()
-        if not owner:
-            pending.event.wait()
-            if pending.error is not None:
-                raise pending.error
-            return pending.value  # type: ignore[return-value]
+        if waiting is not None:
+            waiting.event.wait()
+            if waiting.error is not None:
+                raise waiting.error
+            assert waiting.value is not None      # set before the event
+            return waiting.value
         try:
             value = loader()
         except BaseException as exc:

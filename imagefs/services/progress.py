@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 log = logging.getLogger("imagefs.progress")
 
@@ -36,12 +36,13 @@ class _LogProgress:
 
 
 @contextmanager
-def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Iterator[Callable[[int], None]]:
+def progress_bar(total: int, desc: str,
+                 enabled: bool | None = None) -> Iterator[Callable[[int], None]]:
     """Yield an ``update(nbytes)`` callable; a bar only when stderr is a TTY."""
     if enabled is None:
         enabled = sys.stderr.isatty()
     if enabled:
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
         bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                    leave=False, file=sys.stderr)
         try:

@@ -1,4 +1,4 @@
-"""Where persisted indexes live and how they are keyed, written and loaded.
+"""Where persisted indexes live, how they are keyed, written and loaded.
 
 Indexes (ntfsclone run lists, codec seek indexes) are derived data: they live
 in ``$XDG_CACHE_HOME/imagefs`` (or a configured directory), never beside the
@@ -11,13 +11,13 @@ on load and rebuilt, never trusted.  Writes are atomic (temp file + rename).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import struct
 import tempfile
 import zlib
-from typing import Iterable
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,60 @@ class IndexStore:
             return None
 
 
-def dumps_json(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+_T = TypeVar("_T")
 
 
-def loads_json(payload: bytes) -> object:
-    return json.loads(payload.decode())
+class PersistedIndex(Generic[_T]):
+    """Load, validate, build and atomically save one index, the same way for every kind.
+
+    ``kind`` names the index family (``codec-zstd``, ``ntfsclone``), ``paths``
+    are the files whose bytes the index describes (None: not persistable, the
+    index lives in memory only) and ``extra`` separates variants of one kind
+    over the same files.  A payload that fails ``decode`` is logged once and
+    rebuilt, never trusted.
+    """
+
+    def __init__(self, store: IndexStore | None, kind: str, paths: list[str] | None,
+                 extra: str = "", name: str = "") -> None:
+        self.store = store
+        self.kind = kind
+        self.name = name or (paths[0] if paths else kind)
+        self.key: str | None = None
+        if store is not None and paths:
+            try:
+                self.key = source_key(kind, paths, extra)
+            except OSError as exc:
+                log.warning("%s: cannot stat the files for the index key (%s); the index is "
+                            "kept in memory only", self.name, exc)
+
+    @property
+    def path(self) -> str | None:
+        """The index file's path, when the index is persistable."""
+        if self.store is None or self.key is None:
+            return None
+        return self.store.path_for(self.kind, self.key)
+
+    def load(self, decode: Callable[[bytes, str], _T]) -> _T | None:
+        """The saved index decoded by ``decode(payload, path)``, or None.
+
+        ``decode`` raises ValueError (or KeyError, TypeError, IndexError,
+        struct.error) for a payload it cannot use; that is logged and the
+        index is rebuilt.
+        """
+        if self.store is None or self.key is None:
+            return None
+        path = self.store.path_for(self.kind, self.key)
+        payload = self.store.load(self.kind, self.key)
+        if payload is None:
+            return None
+        try:
+            return decode(payload, path)
+        except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+            log.warning("index %s is unusable (%s); rebuilding it", path, exc)
+            return None
+
+    def save(self, payload: bytes) -> str | None:
+        """Write ``payload`` atomically; the path, or None if not persisted."""
+        if self.store is None or self.key is None:
+            return None
+        return self.store.save(self.kind, self.key, payload)

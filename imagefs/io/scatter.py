@@ -1,0 +1,107 @@
+"""Filling caller buffers from byte sources: the zero-copy side of ``read_at``.
+
+:func:`read_into` fills caller buffers (a FUSE reply buffer, say) in order
+from consecutive bytes of a source.  File sources scatter one ``preadv``
+straight into them and skip interleaved checksums by pointing those iovecs
+at scratch space; other sources are read with ``read_at`` and copied once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from imagefs.errors import TRUNCATED_HINT, TruncatedError
+
+if TYPE_CHECKING:
+    from imagefs.io.source import ByteSource
+
+#: Linux's IOV_MAX: one preadv takes at most this many buffers.
+IOV_MAX = 1024
+
+
+def read_into(source: ByteSource, offset: int, views: Sequence[memoryview]) -> None:
+    """Fill ``views`` in order from the consecutive bytes of ``source`` at ``offset``.
+
+    Sources that can scatter (files, slices and concatenations of them)
+    implement ``read_into`` themselves; others (decompressed streams, memory)
+    are read with ``read_at`` and copied.  Raises TruncatedError if the source
+    ends before every view is full: a caller never gets a partly filled buffer.
+    """
+    fill = getattr(source, "read_into", None)
+    if fill is not None:
+        fill(offset, views)
+        return
+    copy_read(source, offset, views)
+
+
+def copy_read(source: ByteSource, offset: int, views: Sequence[memoryview]) -> None:
+    """:func:`read_into` done with ``read_at`` and one copy (for any source)."""
+    total = sum(map(len, views))
+    data = source.read_at(offset, total)
+    if len(data) < total:
+        raise TruncatedError(source.name, f"ends at byte {offset + len(data)}, "
+                             f"before byte {offset + total}", TRUNCATED_HINT)
+    scatter((data,), views)
+
+
+def scatter(pieces: Iterable[bytes | memoryview], views: Sequence[memoryview]) -> int:
+    """Copy consecutive ``pieces`` into consecutive ``views``; returns bytes copied.
+
+    One copy per byte, whatever the two cuttings; stops when either runs out.
+    """
+    vi, vpos, copied = 0, 0, 0
+    for piece in pieces:
+        src = memoryview(piece)
+        spos = 0
+        while spos < len(src) and vi < len(views):
+            view = views[vi]
+            take = min(len(view) - vpos, len(src) - spos)
+            view[vpos:vpos + take] = src[spos:spos + take]
+            vpos += take
+            spos += take
+            copied += take
+            if vpos >= len(view):
+                vi, vpos = vi + 1, 0
+        if vi >= len(views):
+            break
+    return copied
+
+
+def split_views(views: Sequence[memoryview], size: int
+                ) -> tuple[list[memoryview], list[memoryview]]:
+    """The first ``size`` bytes of ``views`` and the rest, cutting one view if needed."""
+    head: list[memoryview] = []
+    i = 0
+    while i < len(views) and size > 0:
+        view = views[i]
+        if len(view) > size:
+            head.append(view[:size])
+            return head, [view[size:], *views[i + 1:]]
+        head.append(view)
+        size -= len(view)
+        i += 1
+    return head, list(views[i:])
+
+
+def preadv_fully(fd: int, views: Sequence[memoryview], offset: int, total: int) -> int:
+    """preadv until all ``total`` bytes of ``views`` are in or the file ends."""
+    count = len(views)
+    if count <= IOV_MAX:
+        done = os.preadv(fd, views, offset)
+        if done == total:
+            return done                      # the common case: one syscall
+    else:
+        done = 0
+    # Short read or too many buffers: advance view by view.
+    pending = list(views)
+    if done:
+        _, pending = split_views(pending, done)
+    while pending:
+        n = os.preadv(fd, pending[:IOV_MAX], offset + done)
+        if n <= 0:
+            break
+        done += n
+        _, pending = split_views(pending, n)
+    return done
