@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
 import lz4.block
 import xxhash
 
-from imagefs.codecs.base import CodecSource, SeekIndex, StreamCursor, corrupt, human
+from imagefs.codecs.adapters import StreamCursor
+from imagefs.codecs.problems import corrupt
+from imagefs.codecs.seekindex import SeekIndex
+from imagefs.codecs.source import CodecSource
+from imagefs.errors import UnsupportedError
+from imagefs.io.source import ByteSource
+from imagefs.services.units import human
 
 FRAME_MAGIC = 0x184D2204
 SKIPPABLE_MASK = 0xFFFFFFF0
@@ -33,7 +40,7 @@ class Lz4Source(CodecSource):
 
     codec = "lz4"
 
-    def _walk(self, update: Callable[[int], None] | None = None):
+    def _walk(self, update: Callable[[int], None] | None = None) -> Iterator[tuple[Any, ...]]:
         """Yield ("frame", linked) / ("block", c_off, csize, raw, ulen, data) / ("end",)."""
         src = self.source
         cur = StreamCursor(src, 0, update)
@@ -59,7 +66,6 @@ class Lz4Source(CodecSource):
             if content_size_flag:
                 (content_size,) = struct.unpack("<Q", cur.need(8, "a frame header"))
             if flg & 0x01:
-                from imagefs.errors import UnsupportedError
                 raise UnsupportedError(src.name, "lz4 frame needs an external dictionary",
                                        "decompress it with lz4 -D DICT -dc")
             cur.need(1, "a frame header")   # header checksum (damage shows in the blocks)
@@ -90,14 +96,14 @@ class Lz4Source(CodecSource):
                 yield ("block", c_off, csize, raw, len(out), out)
             if content_sum:
                 (want,) = struct.unpack("<I", cur.need(4, "a content checksum"))
-                if hasher.intdigest() != want:
+                if hasher is not None and hasher.intdigest() != want:
                     raise corrupt(src, f"lz4 frame at byte {frame_c} fails its content checksum")
             if content_size is not None and content_size != produced:
                 raise corrupt(src, f"lz4 frame at byte {frame_c} holds {produced} bytes, "
                               f"its header says {content_size}")
             yield ("end",)
 
-    def _iter_decoded(self) -> Iterator[bytes]:
+    def _iter_decoded(self) -> Generator[bytes, None, None]:
         for event in self._walk():
             if event[0] == "block":
                 yield event[5]
@@ -146,7 +152,7 @@ class Lz4Source(CodecSource):
                           "linked": any(m[0] for m in meta)})
 
     def _check_loaded(self, index: SeekIndex) -> None:
-        for linked, blob, blocks in index.meta:
+        for _linked, blob, blocks in index.meta:
             if blob >= len(index.blobs) or not blocks:
                 raise ValueError("lz4 span refers to a missing snapshot")
 
@@ -179,7 +185,8 @@ class Lz4Source(CodecSource):
                 f"in {index.spans} spans (about {human(index.size / max(index.spans, 1))} each)")
 
 
-def _decode_block(src, data: bytes, raw: bool, limit: int, history: bytes | None,
+def _decode_block(src: ByteSource, data: bytes | memoryview, raw: bool, limit: int,
+                  history: bytes | None,
                   c_off: int) -> bytes:
     if raw:
         return bytes(data)

@@ -16,10 +16,15 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Generator
+from typing import Any
 
-from imagefs.codecs.base import CodecSource, SeekIndex, corrupt, human, truncated
+from imagefs.codecs.problems import corrupt, truncated
+from imagefs.codecs.seekindex import SeekIndex
+from imagefs.codecs.source import CodecSource
 from imagefs.errors import UnsupportedError
+from imagefs.io.source import ByteSource
+from imagefs.services.units import human
 
 MAGIC = b"LZIP"
 HEADER = 6
@@ -42,7 +47,7 @@ def _raw_decoder(dsize: int) -> lzma.LZMADecompressor:
         "id": lzma.FILTER_LZMA1, "dict_size": dsize, "lc": 3, "lp": 0, "pb": 2}])
 
 
-def _trailer(src, end: int) -> tuple[int, int, int]:
+def _trailer(src: ByteSource, end: int) -> tuple[int, int, int]:
     if end < HEADER + TRAILER:
         raise truncated(src, "lzip file is shorter than one member")
     return struct.unpack("<IQQ", src.read_at(end - TRAILER, TRAILER))
@@ -53,10 +58,10 @@ class LzipSource(CodecSource):
 
     codec = "lzip"
 
-    def __init__(self, source, **kwargs) -> None:
+    def __init__(self, source: ByteSource, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
         # One read at the end tells whether the file is one member; refuse
-        # that now so the .info can say what to do (formats.md 6.2).
+        # that now so the .info can say what to do (docs/formats.md 6.2).
         _crc, dsize, msize = _trailer(source, source.size)
         if msize == source.size and dsize > SMALL_SINGLE_MEMBER:
             raise UnsupportedError(source.name, "single-member lzip has no restart points "
@@ -83,7 +88,7 @@ class LzipSource(CodecSource):
         out.reverse()
         return out
 
-    def _iter_decoded(self) -> Iterator[bytes]:
+    def _iter_decoded(self) -> Generator[bytes, None, None]:
         src = self.source
         total = src.size
         pos = 0

@@ -1,4 +1,4 @@
-"""lzop: a block index from the block headers (formats.md 6.3).
+"""lzop: a block index from the block headers (docs/formats.md 6.3).
 
 Every lzop block is independent (LZO1X, 256 KiB of output) and its header
 gives both lengths, so the index needs no decompression: one walk over the
@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from types import ModuleType
+from typing import Any
 
-from imagefs.codecs.base import CodecSource, SeekIndex, StreamCursor, corrupt, human
+from imagefs.codecs.adapters import StreamCursor
+from imagefs.codecs.problems import corrupt
+from imagefs.codecs.seekindex import SeekIndex
+from imagefs.codecs.source import CodecSource
 from imagefs.errors import UnsupportedError
+from imagefs.io.source import ByteSource
+from imagefs.services.units import human
 
 MAGIC = b"\x89LZO\x00\r\n\x1a\n"
 F_ADLER32_D, F_ADLER32_C, F_H_EXTRA, F_CRC32_D, F_CRC32_C = 0x1, 0x2, 0x40, 0x100, 0x200
@@ -23,9 +30,9 @@ SPAN_TARGET = 1 << 20
 MAX_BLOCK = 64 << 20
 
 
-def _lzo():
+def _lzo() -> ModuleType:
     try:
-        import lzo  # noqa: PLC0415 - optional dependency (python-lzo)
+        import lzo
     except ImportError:
         raise UnsupportedError("lzop", "the python-lzo module is not installed",
                                "pip install python-lzo, or decompress with lzop -dc") from None
@@ -65,7 +72,8 @@ class LzopSource(CodecSource):
             cur.need(extra + 4, "the header")
         return flags
 
-    def _blocks(self, update=None, read_data: bool = False):
+    def _blocks(self, update: Callable[[int], None] | None = None, read_data: bool = False
+                ) -> Iterator[tuple[int, int, int, list[Any] | None, bytes | None]]:
         """Yield (data_off, ulen, clen, dsum, data or None) for every block."""
         src = self.source
         cur = StreamCursor(src, 0, update)
@@ -87,8 +95,9 @@ class LzopSource(CodecSource):
             data = cur.need(clen, "a block")
             yield data_off, ulen, clen, dsum, (data if read_data else None)
 
-    def _iter_decoded(self) -> Iterator[bytes]:
+    def _iter_decoded(self) -> Generator[bytes, None, None]:
         for data_off, ulen, clen, dsum, data in self._blocks(read_data=True):
+            assert data is not None           # read_data=True
             yield _decode(self.source, data, ulen, clen, dsum, data_off)
 
     def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
@@ -135,7 +144,8 @@ class LzopSource(CodecSource):
                 f"(about {human(index.size / max(index.spans, 1))} each)")
 
 
-def _decode(src, data: bytes, ulen: int, clen: int, dsum, data_off: int) -> bytes:
+def _decode(src: ByteSource, data: bytes, ulen: int, clen: int, dsum: list[Any] | None,
+            data_off: int) -> bytes:
     if clen == ulen:
         out = bytes(data)                   # stored block
     else:

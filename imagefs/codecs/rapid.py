@@ -8,7 +8,7 @@ the whole stream once with all cores; spans are the ranges between
 checkpoints (about 4 MiB of output each).
 
 rapidgzip objects are not thread-safe, and one left open at interpreter
-exit aborts the process (design.md 3).  So: each decoder is used by one
+exit aborts the process (docs/design.md 3).  So: each decoder is used by one
 thread at a time (a small pool per source), every decoder is closed by
 ``close()``, by a finalizer when the source is dropped, and at exit.
 
@@ -26,11 +26,19 @@ import threading
 import weakref
 import zlib
 from collections import OrderedDict
-from typing import Callable, Iterator
+from collections.abc import Callable, Generator
+from typing import Any
 
 import rapidgzip
 
-from imagefs.codecs.base import CodecSource, SeekIndex, SourceReader, corrupt, human, truncated
+from imagefs.codecs import tuning
+from imagefs.codecs.adapters import SourceReader
+from imagefs.codecs.problems import corrupt, truncated
+from imagefs.codecs.seekindex import SeekIndex
+from imagefs.codecs.source import CodecSource
+from imagefs.errors import ImageError
+from imagefs.io.source import ByteSource
+from imagefs.services.units import human
 
 #: Live rapidgzip decoders over all sources.  Each holds its own cache of
 #: decoded chunks (~80 MB measured after a few dozen span reads) although
@@ -38,14 +46,11 @@ from imagefs.codecs.base import CodecSource, SeekIndex, SourceReader, corrupt, h
 #: an idle decoder of another image is closed to make room.
 MAX_DECODERS = min(4, max(2, os.cpu_count() or 1))
 
-#: Threads rapidgzip uses for the index pass (imagefs.codecs.configure).
-INDEX_THREADS = max(1, os.cpu_count() or 1)
-
-_pools: "weakref.WeakSet[_DecoderPool]" = weakref.WeakSet()
+_pools: weakref.WeakSet[_DecoderPool] = weakref.WeakSet()
 _pools_lock = threading.Lock()
 
 _global = threading.Condition()
-_idle: "OrderedDict[int, tuple[_DecoderPool, object]]" = OrderedDict()   # LRU, all sources
+_idle: OrderedDict[int, tuple[_DecoderPool, object]] = OrderedDict()   # LRU, all sources
 _total = 0                                  # live decoders, idle or lent
 
 
@@ -65,7 +70,7 @@ class _DecoderPool:
         with _pools_lock:
             _pools.add(self)
 
-    def acquire(self):
+    def acquire(self) -> Any:
         global _total
         evicted = []
         with _global:
@@ -102,7 +107,7 @@ class _DecoderPool:
             self._lent[id(dec)] = dec
         return dec
 
-    def release(self, dec, broken: bool = False) -> None:
+    def release(self, dec: Any, broken: bool = False) -> None:
         global _total
         with _global:
             self._lent.pop(id(dec), None)
@@ -131,7 +136,7 @@ class _DecoderPool:
             _close_quietly(dec)
 
 
-def _close_quietly(dec) -> None:
+def _close_quietly(dec: Any) -> None:
     try:
         dec.close()
     except Exception:  # noqa: BLE001 - closing must never raise at exit
@@ -153,12 +158,12 @@ class _RapidSource(CodecSource):
     #: the checkpoint spacing.  None keeps rapidgzip's default (4 MiB).
     chunk_size: int | None = None
 
-    def __init__(self, source, **kwargs) -> None:
+    def __init__(self, source: ByteSource, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
         self._pool = _DecoderPool(self._new_decoder)
         weakref.finalize(self, self._pool.close_all, True)
 
-    def _new_decoder(self):
+    def _new_decoder(self) -> Any:
         index = self._index
         assert index is not None
         # The same chunk size as the index pass: with rapidgzip's default a
@@ -173,7 +178,7 @@ class _RapidSource(CodecSource):
         return dec
 
     def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
-        threads = INDEX_THREADS
+        threads = tuning.INDEX_THREADS
         options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
         dec = rapidgzip.RapidgzipFile(SourceReader(self.source, update), parallelization=threads,
                                       **options)
@@ -197,7 +202,7 @@ class _RapidSource(CodecSource):
         return SeekIndex(size, starts, meta, [out.getvalue()],
                          {"checkpoints": len(starts) - 1})
 
-    def _damaged(self, exc: BaseException):
+    def _damaged(self, exc: BaseException) -> ImageError:
         text = str(exc)
         if "end" in text.lower() or "truncat" in text.lower() or "eof" in text.lower():
             return truncated(self.source, f"{self.codec} stream ends early ({text})")
@@ -235,7 +240,7 @@ class GzipSource(_RapidSource):
 
     codec = "gzip"
 
-    def _iter_decoded(self) -> Iterator[bytes]:
+    def _iter_decoded(self) -> Generator[bytes, None, None]:
         yield from _members(self.source, lambda: zlib.decompressobj(wbits=31), zlib.error,
                             b"\x1f\x8b", "gzip")
 
@@ -249,11 +254,12 @@ class Bzip2Source(_RapidSource):
     # about one block (~1 MiB).
     chunk_size = 512 << 10
 
-    def _iter_decoded(self) -> Iterator[bytes]:
+    def _iter_decoded(self) -> Generator[bytes, None, None]:
         yield from _members(self.source, bz2.BZ2Decompressor, OSError, b"BZh", "bzip2")
 
 
-def _members(src, new, error, magic: bytes, codec: str) -> Iterator[bytes]:
+def _members(src: ByteSource, new: Callable[[], Any], error: type[Exception], magic: bytes,
+             codec: str) -> Generator[bytes, None, None]:
     """Decode concatenated members/streams from the start, in order."""
     pos, total = 0, src.size
     dec = new()

@@ -16,9 +16,12 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Generator
 
-from imagefs.codecs.base import CodecSource, SeekIndex, corrupt, human, truncated
+from imagefs.codecs.problems import corrupt, truncated
+from imagefs.codecs.seekindex import SeekIndex
+from imagefs.codecs.source import CodecSource
+from imagefs.services.units import human
 
 HEADER_MAGIC = b"\xfd7zXZ\x00"
 FOOTER_MAGIC = b"YZ"
@@ -33,7 +36,7 @@ SMALL_SINGLE_BLOCK = 64 << 20
 
 def _vli(buf: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
-    for i in range(9):
+    for _ in range(9):  # a VLI has at most 9 bytes
         if pos >= len(buf):
             raise ValueError("truncated number")
         byte = buf[pos]
@@ -63,7 +66,7 @@ class XzSource(CodecSource):
 
     codec = "xz"
 
-    def _iter_decoded(self) -> Iterator[bytes]:
+    def _iter_decoded(self) -> Generator[bytes, None, None]:
         src = self.source
         total = src.size
         pos = 0

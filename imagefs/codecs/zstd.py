@@ -5,7 +5,7 @@ frame (``zstd -T0`` writes one frame for the whole image) a block boundary
 is a restart point when decoding a synthesized frame header plus the
 original blocks from there, with the preceding window loaded as a
 raw-content prefix dictionary, gives the same bytes as the sequential
-decode (formats.md 6.4).  That fails where a block reuses an earlier
+decode (docs/formats.md 6.4).  That fails where a block reuses an earlier
 block's entropy tables or repeat offsets, so while indexing:
 
 * candidates are block boundaries at least ``spacing`` bytes after the
@@ -26,10 +26,20 @@ Window snapshots are stored zstd-compressed in the index file.
 from __future__ import annotations
 
 import struct
-from typing import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
 import pyzstd
 import zstandard
+
+from imagefs.codecs.adapters import READ_CHUNK, StreamCursor
+from imagefs.codecs.problems import corrupt, truncated
+from imagefs.codecs.seekindex import SeekIndex
+from imagefs.codecs.source import CodecSource
+from imagefs.codecs.spans import SUB_CHUNK
+from imagefs.errors import UnsupportedError
+from imagefs.io.source import ByteSource
+from imagefs.services.units import human
 
 # Two bindings of the same libzstd, each for what it does best here:
 # python-zstandard decodes 2-2.5x faster than pyzstd on this machine (its
@@ -42,8 +52,6 @@ _ZstdError = (zstandard.ZstdError, pyzstd.ZstdError)
 #: than 128 MiB unless told.  Memory follows the frame's real window.
 MAX_WINDOW = 1 << 31
 
-from imagefs.codecs.base import (CodecSource, SeekIndex, StreamCursor, READ_CHUNK, SUB_CHUNK,
-                                 corrupt, human, truncated)
 
 ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_MASK = 0xFFFFFFF0
@@ -63,14 +71,14 @@ FALLBACK_BLOCKS = 64
 STREAM_CHUNK = 4 << 20
 
 #: The window limit above, as a pyzstd decoder option.
-_DECODER_OPTIONS = {pyzstd.DParameter.windowLogMax: MAX_WINDOW.bit_length() - 1}
+_DECODER_OPTIONS: dict[int, int] = {pyzstd.DParameter.windowLogMax: MAX_WINDOW.bit_length() - 1}
 
 
 class _FrameHeader:
     __slots__ = ("size", "window", "window_byte", "single_segment", "checksum",
                  "content_size", "dict_id")
 
-    def __init__(self, head: bytes, where: str, source) -> None:
+    def __init__(self, head: bytes, where: str, source: ByteSource) -> None:
         fhd = head[4]
         if fhd & 0x08:
             raise corrupt(source, f"zstd frame at {where} has the reserved header bit set")
@@ -185,7 +193,7 @@ def _synth_header(window_byte: int) -> bytes:
     return struct.pack("<IBB", ZSTD_MAGIC, 0, window_byte)
 
 
-def _resume_decoder(snapshot: bytes | None):
+def _resume_decoder(snapshot: bytes | None) -> Any:
     """A streaming decoder; with ``snapshot`` as raw-content prefix history."""
     if snapshot:
         zdict = zstandard.ZstdCompressionDict(snapshot, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
@@ -199,13 +207,13 @@ class ZstdSource(CodecSource):
 
     codec = "zstd"
 
-    def __init__(self, source, *, spacing: int | None = None, **kwargs) -> None:
+    def __init__(self, source: ByteSource, *, spacing: int | None = None, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
         self.spacing = spacing or DEFAULT_SPACING
 
     # Sequential decoding (head probes) ----------------------------------
 
-    def _iter_decoded(self) -> Iterator[bytes]:
+    def _iter_decoded(self) -> Generator[bytes, None, None]:
         dec = pyzstd.EndlessZstdDecompressor()
         pos = 0
         total = self.source.size
@@ -253,7 +261,6 @@ class ZstdSource(CodecSource):
             head += fhd + cur.need(header_length(fhd[0]) - 5, "a frame header")
             fh = _FrameHeader(head, str(frame_c), src)
             if fh.dict_id:
-                from imagefs.errors import UnsupportedError
                 raise UnsupportedError(src.name, "zstd frame needs an external dictionary",
                                        "decompress it with zstd -D DICT -dc")
             frames += 1
@@ -460,7 +467,7 @@ class ZstdSource(CodecSource):
         return data
 
 
-def _feed(dec, src, start: int, end: int) -> bytes:
+def _feed(dec: Any, src: ByteSource, start: int, end: int) -> bytes:
     out = []
     pos = start
     while pos < end:

@@ -1,0 +1,115 @@
+"""Paused span decoders, kept so that a sequential reader continues a span.
+
+A random read decodes its span only up to the sub-chunk it needs; the
+decoder is parked here and a later read of the next sub-chunk continues it
+instead of decoding the span again from its start.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+#: Paused span decoders kept for continuation, over all sources: a bound on
+#: their number and on the decoded bytes they hold outside the cache (a
+#: codec that decodes whole units leaves the rest of the unit in its cursor).
+#: A paused zstd decoder also holds its window (2-8 MiB), so few are kept:
+#: one per concurrent sequential reader is what pays off.
+MAX_CURSORS = 4
+MAX_CURSOR_BYTES = 32 << 20
+
+
+class SpanCursor:
+    """A paused decoder inside span ``span``; ``k`` is its next sub-chunk."""
+
+    __slots__ = ("span", "k", "it", "buf", "pos")
+
+    def __init__(self, span: int, it: Iterator[bytes]) -> None:
+        self.span = span
+        self.k = 0
+        self.it: Iterator[bytes] | None = it
+        self.buf = b""
+        self.pos = 0
+
+    def take(self, n: int, count: Callable[[int], None]) -> bytes:
+        """Up to ``n`` more decoded bytes (fewer only at the end of the span)."""
+        parts: list[bytes | memoryview] = []
+        need = n
+        while need > 0:
+            avail = len(self.buf) - self.pos
+            if avail <= 0:
+                if self.it is None:
+                    break
+                try:
+                    piece = next(self.it)
+                except StopIteration:
+                    self.it = None
+                    break
+                count(len(piece))
+                self.buf, self.pos = piece, 0
+                continue
+            step = min(avail, need)
+            if step == len(self.buf):
+                parts.append(self.buf)       # a whole piece: no copy
+            else:
+                parts.append(memoryview(self.buf)[self.pos:self.pos + step])
+            self.pos += step
+            need -= step
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)              # the one copy of these bytes
+
+    def held(self) -> int:
+        return len(self.buf) - self.pos
+
+    def close(self) -> None:
+        it, self.it = self.it, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+        self.buf = b""
+
+
+class CursorPool:
+    """Paused span decoders of every source, least recently used first."""
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[Any, SpanCursor]] = []
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+
+    def take(self, owner: Any, span: int, k: int) -> SpanCursor | None:
+        """The cursor of ``owner``'s span furthest along but not past ``k``."""
+        with self._lock:
+            best = None
+            for n, (o, cur) in enumerate(self._items):
+                if o == owner and cur.span == span and cur.k <= k and (
+                        best is None or cur.k > self._items[best][1].k):
+                    best = n
+            return None if best is None else self._items.pop(best)[1]
+
+    def put(self, owner: Any, cur: SpanCursor) -> None:
+        evicted = []
+        with self._lock:
+            self._items.append((owner, cur))
+            held = sum(c.held() for _, c in self._items)
+            while len(self._items) > self.max_count or (held > self.max_bytes
+                                                        and len(self._items) > 1):
+                _, old = self._items.pop(0)
+                held -= old.held()
+                evicted.append(old)
+        for old in evicted:
+            old.close()
+
+    def drop(self, owner: Any) -> None:
+        with self._lock:
+            mine = [c for o, c in self._items if o == owner]
+            self._items = [(o, c) for o, c in self._items if o != owner]
+        for cur in mine:
+            cur.close()
+
+
+
+#: The one pool of every source's paused cursors.
+cursors = CursorPool(MAX_CURSORS, MAX_CURSOR_BYTES)

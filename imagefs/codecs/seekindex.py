@@ -1,0 +1,154 @@
+"""The seek index of a compressed stream and its on-disk payload.
+
+A compressed stream is served as a list of *spans*: consecutive ranges of
+the decompressed output, each of which a codec can decode on its own from a
+restart point (a zstd frame or resume point, a gzip checkpoint, an lz4/lzop
+block group, an xz block, an lzip member).  ``starts[i]`` is the first
+decompressed byte of span ``i``; ``starts[-1]`` is the total size.
+
+The payload is ``IFCX`` + u32 length + a JSON head (sizes, span table,
+codec metadata) + the binary blobs (window snapshots, a library's exported
+index).  It is persisted through
+:class:`~imagefs.services.indexstore.PersistedIndex`, which adds the
+container checksum and the key of the source files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagefs.errors import FormatError
+
+#: Bump when the payload layout of any codec changes: old files are rebuilt.
+INDEX_VERSION = 1
+
+_PAYLOAD_MAGIC = b"IFCX"
+
+
+#: Binary extras above this total stay in the index file and are read when
+#: a span needs them (zstd window snapshots are ~5% of the image: a mount of
+#: many large images must not hold them all in memory).
+LAZY_BLOBS = 1 << 20
+
+
+class LazyBlobs:
+    """The blobs of a saved index, read from its file on demand.
+
+    Each read is checked against the CRC-32 recorded in the payload, so an
+    index file replaced or damaged after loading is noticed, not trusted.
+    """
+
+    def __init__(self, path: str, base: int, lengths: list[int], crcs: list[int]) -> None:
+        self.path = path
+        self._lengths = lengths
+        self._crcs = crcs
+        self._offsets = []
+        pos = base
+        for n in lengths:
+            self._offsets.append(pos)
+            pos += n
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def __getitem__(self, i: int) -> bytes:
+        n = self._lengths[i]
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offsets[i])
+                data = f.read(n)
+        except OSError as exc:
+            raise FormatError(self.path, f"cannot read the index file ({exc.strerror})",
+                              "delete it; it is rebuilt on the next open") from None
+        if len(data) != n or zlib.crc32(data) != self._crcs[i]:
+            raise FormatError(self.path, "the index file changed or is damaged",
+                              "delete it; it is rebuilt on the next open")
+        return data
+
+    def total(self) -> int:
+        return sum(self._lengths)
+
+
+@dataclass
+class SeekIndex:
+    """Where each span of the decompressed stream starts and how to decode it.
+
+    ``meta[i]`` is codec-specific JSON-able data for span ``i``; ``blobs``
+    hold binary extras (window snapshots, a library's exported index) that
+    ``meta`` refers to by position; ``info`` is a small summary for
+    ``index_state``.
+    """
+
+    size: int
+    starts: list[int]
+    meta: list[Any]
+    blobs: list[bytes] | LazyBlobs = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def blob_bytes(self) -> int:
+        if isinstance(self.blobs, LazyBlobs):
+            return self.blobs.total()
+        return sum(map(len, self.blobs))
+
+    def make_lazy(self, path: str, payload_len: int) -> None:
+        """Leave the blobs in the saved file ``path`` (payload at its end)."""
+        if isinstance(self.blobs, LazyBlobs) or self.blob_bytes() <= LAZY_BLOBS:
+            return
+        blobs = list(self.blobs)
+        head = payload_len - sum(map(len, blobs))
+        try:
+            base = os.path.getsize(path) - payload_len + head
+        except OSError:
+            return
+        self.blobs = LazyBlobs(path, base, [len(b) for b in blobs],
+                               [zlib.crc32(b) for b in blobs])
+
+    @property
+    def spans(self) -> int:
+        return len(self.meta)
+
+    def to_payload(self, codec: str, comp_size: int) -> bytes:
+        blobs = [self.blobs[i] for i in range(len(self.blobs))]
+        head = {"v": INDEX_VERSION, "codec": codec, "comp_size": comp_size,
+                "size": self.size, "starts": self.starts, "meta": self.meta,
+                "info": self.info, "blobs": [len(b) for b in blobs]}
+        text = json.dumps(head, separators=(",", ":")).encode()
+        return b"".join([_PAYLOAD_MAGIC, struct.pack("<I", len(text)), text, *blobs])
+
+    @classmethod
+    def from_payload(cls, payload: bytes, codec: str, comp_size: int) -> SeekIndex:
+        """Parse and check a payload; ValueError says what does not fit."""
+        if payload[:4] != _PAYLOAD_MAGIC:
+            raise ValueError("not a codec index")
+        (length,) = struct.unpack_from("<I", payload, 4)
+        head = json.loads(payload[8:8 + length].decode())
+        if head.get("v") != INDEX_VERSION or head.get("codec") != codec:
+            raise ValueError("index of another codec or version")
+        if head.get("comp_size") != comp_size:
+            raise ValueError("index was built for a stream of another size")
+        blobs = []
+        pos = 8 + length
+        for n in head["blobs"]:
+            if pos + n > len(payload):
+                raise ValueError("blob beyond the end of the payload")
+            blobs.append(payload[pos:pos + n])
+            pos += n
+        if pos != len(payload):
+            raise ValueError("trailing bytes after the blobs")
+        index = cls(int(head["size"]), [int(s) for s in head["starts"]], head["meta"],
+                    blobs, head.get("info", {}))
+        index.check()
+        return index
+
+    def check(self) -> None:
+        starts = self.starts
+        if len(starts) != len(self.meta) + 1 or starts[0] != 0 or starts[-1] != self.size:
+            raise ValueError("span table does not cover the stream")
+        if any(b < a for a, b in itertools.pairwise(starts)):
+            raise ValueError("span table is not ordered")

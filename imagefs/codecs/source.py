@@ -1,0 +1,290 @@
+"""``CodecSource``: a decompressed stream as a random-access ByteSource.
+
+The source serves reads from three parts it owns:
+
+* the head / slow path (:mod:`~imagefs.codecs.sequential`): before the seek
+  index exists, reads ending below :data:`HEAD_LIMIT` decode from the start;
+* the spans (:mod:`~imagefs.codecs.spans`): with the index, a read decodes
+  only the pieces of the spans it touches, through the shared cache;
+* the stream tracker (:mod:`~imagefs.codecs.streaming`): a sequential
+  reader's pieces are freed once delivered and the spans ahead decoded in
+  the background.
+
+The seek index is built (one sequential pass) or loaded from the index
+directory on the first read that needs it, once, under ``_index_lock``; it
+is published only after the codec has prepared for it, so a reader that
+sees ``index`` set can use it at once.
+
+Subclasses set ``codec`` and implement the hooks at the end of the class.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Generator, Iterator, Sequence
+from functools import partial
+
+from imagefs.codecs.problems import corrupt
+from imagefs.codecs.seekindex import INDEX_VERSION, SeekIndex
+from imagefs.codecs.sequential import SEQ_CHUNK, SequentialDecoder
+from imagefs.codecs.spans import SUB_CHUNK, SpanDecoder
+from imagefs.codecs.streaming import StreamTracker
+from imagefs.codecs.tuning import default_cache
+from imagefs.io.scatter import copy_read, scatter
+from imagefs.io.source import ByteSource
+from imagefs.services.cache import BlockCache
+from imagefs.services.indexstore import IndexStore, PersistedIndex
+from imagefs.services.progress import progress_bar
+
+log = logging.getLogger("imagefs.codecs")
+
+#: Reads ending below this offset are served without building the index.
+#: 8 MiB covers every image header and bitmap probe of the format layer.
+HEAD_LIMIT = 8 << 20
+
+
+class CodecSource:
+    """A decompressed stream as a :class:`~imagefs.io.source.ByteSource`."""
+
+    codec = "?"
+
+    def __init__(self, source: ByteSource, *, index_store: IndexStore | None = None,
+                 cache: BlockCache | None = None, key_paths: list[str] | None = None,
+                 progress: bool | None = None) -> None:
+        self.source = source
+        self.name = source.name
+        self._store = index_store
+        self._cache = cache if cache is not None else default_cache()
+        self._key_paths = key_paths if key_paths is not None else source.backing_files()
+        self._progress = progress
+        self._index: SeekIndex | None = None
+        self._index_lock = threading.Lock()
+        self._origin = ""                  # how the index came to be (for index_state)
+        self._count_lock = threading.Lock()
+        self.decoded_bytes = 0             # guarded by _count_lock
+        self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
+        self._seq = SequentialDecoder(self._iter_decoded, self._count)
+        self._spans = SpanDecoder(source, self.codec, self._owner, self._cache,
+                                  self._iter_span, self._count)
+        self._stream = StreamTracker(self._spans, self._cache)
+
+    # -- ByteSource -------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """The decompressed size (builds or loads the index)."""
+        return self._ensure_index().size
+
+    def cheap_size(self) -> int | None:
+        index = self._index
+        return None if index is None else index.size
+
+    def backing_files(self) -> list[str] | None:
+        return self.source.backing_files()
+
+    @property
+    def index(self) -> SeekIndex | None:
+        """The seek index once built or loaded (read-only use), else None."""
+        return self._index
+
+    @property
+    def spans_decoded(self) -> int:
+        """How many span decoders were started (bench and tests)."""
+        return self._spans.spans_decoded
+
+    @property
+    def prefetch(self) -> bool | None:
+        """Decode ahead for sequential readers: None follows the process setting."""
+        return self._stream.prefetch
+
+    @prefetch.setter
+    def prefetch(self, value: bool | None) -> None:
+        self._stream.prefetch = value
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise ValueError("negative offset or size")
+        if size == 0:
+            return b""
+        index = self._index
+        if index is None and offset + size <= HEAD_LIMIT:
+            # A stream read from its start continues past the head: follow it,
+            # so the first indexed read already counts as streaming.
+            self._stream.follow(offset, offset + size)
+            return self._read_sequential(offset, size)
+        index = self._ensure_index()
+        size = min(size, index.size - offset)
+        if size <= 0:
+            return b""
+        if index.info.get("slow"):
+            return self._read_sequential(offset, size)
+        parts = list(self._pieces(index, offset, offset + size))
+        if len(parts) == 1:
+            part = parts[0]
+            return part if isinstance(part, bytes) else bytes(part)
+        return b"".join(parts)
+
+    def read_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        """Copy decoded bytes straight from the cached pieces into ``views``.
+
+        Through FUSE every request of a compressed image lands on this: one
+        copy per byte, where ``read_at`` would slice, join and then copy.
+        """
+        total = sum(map(len, views))
+        index = self._index
+        if offset < 0 or total == 0 or (index is None and offset + total <= HEAD_LIMIT):
+            copy_read(self, offset, views)            # the head, or nothing to do
+            return
+        index = self._ensure_index()
+        if offset + total > index.size or index.info.get("slow"):
+            copy_read(self, offset, views)            # short: raises TruncatedError
+            return
+        if scatter(self._pieces(index, offset, offset + total), views) != total:
+            raise corrupt(self.source, f"{self.codec} stream is shorter than its index says")
+
+    def close(self) -> None:
+        """Drop decoders and cached spans; the object can still be read after."""
+        self._spans.close()
+        self._seq.close()
+        self._stream.reset()
+        self._cache.discard_prefix(self._owner)
+        self._close_decoders()
+
+    # -- public extras ------------------------------------------------------
+
+    def index_state(self) -> str:
+        """One line for ``.info``: what the index is and where it came from."""
+        index = self._index
+        if index is None:
+            return f"{self.codec}: index not built yet"
+        return f"{self.codec} {self._describe(index)}, {self._origin}"
+
+    def build(self) -> CodecSource:
+        """Build (or load) the index now."""
+        self._ensure_index()
+        return self
+
+    # -- internals ------------------------------------------------------------
+
+    def _pieces(self, index: SeekIndex, offset: int, end: int) -> Iterator[bytes | memoryview]:
+        """The decoded bytes of ``[offset, end)`` as cached pieces or views of them."""
+        streaming, run = self._stream.follow(offset, end)
+        if streaming and self._stream.wants_prefetch(run):
+            # Before decoding this read: the workers start on the spans after
+            # it while this thread decodes its own.
+            self._stream.prefetch_after(index, end)
+        starts = index.starts
+        i = bisect_right(starts, offset) - 1
+        while offset < end:
+            rel = offset - starts[i]
+            k = rel // SUB_CHUNK
+            data = self._spans.piece(index, i, k)
+            lo = rel - k * SUB_CHUNK
+            n = min(len(data) - lo, end - offset)
+            if n <= 0:
+                raise corrupt(self.source, f"{self.codec} span {i} is shorter than its index says")
+            if streaming:
+                self._stream.delivered(i, k, n, len(data))
+            yield data if (lo == 0 and n == len(data)) else memoryview(data)[lo:lo + n]
+            offset += n
+            if offset >= starts[i + 1]:
+                i += 1
+
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self.decoded_bytes += n
+
+    def _read_sequential(self, offset: int, size: int) -> bytes:
+        out = []
+        end = offset + size
+        while offset < end:
+            k = offset // SEQ_CHUNK
+            data = self._cache.get_or_load((self._owner, "seq", k), partial(self._seq.chunk, k))
+            lo = offset - k * SEQ_CHUNK
+            piece = data[lo:lo + (end - offset)]
+            if not piece:
+                break                      # end of stream
+            out.append(piece)
+            offset += len(piece)
+        return b"".join(out)
+
+    def _ensure_index(self) -> SeekIndex:
+        index = self._index
+        if index is not None:
+            return index
+        with self._index_lock:
+            if self._index is not None:
+                return self._index
+            store: PersistedIndex[SeekIndex] = PersistedIndex(
+                self._store, f"codec-{self.codec}", self._key_paths, extra=f"v{INDEX_VERSION}",
+                name=self.name)
+            index = store.load(self._decode_payload)
+            if index is not None:
+                origin = f"index loaded from {store.path}"
+            else:
+                started = time.monotonic()
+                with progress_bar(self.source.size, f"indexing {os.path.basename(self.name)}",
+                                  self._progress) as update:
+                    index = self._build_index(update)
+                index.check()
+                origin = f"index built in {time.monotonic() - started:.1f} s"
+                payload = index.to_payload(self.codec, self.source.size)
+                path = store.save(payload)
+                if path:
+                    origin += f", saved to {path}"
+                    index.make_lazy(path, len(payload))
+                del payload
+                log.info("%s: %s %s", self.name, self.codec, origin)
+            # Prepare first, publish last: a reader that sees the index can use it.
+            self._after_index(index)
+            self._origin = origin
+            self._index = index
+            return index
+
+    def _decode_payload(self, payload: bytes, path: str) -> SeekIndex:
+        """A persisted payload as this stream's index (ValueError if it does not fit)."""
+        loaded = SeekIndex.from_payload(payload, self.codec, self.source.size)
+        self._check_loaded(loaded)
+        loaded.make_lazy(path, len(payload))
+        return loaded
+
+    # -- codec hooks --------------------------------------------------------
+
+    def _iter_decoded(self) -> Generator[bytes, None, None]:
+        """Yield the decompressed stream from its start, in pieces."""
+        raise NotImplementedError
+
+    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+        """One sequential pass over the stream; ``update`` gets compressed bytes."""
+        raise NotImplementedError
+
+    def _decode_span(self, index: SeekIndex, i: int) -> bytes:
+        """Span ``i`` whole, every check of the codec done."""
+        raise NotImplementedError
+
+    def _iter_span(self, index: SeekIndex, i: int) -> Iterator[bytes]:
+        """Span ``i`` in pieces; codecs whose checks cover the whole unit keep
+        this default, so nothing is served before the unit verified."""
+        yield self._decode_span(index, i)
+
+    def _describe(self, index: SeekIndex) -> str:
+        return f"{index.spans} spans"
+
+    def _check_loaded(self, index: SeekIndex) -> None:
+        """Codec-specific validation of a loaded index (raise ValueError)."""
+
+    def _after_index(self, index: SeekIndex) -> None:
+        """Hook run once the index is known, before it is published."""
+
+    def _close_decoders(self) -> None:
+        """Release library decoders."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+__all__ = ["HEAD_LIMIT", "CodecSource"]

@@ -1,0 +1,138 @@
+"""Decoding spans piece by piece into the shared cache.
+
+A span (see :mod:`~imagefs.codecs.seekindex`) is cached in sub-chunks of
+:data:`SUB_CHUNK` bytes: a random 4 KiB read decodes its span only up to the
+piece it needs, and the decoder is parked (:mod:`~imagefs.codecs.cursors`)
+so that a sequential reader continues it instead of starting over.  Small
+pieces also keep allocations reusable (fresh 32 MiB buffers cost page
+faults).
+
+Threading: the cache runs each piece's loader once however many threads
+ask (:meth:`BlockCache.get_or_load`).  ``_inflight`` (guarded by
+``_cond``) records spans a background prefetcher is working through, so a
+reader waits for that decoder to reach its piece instead of starting a
+second decoder of the same span.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from imagefs.codecs.cursors import SpanCursor, cursors
+from imagefs.codecs.problems import corrupt
+from imagefs.codecs.seekindex import SeekIndex
+from imagefs.io.source import ByteSource
+from imagefs.services.cache import BlockCache
+
+#: Spans are cached in pieces of this size (see the module docstring).
+SUB_CHUNK = 1 << 20
+
+
+def _constant(data: bytes) -> Callable[[], bytes]:
+    """A cache loader that returns bytes already decoded."""
+    return lambda: data
+
+
+class SpanDecoder:
+    """The decoded pieces of one stream's spans, loaded on demand."""
+
+    def __init__(self, source: ByteSource, codec: str, owner: Any, cache: BlockCache,
+                 iter_span: Callable[[SeekIndex, int], Iterator[bytes]],
+                 count: Callable[[int], None]) -> None:
+        self._source = source              # the compressed stream (named in errors)
+        self._codec = codec
+        self._owner = owner                # cache key prefix of this stream
+        self._cache = cache
+        self._iter_span = iter_span        # the codec: span i in pieces
+        self._count = count                # told how many bytes were decoded
+        self._cond = threading.Condition()
+        self._inflight: dict[int, int] = {}  # span being prefetched -> pieces done
+        self.spans_decoded = 0             # decoders started (tests and bench read it)
+
+    def key(self, i: int, k: int) -> tuple[Any, ...]:
+        """The cache key of piece ``k`` of span ``i``."""
+        return (self._owner, "sub", i, k)
+
+    def piece(self, index: SeekIndex, i: int, k: int, prefetching: bool = False) -> bytes:
+        """Piece ``k`` of span ``i``, decoded now or taken from the cache."""
+        key = self.key(i, k)
+        if not prefetching and self._inflight:
+            # A background decoder is working through this span: wait for it
+            # to reach piece k rather than start a second decoder.
+            with self._cond:
+                while i in self._inflight and self._inflight[i] <= k:
+                    if self._cache.get(key) is not None:
+                        break
+                    self._cond.wait()
+        return self._cache.get_or_load(key, lambda: self._load(index, i, k))
+
+    def _load(self, index: SeekIndex, i: int, k: int) -> bytes:
+        span_len = index.starts[i + 1] - index.starts[i]
+        count = -(-span_len // SUB_CHUNK)
+        cur = cursors.take(self._owner, i, k)
+        if cur is None:
+            cur = SpanCursor(i, self._iter_span(index, i))
+            with self._cond:
+                self.spans_decoded += 1
+        result = b""
+        try:
+            while cur.k <= k:
+                want = min(SUB_CHUNK, span_len - cur.k * SUB_CHUNK)
+                data = cur.take(want, self._count)
+                if len(data) != want:
+                    raise corrupt(self._source, f"{self._codec} span {i} decoded to fewer "
+                                  f"bytes than its index says ({span_len})")
+                if cur.k == k:
+                    result = data
+                else:
+                    # Earlier pieces decoded on the way: cache them too (a loader
+                    # only ever waits for lower-numbered pieces, so no cycle).
+                    self._cache.get_or_load(self.key(i, cur.k), _constant(data))
+                cur.k += 1
+            if cur.k >= count:
+                if cur.take(1, self._count):
+                    raise corrupt(self._source, f"{self._codec} span {i} decoded to more "
+                                  f"bytes than its index says ({span_len})")
+                cur.close()
+            else:
+                cursors.put(self._owner, cur)
+        except BaseException:
+            cur.close()
+            raise
+        return result
+
+    # -- background decoding --------------------------------------------------
+
+    def claim(self, j: int) -> bool:
+        """Mark span ``j`` as being prefetched; False if it is under way or cached."""
+        with self._cond:
+            if j in self._inflight or self._cache.get(self.key(j, 0)) is not None:
+                return False
+            self._inflight[j] = 0
+            return True
+
+    def prefetch_span(self, index: SeekIndex, j: int) -> None:
+        """Decode all of span ``j`` into the cache (run in a pool thread after :meth:`claim`)."""
+        try:
+            count = -(-(index.starts[j + 1] - index.starts[j]) // SUB_CHUNK)
+            for k in range(count):
+                self.piece(index, j, k, prefetching=True)
+                with self._cond:
+                    self._inflight[j] = k + 1
+                    self._cond.notify_all()
+        except Exception:  # noqa: BLE001 - the reader's own request decodes again and reports it
+            pass
+        finally:
+            self.unclaim(j)
+
+    def unclaim(self, j: int) -> None:
+        """Span ``j`` is no longer being prefetched; wake the readers waiting for it."""
+        with self._cond:
+            self._inflight.pop(j, None)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Drop this stream's paused cursors."""
+        cursors.drop(self._owner)

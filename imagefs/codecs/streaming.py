@@ -1,0 +1,127 @@
+"""Telling a sequential reader from random reads, and decoding ahead for it.
+
+FUSE serves the kernel's readahead with several threads, so consecutive
+requests of one sequential reader arrive slightly out of order (a third of
+them, measured).  :class:`StreamTracker` decides whether a read continues
+the stream, counts how much of each decoded piece a streaming reader has
+taken (to free the piece once all of it is out) and queues background
+decoding of the spans ahead.
+
+Threading: every field of a tracker is guarded by its ``_lock``; the
+decisions it returns are hints (two readers of one file share one stream
+position), never correctness: any piece can always be decoded again.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from typing import TYPE_CHECKING
+
+from imagefs.codecs import tuning
+from imagefs.codecs.seekindex import SeekIndex
+
+if TYPE_CHECKING:
+    from imagefs.codecs.spans import SpanDecoder
+    from imagefs.services.cache import BlockCache
+
+#: ...and at least this many decoded bytes ahead when spans are small.
+PREFETCH_BYTES = 8 << 20
+#: A read of at least STREAM_MIN_READ (the kernel's readahead requests are
+#: 128 KiB or more) starting this close to where a stream's reads reach
+#: continues the stream.
+STREAM_SLACK = 8 << 20
+STREAM_MIN_READ = 128 << 10
+#: Prefetching starts once a stream has run this far: opening an image reads
+#: its header and bitmap in a row, which is no reason to decode spans ahead.
+PREFETCH_AFTER = 4 << 20
+#: Partly delivered pieces tracked per source (a bound on the bookkeeping).
+MAX_TRACKED_PIECES = 4096
+
+
+class StreamTracker:
+    """The sequential-reader state of one decompressed stream."""
+
+    def __init__(self, spans: SpanDecoder, cache: BlockCache) -> None:
+        self._spans = spans
+        self._cache = cache
+        self._lock = threading.Lock()
+        self._last_end: int | None = None  # where the streaming reader's reads reach
+        self._stream_start = 0             # where that stream began
+        self._consumed: dict[tuple[int, int], int] = {}  # piece -> bytes delivered
+        #: None follows the process setting (tuning.PREFETCH); tests pin it.
+        self.prefetch: bool | None = None
+
+    def follow(self, offset: int, end: int) -> tuple[bool, int]:
+        """Whether ``[offset, end)`` continues the stream, and how far the stream has run.
+
+        A large read "near where the stream has got to" continues it; a
+        small one only right where it ended (random 4 KiB reads close to
+        each other are not a stream).
+        """
+        with self._lock:
+            last = self._last_end
+            streaming = last is not None and (
+                offset == last or (end - offset >= STREAM_MIN_READ
+                                   and last - STREAM_SLACK <= offset <= last + STREAM_SLACK))
+            if streaming and last is not None:
+                self._last_end = max(last, end)
+            else:
+                self._last_end, self._stream_start = end, offset
+            return streaming, self._last_end - self._stream_start
+
+    def wants_prefetch(self, run: int) -> bool:
+        """Whether a stream that has run ``run`` bytes should decode ahead."""
+        enabled = tuning.PREFETCH if self.prefetch is None else self.prefetch
+        return enabled and run >= PREFETCH_AFTER
+
+    def delivered(self, i: int, k: int, n: int, size: int) -> None:
+        """Count a streaming reader's bytes of piece (i, k); free it once all are out.
+
+        The kernel's page cache keeps what was read, so a streamed piece is
+        not needed again: freeing it lets the next decoded piece reuse its
+        memory instead of faulting in fresh pages (that halved decoding
+        speed) and keeps the shared LRU for random access.  Counting bytes
+        rather than "the read reached the piece's end" matters when requests
+        overtake each other: the tail of a piece may be delivered before its
+        head, and freeing it then would force the head's reader to decode the
+        span again from its start.
+        """
+        key = (i, k)
+        with self._lock:
+            done = self._consumed.pop(key, 0) + n
+            if done < size:
+                if len(self._consumed) >= MAX_TRACKED_PIECES:
+                    self._consumed.clear()       # abandoned streams: forget them
+                self._consumed[key] = done
+        if done >= size:
+            self._cache.discard(self._spans.key(i, k))
+
+    def prefetch_after(self, index: SeekIndex, end: int) -> None:
+        """Queue background decoding of the spans that follow offset ``end``."""
+        starts = index.starts
+        nxt = bisect_right(starts, end - 1)
+        # Never prefetch more than half the cache: prefetched pieces
+        # evicted before use would be decoded twice.
+        budget = self._cache.capacity // 2
+        j = nxt
+        # At least one span per worker, and small spans (bzip2 blocks, gzip
+        # chunks) until PREFETCH_BYTES are under way: one span each kept the
+        # workers barely a read ahead of the reader.
+        while j < index.spans and (j < nxt + tuning.PREFETCH_DEPTH
+                                   or starts[j] - end < PREFETCH_BYTES):
+            budget -= starts[j + 1] - starts[j]
+            if budget < 0:
+                break
+            if self._spans.claim(j):
+                try:
+                    tuning.prefetch_pool().submit(self._spans.prefetch_span, index, j)
+                except RuntimeError:           # the interpreter is shutting down
+                    self._spans.unclaim(j)
+            j += 1
+
+    def reset(self) -> None:
+        """Forget the stream (the source was closed; the next read starts afresh)."""
+        with self._lock:
+            self._last_end = None
+            self._consumed.clear()

@@ -1,0 +1,62 @@
+"""Process-wide knobs of the codec layer and the pools they size.
+
+Set once at start-up (:func:`imagefs.codecs.configure`, the ``codecs``
+section of the configuration); read by every stream.  Changing them while
+streams decode is allowed: the prefetch pool is replaced and the old one
+finishes its queued work.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from imagefs.services.cache import BlockCache
+
+_CPUS = os.cpu_count() or 1
+
+#: Decode the next spans in background threads while a sequential reader
+#: consumes this one (span decoding releases the GIL): the codecs whose
+#: tools decode in parallel (xz -T0, plzip, pigz helpers) keep up this way.
+PREFETCH = _CPUS > 1
+#: How many spans ahead: one per CPU keeps every core decoding.
+PREFETCH_DEPTH = max(1, min(8, _CPUS))
+#: Threads rapidgzip uses for its index pass.
+INDEX_THREADS = _CPUS
+
+_lock = threading.Lock()
+_prefetch_pool: ThreadPoolExecutor | None = None
+_default_cache: BlockCache | None = None
+
+
+def set_threads(n: int) -> None:
+    """CPU threads for index passes and prefetching; 1 disables prefetching, 0 = one per CPU."""
+    global PREFETCH, PREFETCH_DEPTH, INDEX_THREADS, _prefetch_pool
+    n = n if n > 0 else _CPUS
+    PREFETCH = n > 1
+    PREFETCH_DEPTH = max(1, min(8, n))
+    INDEX_THREADS = n
+    with _lock:
+        old, _prefetch_pool = _prefetch_pool, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+def prefetch_pool() -> ThreadPoolExecutor:
+    """The shared pool of background span decoders (created on first use)."""
+    global _prefetch_pool
+    with _lock:
+        if _prefetch_pool is None:
+            _prefetch_pool = ThreadPoolExecutor(max_workers=PREFETCH_DEPTH,
+                                                thread_name_prefix="imagefs-prefetch")
+        return _prefetch_pool
+
+
+def default_cache() -> BlockCache:
+    """A process-wide cache for callers that do not pass their own (256 MiB)."""
+    global _default_cache
+    with _lock:
+        if _default_cache is None:
+            _default_cache = BlockCache(256 << 20)
+        return _default_cache
