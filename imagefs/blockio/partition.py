@@ -20,8 +20,8 @@ from __future__ import annotations
 import itertools
 import threading
 
-from imagefs.cache import BlockCache
 from imagefs.formats.base import BlockImage
+from imagefs.services.cache import BlockCache
 
 #: Cache chunk size for small reads (at least one block).  A cold random
 #: 4 KiB read costs one chunk of disk I/O: in-process on the bench's 2 GB
@@ -90,8 +90,9 @@ class VirtualPartition:
         cs = self.chunk_size
         start = idx * cs
         length = min(cs, self.size - start)
-        return self._cache.get_or_load(  # type: ignore[union-attr]
-            (self._key, idx), lambda: self.read_uncached(start, length))
+        cache = self._cache
+        assert cache is not None              # only called when the partition has a cache
+        return cache.get_or_load((self._key, idx), lambda: self.read_uncached(start, length))
 
     def read_uncached(self, offset: int, size: int) -> bytes:
         """Assemble ``[offset, offset + size)`` straight from the image."""

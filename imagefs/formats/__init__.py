@@ -7,8 +7,8 @@ or raises :class:`~imagefs.errors.NotAnImageError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 from imagefs.errors import NotAnImageError
 from imagefs.formats.base import BlockImage, ImageHeader
@@ -20,9 +20,13 @@ PROBE_BYTES = 64
 
 @dataclass(frozen=True)
 class FormatEntry:
+    """One image format: a cheap magic test and its header parser."""
+
     name: str
     matches: Callable[[bytes], bool]       # cheap test on the first PROBE_BYTES
-    parse: Callable[[ByteSource], ImageHeader]
+    #: parse(stream, volumes): ``volumes`` are the separately stored volume
+    #: streams the stream was built from (partimage volume sets), else None.
+    parse: Callable[[ByteSource, Sequence[ByteSource] | None], ImageHeader]
 
 
 def _entries() -> list[FormatEntry]:
@@ -53,8 +57,12 @@ def detect(head: bytes) -> FormatEntry | None:
     return None
 
 
-def probe(source: ByteSource) -> ImageHeader:
-    """Parse the header of the image in ``source``."""
+def probe(source: ByteSource, volumes: Sequence[ByteSource] | None = None) -> ImageHeader:
+    """Parse the header of the image in ``source``.
+
+    ``volumes`` are given when the opener built ``source`` from partimage
+    volumes stored separately (each volume whole, its header included).
+    """
     head = source.read_at(0, PROBE_BYTES)
     entry = detect(head)
     if entry is None:
@@ -63,7 +71,7 @@ def probe(source: ByteSource) -> ImageHeader:
                                   "it holds no image; check the backup")
         raise NotAnImageError(source.name, "not a partclone, ntfsclone or partimage image",
                               "check that this is the file you meant")
-    return entry.parse(source)
+    return entry.parse(source, volumes)
 
 
 __all__ = ["BlockImage", "ImageHeader", "FormatEntry", "detect", "probe", "registry"]

@@ -12,18 +12,18 @@ stays lazy:
 
 A block image maps block numbers ``0 .. total_blocks-1`` to stored data or to
 holes.  Bytes from ``total_blocks * block_size`` to ``device_size`` are
-zeros (partclone drops partial tails; see formats.md 2.3).
+zeros (partclone drops partial tails; see docs/formats.md 2.3).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
-
 from typing import TYPE_CHECKING
 
 from imagefs.io.source import ByteSource
+from imagefs.services.indexstore import IndexStore
 
 if TYPE_CHECKING:  # only for annotations: keeps base free of import cycles
     from imagefs.formats.bitmap import RankedBitmap
@@ -70,8 +70,8 @@ class ImageHeader(ABC):
         return []
 
     @abstractmethod
-    def open(self, index_store: object | None = None,
-             progress: Progress | None = None) -> "BlockImage":
+    def open(self, index_store: IndexStore | None = None,
+             progress: Progress | None = None) -> BlockImage:
         """Read the block map (bitmap or record index) and return the image."""
 
 
@@ -129,6 +129,14 @@ class BlockImage(ABC):
         data = self.read_stored(first, count)
         dest[:] = memoryview(data)[skip:skip + len(dest)]
 
+    def check_length(self) -> None:  # noqa: B027 - an optional hook, no-op by default
+        """Note a truncated or overlong source when its length is free to know.
+
+        The catalog calls it again before showing ``.info``: a compressed
+        stream learns its length only once indexed.  Formats without a
+        length check keep this no-op.
+        """
+
     @abstractmethod
     def verify(self, progress: Progress | None = None) -> None:
         """Check every checksum; raise ChecksumError naming the first bad place."""
@@ -148,8 +156,8 @@ class BitmapImage(BlockImage):
     GroupedLayout addressed in stored blocks) in ``__init__``.
     """
 
-    bitmap: "RankedBitmap"
-    layout: "GroupedLayout"
+    bitmap: RankedBitmap
+    layout: GroupedLayout
 
     @property
     def stored_blocks(self) -> int:

@@ -41,7 +41,7 @@ class RankedBitmap:
         self.count = running
 
     @classmethod
-    def from_byte_flags(cls, flags: bytes, total: int, stored_value: int = 1) -> "RankedBitmap":
+    def from_byte_flags(cls, flags: bytes, total: int, stored_value: int = 1) -> RankedBitmap:
         """Build from one byte per block (partclone v1), counting only ``stored_value``.
 
         Done with C-level bytes operations: translate to ASCII '0'/'1',

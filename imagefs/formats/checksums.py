@@ -1,4 +1,4 @@
-"""The checksum functions image formats use (formats.md section 1).
+"""The checksum functions image formats use (docs/formats.md section 1).
 
 ``zlib.crc32`` does the table work in C; partclone's variant differs only in
 having no final XOR, which is an XOR with 0xFFFFFFFF on either side.
@@ -7,6 +7,7 @@ having no final XOR, which is an XOR with 0xFFFFFFFF on either side.
 from __future__ import annotations
 
 import zlib
+from types import ModuleType
 
 _M = 0xFFFFFFFF
 
@@ -39,7 +40,7 @@ def sum64_unsigned(data: bytes, state: int = 0) -> int:
     return (state + sum(data)) & 0xFFFFFFFFFFFFFFFF
 
 
-def xxhash_module():
+def xxhash_module() -> ModuleType:
     """The xxhash module, imported lazily (only XXH partclone images need it)."""
-    import xxhash  # noqa: PLC0415 - optional at import time
+    import xxhash
     return xxhash

@@ -1,4 +1,4 @@
-"""ntfsclone special images (``ntfsclone --save-image``), formats.md section 3.
+"""ntfsclone special images (``ntfsclone --save-image``), docs/formats.md section 3.
 
 Layout: a header (56 bytes for versions 10.x, 46 for the pre-10 images that
 used the NTFS version as image version), then a record stream.  A cursor
@@ -21,12 +21,20 @@ from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 from operator import lt
+from typing import Literal
 
-from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, FormatError, TruncatedError,
-                            UnsupportedError)
+from imagefs.errors import (
+    CORRUPT_HINT,
+    TRUNCATED_HINT,
+    FormatError,
+    TruncatedError,
+    UnsupportedError,
+)
 from imagefs.formats.base import BlockImage, ImageHeader, Progress
 from imagefs.formats.layout import GroupedLayout
-from imagefs.io.source import ByteSource, ConcatSource, FileSource
+from imagefs.io.source import ByteSource
+from imagefs.services.indexstore import IndexStore, PersistedIndex
+from imagefs.services.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -60,38 +68,16 @@ def is_ntfsclone(head: bytes) -> bool:
     return head.startswith(MAGIC)
 
 
-def probe(source: ByteSource) -> "NtfscloneHeader":
-    """Parse and validate the header only (cheap); :meth:`NtfscloneHeader.open` walks."""
-    return NtfscloneHeader.parse(source)
+def probe(source: ByteSource, volumes: object = None) -> NtfscloneHeader:
+    """Parse and validate the header only (cheap); :meth:`NtfscloneHeader.open` walks.
 
+    ``volumes`` is unused (ntfsclone images are never partimage volume sets).
+    """
+    return NtfscloneHeader.parse(source)
 
 
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
-
-
-def key_paths(source: ByteSource) -> list[str] | None:
-    """The files a source's bytes come from, for the persisted index's key.
-
-    A plain file has a ``path``; a piece set is a concatenation of files; a
-    decompressed stream (imagefs.codecs) is determined by the compressed
-    files under it.  Anything else (a slice of something) is unknown, and
-    then nothing is persisted: a wrong key would be worse than none.
-    """
-    if isinstance(source, FileSource):
-        return [source.path]
-    if isinstance(source, ConcatSource):
-        out: list[str] = []
-        for part in source.parts:
-            sub = key_paths(part)
-            if sub is None:
-                return None
-            out += sub
-        return out
-    inner = getattr(source, "source", None)
-    if getattr(source, "codec", None) and inner is not None:
-        return key_paths(inner)
-    return None
 
 
 # --------------------------------------------------------------------------- header
@@ -106,7 +92,7 @@ class NtfscloneHeader(ImageHeader):
     endian: str = "<"
 
     @classmethod
-    def parse(cls, source: ByteSource) -> "NtfscloneHeader":
+    def parse(cls, source: ByteSource) -> NtfscloneHeader:
         name = source.name
         head = source.read_at(0, HEADER_V10.size)
         if len(head) < 18 or not head.startswith(MAGIC):
@@ -157,7 +143,7 @@ class NtfscloneHeader(ImageHeader):
                      checksum=_CHECKSUM_TEXT, major=major, minor=minor, nr_clusters=nr,
                      inuse=inuse, data_start=data_start, endian=endian)
         if major == 10 and minor > 1:
-            header.notes.append(f"image version 10.{minor} is newer than 10.1; read as 10.1 "
+            header.add_note(f"image version 10.{minor} is newer than 10.1; read as 10.1 "
                                 "with the records at the offset its header gives")
         return header
 
@@ -176,8 +162,8 @@ class NtfscloneHeader(ImageHeader):
                            else "big-endian"))
         return fields
 
-    def open(self, index_store: object | None = None,
-             progress: Progress | None = None) -> "NtfscloneImage":
+    def open(self, index_store: IndexStore | None = None,
+             progress: Progress | None = None) -> NtfscloneImage:
         return NtfscloneImage(self, index_store, progress)
 
 
@@ -206,13 +192,15 @@ class RunList:
         return head + b"".join(a.tobytes() for a in arrays)
 
     @classmethod
-    def from_bytes(cls, payload: bytes, h: NtfscloneHeader, source_size: int) -> "RunList":
+    def from_bytes(cls, payload: bytes, h: NtfscloneHeader,
+                   source_size: int | None) -> RunList:
         """Parse and sanity-check a persisted run list (ValueError if unusable)."""
         magic, cs, device, nr, nruns, stored, end = _INDEX_HEAD.unpack_from(payload)
         if magic != _INDEX_MAGIC or (cs, device, nr) != (h.block_size, h.device_size,
                                                           h.nr_clusters):
             raise ValueError("index belongs to another header")
-        if len(payload) != _INDEX_HEAD.size + 24 * nruns or end > source_size:
+        if len(payload) != _INDEX_HEAD.size + 24 * nruns or (
+                source_size is not None and end > source_size):
             raise ValueError("index has the wrong length")
         arrays = []
         for i in range(3):
@@ -258,7 +246,7 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
     device_clusters = -(-device // cs)
     full_clusters = device // cs              # clusters whose record is a whole cluster
     last = min(nr, device_clusters - 1)       # the walk stops after this cluster
-    gap_order = "little" if h.endian == "<" else "big"
+    gap_order: Literal["little", "big"] = "little" if h.endian == "<" else "big"
     firsts, counts, offsets = array("q"), array("q"), array("q")
 
     pos = 0                  # current cluster
@@ -357,32 +345,44 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
 class NtfscloneImage(BlockImage):
     """An ntfsclone image with its run list, ready for random reads."""
 
-    def __init__(self, header: NtfscloneHeader, index_store: object | None = None,
+    header: NtfscloneHeader
+
+    def __init__(self, header: NtfscloneHeader, index_store: IndexStore | None = None,
                  progress: Progress | None = None) -> None:
         self.header = header
         src = header.source
-        self.index_origin = "built"
-        runs = self._load_index(index_store)
+        store: PersistedIndex[RunList] = PersistedIndex(
+            index_store, INDEX_KIND, src.backing_files(), extra=f"data@{header.data_start}",
+            name=header.path)
+        runs = store.load(lambda payload, _path: RunList.from_bytes(payload, header,
+                                                                    src.cheap_size()))
+        self.index_origin = "loaded" if runs is not None else "built"
         if runs is None:
             runs = self._build(progress)
             if not runs.truncated:
-                self._save_index(index_store, runs)
+                store.save(runs.to_bytes(header))
         self.runs = runs
         cs = header.block_size
         self._stride = cs + 1
         self._tail_len = header.device_size % cs     # partial last cluster, if any
         self._tail_cluster = header.device_size // cs if self._tail_len else -1
         if runs.truncated:
-            header.mark_damaged(f"the record stream is truncated at image byte {src.size}: "
-                          f"clusters from {runs.known_clusters} on cannot be read")
-        elif runs.end < src.size:
-            header.add_note(f"{src.size - runs.end} unexpected bytes follow the record "
-                          "stream (ignored)")
-        if not runs.truncated:
+            size = src.cheap_size()
+            header.mark_damaged(f"the record stream is truncated at image byte "
+                                f"{size if size is not None else runs.end}: "
+                                f"clusters from {runs.known_clusters} on cannot be read")
+        else:
+            self.check_length()
             expected = header.inuse + (1 if runs.end and self._ends_with_boot_record() else 0)
             if runs.stored != expected:
                 header.add_note(f"the stream stores {runs.stored} clusters; the header "
-                              f"says {header.inuse} in use")
+                                f"says {header.inuse} in use")
+
+    def check_length(self) -> None:
+        size = self.header.source.cheap_size()
+        if size is not None and not self.runs.truncated and self.runs.end < size:
+            self.header.add_note(f"{size - self.runs.end} unexpected bytes follow the record "
+                                 "stream (ignored)")
 
     def _ends_with_boot_record(self) -> bool:
         """True if the stream holds a record for cluster nr (the boot sector copy)."""
@@ -390,45 +390,9 @@ class NtfscloneImage(BlockImage):
         r = self.runs
         return bool(r.firsts) and r.firsts[-1] + r.counts[-1] - 1 == nr
 
-    # -- index persistence ---------------------------------------------------
-    def _index_key(self, index_store: object | None) -> str | None:
-        if index_store is None:
-            return None
-        paths = key_paths(self.header.source)
-        if not paths:
-            return None
-        from imagefs.indexdir import source_key  # noqa: PLC0415 - keep formats light
-        try:
-            return source_key(INDEX_KIND, paths, extra=f"data@{self.header.data_start}")
-        except OSError:
-            return None
-
-    def _load_index(self, index_store: object | None) -> RunList | None:
-        key = self._index_key(index_store)
-        if key is None:
-            return None
-        payload = index_store.load(INDEX_KIND, key)  # type: ignore[union-attr]
-        if payload is None:
-            return None
-        try:
-            runs = RunList.from_bytes(payload, self.header, self.header.source.size)
-        except (ValueError, struct.error) as exc:
-            log.warning("%s: persisted ntfsclone index is unusable (%s); rebuilding it",
-                        self.header.path, exc)
-            return None
-        self.index_origin = "loaded"
-        return runs
-
-    def _save_index(self, index_store: object | None, runs: RunList) -> None:
-        key = self._index_key(index_store)
-        if key is not None:
-            payload = runs.to_bytes(self.header)
-            index_store.save(INDEX_KIND, key, payload)  # type: ignore[union-attr]
-
     def _build(self, progress: Progress | None) -> RunList:
         if progress is not None:
             return walk_records(self.header, progress)
-        from imagefs.progress import progress_bar  # noqa: PLC0415
         with progress_bar(self.header.source.size, "indexing ntfsclone image") as update:
             return walk_records(self.header, update)
 

@@ -1,6 +1,6 @@
 """partclone images, format 2 (partclone >= 0.3) and format 1 (0.2.x).
 
-Layouts are in formats.md section 2.  Format 2:
+Layouts are in docs/formats.md section 2.  Format 2:
 ``[header 110][bitmap ceil(total/8)][bitmap crc 4][blocks with a checksum
 after every bpc blocks, and after a final partial group]``.
 Format 1: ``[header 4160][1 byte per block][BiTmAgIc][block + 4-byte crc]*``.
@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from imagefs.checksums import pc_crc32, pc_crc32_v1_block, xxhash_module
-from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, ChecksumError, FormatError,
-                            TruncatedError, UnsupportedError)
+from imagefs.errors import (
+    CORRUPT_HINT,
+    TRUNCATED_HINT,
+    ChecksumError,
+    FormatError,
+    TruncatedError,
+    UnsupportedError,
+)
 from imagefs.formats.base import BitmapImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
+from imagefs.formats.checksums import pc_crc32, pc_crc32_v1_block, xxhash_module
 from imagefs.formats.layout import GroupedLayout
-from imagefs.io.source import ByteSource, known_size
+from imagefs.io.source import ByteSource
+from imagefs.services.indexstore import IndexStore
 
 MAGIC = b"partclone-image"
 V2_HEADER_SIZE = 110
@@ -46,7 +55,8 @@ def is_partclone(head: bytes) -> bool:
     return head.startswith(MAGIC)
 
 
-def probe(source: ByteSource) -> ImageHeader:
+def probe(source: ByteSource, volumes: object = None) -> ImageHeader:
+    """Parse a partclone header (format 2 or 1); ``volumes`` is unused."""
     head = source.read_at(0, V2_HEADER_SIZE)
     if len(head) < 34:
         raise TruncatedError(source.name, "partclone header is truncated", TRUNCATED_HINT)
@@ -59,26 +69,38 @@ def probe(source: ByteSource) -> ImageHeader:
                            "only image formats 1 and 2 exist; the file may be damaged")
 
 
-def _note_truncated(header: ImageHeader, size: int) -> None:
-    header.mark_damaged(f"the image is truncated: {size} of "
-                        f"{header.expected_size} bytes; reads past the end fail")  # type: ignore[attr-defined]
+def _check_data_length(header: PartcloneV2Header | PartcloneV1Header) -> None:
+    """Note a short or overlong data area, when the source's length is free to know.
+
+    Called when the image is opened and again before ``.info`` is shown (a
+    compressed stream learns its length only once indexed).  A truncated
+    image stays readable up to where it ends; reads past that fail.
+    """
+    size = header.source.cheap_size()
+    expected = header.expected_size
+    if size is None or not expected:
+        return
+    if size < expected:
+        header.mark_damaged(f"the image is truncated: {size} of {expected} bytes; "
+                            "reads past the end fail")
+    elif size > expected:
+        header.add_note(f"{size - expected} unexpected bytes follow the data area (ignored)")
 
 
-def _check_length(header: ImageHeader, bitmap_end: int) -> None:
+def _check_length(header: PartcloneV2Header | PartcloneV1Header, bitmap_end: int) -> None:
     """Cheap length checks at probe time, when the source size is free to know.
 
     A source too short for its bitmap is unusable (error); one too short
     for its data area is still partly readable (a note; reads past the end
     fail).
     """
-    size = known_size(header.source)
+    size = header.source.cheap_size()
     if size is None:
         return
     if size < bitmap_end:
         raise TruncatedError(header.source.name, f"bitmap is truncated: the image has {size} "
                              f"bytes, the bitmap ends at byte {bitmap_end}", TRUNCATED_HINT)
-    if size < getattr(header, "expected_size", 0):
-        _note_truncated(header, size)
+    _check_data_length(header)
 
 
 # --------------------------------------------------------------------------- v2
@@ -99,7 +121,7 @@ class PartcloneV2Header(ImageHeader):
     expected_size: int = 0
 
     @classmethod
-    def parse(cls, source: ByteSource, head: bytes) -> "PartcloneV2Header":
+    def parse(cls, source: ByteSource, head: bytes) -> PartcloneV2Header:
         name = source.name
         if len(head) < V2_HEADER_SIZE:
             raise TruncatedError(name, f"partclone header is truncated ({len(head)} of "
@@ -161,7 +183,7 @@ class PartcloneV2Header(ImageHeader):
             expected_size=expected)
         _check_length(header, data_start - 4 if bitmap_mode == 1 else data_start)
         if fs_used != used:
-            header.notes.append(f"the file system reported {fs_used} used blocks; the "
+            header.add_note(f"the file system reported {fs_used} used blocks; the "
                                 f"bitmap holds {used} (normal for btrfs and exFAT)")
         return header
 
@@ -179,8 +201,8 @@ class PartcloneV2Header(ImageHeader):
             ("data area", f"bytes {self.data_start} to {self.expected_size}"),
         ]
 
-    def open(self, index_store: object | None = None,
-             progress: Progress | None = None) -> "PartcloneImage":
+    def open(self, index_store: IndexStore | None = None,
+             progress: Progress | None = None) -> PartcloneImage:
         return PartcloneImage(self)
 
 
@@ -195,6 +217,8 @@ def _to_lsb_first(raw: bytes, word_bytes: int) -> bytes:
 class PartcloneImage(BitmapImage):
     """A partclone format 2 image opened for reading."""
 
+    header: PartcloneV2Header
+
     def __init__(self, header: PartcloneV2Header) -> None:
         self.header = header
         src = header.source
@@ -202,11 +226,14 @@ class PartcloneImage(BitmapImage):
         total = header.total_blocks
         if header.bitmap_mode == 1:
             nb = header.bitmap_bytes
-            # Check the length first: a corrupt block count must not make us
-            # allocate (or decompress) a huge bitmap.
-            if src.size < V2_HEADER_SIZE + nb + 4:
-                raise TruncatedError(name, f"bitmap is truncated ({max(src.size - V2_HEADER_SIZE - 4, 0)}"
-                                     f" of {nb} bytes present)", TRUNCATED_HINT)
+            # Check the length first when it is free to know: a corrupt block
+            # count must not make us allocate a huge bitmap.  (A compressed
+            # stream's read is bounded by what the stream holds.)
+            size = src.cheap_size()
+            if size is not None and size < V2_HEADER_SIZE + nb + 4:
+                present = max(size - V2_HEADER_SIZE - 4, 0)
+                raise TruncatedError(name, f"bitmap is truncated ({present} of {nb} bytes "
+                                     "present)", TRUNCATED_HINT)
             raw = src.read_at(V2_HEADER_SIZE, nb + 4)
             if len(raw) < nb + 4:
                 raise TruncatedError(name, f"bitmap is truncated ({max(len(raw) - 4, 0)} of "
@@ -226,17 +253,16 @@ class PartcloneImage(BitmapImage):
             self.bitmap = RankedBitmap(b"\xff" * ((total + 7) // 8), total)
         self.layout = GroupedLayout(src, header.data_start, header.block_size,
                                     header.blocks_per_checksum, header.checksum_size)
-        self.truncated = src.size < header.expected_size
-        if self.truncated:
-            _note_truncated(header, src.size)
-        elif src.size > header.expected_size:
-            header.notes.append(f"{src.size - header.expected_size} unexpected bytes follow "
-                                "the data area (ignored)")
+        self.check_length()
+
+    def check_length(self) -> None:
+        _check_data_length(self.header)
 
     def stats(self) -> dict[str, object]:
         return {"index memory": self.bitmap.memory_bytes()}
 
-    def _checksum_fn(self):
+    def _checksum_fn(self) -> tuple[Callable[[], Any], Callable[[Any, memoryview], Any],
+                                    Callable[[Any], bytes]]:
         """Return (fresh_state, update(state, data) -> state, digest(state) -> bytes)."""
         h = self.header
         e = h.endian
@@ -248,9 +274,9 @@ class PartcloneImage(BitmapImage):
             algo, size = xx.xxh64, 8
         else:
             algo, size = xx.xxh3_128, 16
-        order = "little" if e == "<" else "big"
+        order: Literal["little", "big"] = "little" if e == "<" else "big"
 
-        def update(state, data):
+        def update(state: Any, data: memoryview) -> Any:
             state.update(data)
             return state
 
@@ -264,7 +290,7 @@ class PartcloneImage(BitmapImage):
         name = src.name
         if h.checksum_mode == CHECKSUM_NONE or not h.checksum_size:
             # Nothing to check but the length.
-            if self.truncated:
+            if src.size < h.expected_size:
                 raise TruncatedError(name, f"data area is truncated: {src.size} of "
                                      f"{h.expected_size} bytes", TRUNCATED_HINT)
             if progress:
@@ -319,7 +345,7 @@ class PartcloneV1Header(ImageHeader):
     expected_size: int = 0
 
     @classmethod
-    def parse(cls, source: ByteSource) -> "PartcloneV1Header":
+    def parse(cls, source: ByteSource) -> PartcloneV1Header:
         name = source.name
         head = source.read_at(0, 64)
         if len(head) < 64:
@@ -347,20 +373,23 @@ class PartcloneV1Header(ImageHeader):
                 ("checksum size", f"{self.crc_size} bytes after every block"),
                 ("data area", f"from byte {self.data_start}")]
 
-    def open(self, index_store: object | None = None,
-             progress: Progress | None = None) -> "PartcloneV1Image":
+    def open(self, index_store: IndexStore | None = None,
+             progress: Progress | None = None) -> PartcloneV1Image:
         return PartcloneV1Image(self)
 
 
 class PartcloneV1Image(BitmapImage):
     """A partclone format 1 image (one bitmap byte per block)."""
 
+    header: PartcloneV1Header
+
     def __init__(self, header: PartcloneV1Header) -> None:
         self.header = header
         src = header.source
         name = src.name
         total = header.total_blocks
-        if src.size < V1_HEADER_SIZE + total + len(V1_BITMAP_MAGIC):
+        size = src.cheap_size()
+        if size is not None and size < V1_HEADER_SIZE + total + len(V1_BITMAP_MAGIC):
             raise TruncatedError(name, "partclone v1 bitmap is truncated", TRUNCATED_HINT)
         raw = src.read_at(V1_HEADER_SIZE, total + len(V1_BITMAP_MAGIC))
         if len(raw) < total + len(V1_BITMAP_MAGIC):
@@ -372,25 +401,22 @@ class PartcloneV1Image(BitmapImage):
         del raw
         used = self.bitmap.count
         bs = header.block_size
-        # The "64-bit bug" variant has 8-byte CRCs: tell by the stream length.
-        size4 = header.data_start + used * (bs + 4)
-        size8 = header.data_start + used * (bs + 8)
-        if src.size == size8 and src.size != size4:
-            header.crc_size = 8
+        header.crc_size = _v1_crc_size(src, header.data_start, used, bs, size)
         header.expected_size = header.data_start + used * (bs + header.crc_size)
         if header.used_blocks != used:
-            header.notes.append(f"the header says {header.used_blocks} used blocks; the "
-                                f"bitmap holds {used}")
+            header.add_note(f"the header says {header.used_blocks} used blocks; the "
+                            f"bitmap holds {used}")
         self.layout = GroupedLayout(src, header.data_start, bs, 1, header.crc_size)
-        self.truncated = src.size < header.expected_size
-        if self.truncated:
-            _note_truncated(header, src.size)
+        self.check_length()
+
+    def check_length(self) -> None:
+        _check_data_length(self.header)
 
     def verify(self, progress: Progress | None = None) -> None:
         """Check the running v1 register block by block.
 
-        The v1 CRC only sees each block's first byte (formats.md section 1),
-        so this mostly checks the stream's structure and length.
+        The v1 CRC only sees each block's first byte (docs/formats.md section
+        1), so this mostly checks the stream's structure and length.
         """
         h = self.header
         src = h.source
@@ -419,3 +445,29 @@ class PartcloneV1Image(BitmapImage):
             pos += n * stride
             if progress:
                 progress(n * stride)
+
+
+def _v1_crc_size(src: ByteSource, data_start: int, used: int, bs: int,
+                 size: int | None) -> int:
+    """4, or 8 for the "64-bit bug" variant (docs/formats.md 2.4).
+
+    Told by the stream length when that is free to know, else by which
+    stride makes the second block's CRC register match (the first block's
+    matches with both strides).
+    """
+    if size is not None:
+        return 8 if size == data_start + used * (bs + 8) != data_start + used * (bs + 4) else 4
+    if used < 2:
+        return 4
+    head = src.read_at(data_start, 2 * bs + 16)
+    if len(head) < 2 * bs + 12:
+        return 4
+    state = pc_crc32_v1_block(0xFFFFFFFF, head[0], bs)
+    for stride in (4, 8):
+        second = bs + stride
+        if len(head) < second + bs + 4:
+            continue
+        want = pc_crc32_v1_block(state, head[second], bs)
+        if int.from_bytes(head[second + bs:second + bs + 4], "little") == want:
+            return stride
+    return 4

@@ -1,8 +1,10 @@
-"""partimage 0.6 images, formats.md section 4.
+"""partimage 0.6 images, docs/formats.md section 4.
 
 The *logical stream* is volume 0 whole plus every later volume minus its
 512-byte volume header (the opener builds it, decompressing each volume on
-its own when partimage compressed them).  Its layout:
+its own when partimage compressed them, and hands the volumes to
+:func:`probe` so that they can be checked and named in messages).  Its
+layout:
 
 ``[volume header 512][main header 16384 + sum32s][MAGIC-BEGIN-MBRBACKUP +
 M x 2048][10 x (MAGIC-BEGIN-EXTnnn + u32 len + len bytes)]
@@ -20,17 +22,27 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from imagefs.checksums import sum32_signed, sum64_unsigned
-from imagefs.errors import (CORRUPT_HINT, TRUNCATED_HINT, ChecksumError, FormatError,
-                            TruncatedError, UnsupportedError)
+from imagefs.errors import (
+    CORRUPT_HINT,
+    TRUNCATED_HINT,
+    ChecksumError,
+    FormatError,
+    TruncatedError,
+    UnsupportedError,
+)
 from imagefs.formats.base import BitmapImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
+from imagefs.formats.checksums import sum32_signed, sum64_unsigned
 from imagefs.formats.layout import GroupedLayout
-from imagefs.io.source import ByteSource, ConcatSource, FileSource, MemorySource, SliceSource
+from imagefs.io.source import ByteSource
+from imagefs.services.indexstore import IndexStore
 
 VOLUME_MAGIC = b"PaRtImAgE-VoLuMe"
+#: Every volume starts with this header; later volumes' headers are not part
+#: of the logical stream (the opener cuts them off).
 VOLUME_HEADER = 512
 KNOWN_VERSIONS = ("0.6.1", "0.6.0")    # what partimage itself accepts
 HEADER_BLOCK = 16384                   # main header, local header, info block, tail
@@ -76,10 +88,15 @@ def is_partimage(head: bytes) -> bool:
     return head.startswith(VOLUME_MAGIC) and not head[len(VOLUME_MAGIC):32].strip(b"\0")
 
 
-def probe(source: ByteSource) -> "PartimageHeader":
-    """Parse and check the headers up to the bitmap (cheap); ``open`` reads the bitmap."""
-    return PartimageHeader.parse(source)
+def probe(source: ByteSource, volumes: Sequence[ByteSource] | None = None) -> PartimageHeader:
+    """Parse and check the headers up to the bitmap (cheap); ``open`` reads the bitmap.
 
+    ``volumes``: the volume streams (each whole, header included) when the
+    image is a volume set; None for a single stream.
+    """
+    header = PartimageHeader.parse(source)
+    header.volumes = list(volumes) if volumes else []
+    return header
 
 
 def _read_exact(source: ByteSource, offset: int, size: int, what: str) -> bytes:
@@ -123,9 +140,11 @@ class PartimageHeader(ImageHeader):
     data_start: int = 0
     data_end: int = 0          # where MAGIC-BEGIN-TAIL is expected
     expected_size: int = 0     # end of the tail
+    #: The volume streams of a volume set, each whole (empty: one stream).
+    volumes: list[ByteSource] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, source: ByteSource) -> "PartimageHeader":
+    def parse(cls, source: ByteSource) -> PartimageHeader:
         name = source.name
         vol = source.read_at(0, VOLUME_HEADER)
         if len(vol) < VOLUME_HEADER:
@@ -236,24 +255,15 @@ class PartimageHeader(ImageHeader):
             fields.insert(1, ("description", self.description))
         return fields
 
-    def open(self, index_store: object | None = None,
-             progress: Progress | None = None) -> "PartimageImage":
+    def open(self, index_store: IndexStore | None = None,
+             progress: Progress | None = None) -> PartimageImage:
         return PartimageImage(self)
-
-
-def _is_plain(source: ByteSource) -> bool:
-    """True if the source's size is cheap to learn (no decompression behind it)."""
-    if isinstance(source, (FileSource, MemorySource)):
-        return True
-    if isinstance(source, SliceSource):
-        return _is_plain(source.base)
-    if isinstance(source, ConcatSource):
-        return all(_is_plain(p) for p in source.parts)
-    return False
 
 
 class PartimageImage(BitmapImage):
     """A partimage image: the bitmap with rank checkpoints over the data area."""
+
+    header: PartimageHeader
 
     def __init__(self, header: PartimageHeader) -> None:
         self.header = header
@@ -283,36 +293,37 @@ class PartimageImage(BitmapImage):
         # block size, also those that do not divide 64 KiB.
         self.layout = GroupedLayout(src, header.data_start, 1, CHK_DATA, CHK_SIZE)
         self._check_volumes()
+        self._length_checked = False
+        #: The stream is shorter than its layout (known once its length is free to know).
         self.truncated = False
-        if _is_plain(src):
-            self._check_length()
+        self.check_length()
 
     def _check_volumes(self) -> None:
         """Later volumes must belong to this image and come in order."""
         h = self.header
-        parts = getattr(h.source, "parts", None) or []
-        for number, part in enumerate(parts[1:], start=1):
-            base = getattr(part, "base", None)
-            if base is None or getattr(part, "start", None) != VOLUME_HEADER:
-                continue
-            vol = base.read_at(0, VOLUME_HEADER)
+        for number, volume in enumerate(h.volumes[1:], start=1):
+            vol = volume.read_at(0, VOLUME_HEADER)
             if len(vol) < 108 or not is_partimage(vol):
-                raise FormatError(base.name, "this volume does not start with a partimage "
+                raise FormatError(volume.name, "this volume does not start with a partimage "
                                   "volume header", "check that the volumes belong together")
             vol_no, vol_id = struct.unpack_from("<IQ", vol, 96)
             if vol_id != h.volume_id:
-                raise FormatError(base.name, f"this volume belongs to another image "
+                raise FormatError(volume.name, f"this volume belongs to another image "
                                   f"(identifier {vol_id:016x}, expected {h.volume_id:016x})",
                                   "put the volumes of one image together")
             if vol_no != number:
-                raise FormatError(base.name, f"this is volume {vol_no} but stands at "
+                raise FormatError(volume.name, f"this is volume {vol_no} but stands at "
                                   f"position {number} of the set",
                                   "find the missing or misnamed volume")
 
-    def _check_length(self) -> None:
+    def check_length(self) -> None:
+        """Compare the stream's length with the layout, when it is free to know."""
         h = self.header
         src = h.source
-        size = src.size
+        size = src.cheap_size()
+        if size is None or self._length_checked:
+            return
+        self._length_checked = True
         if size < h.expected_size:
             self.truncated = True
             h.mark_damaged(f"the image is truncated: {size} of {h.expected_size} bytes; "
@@ -350,25 +361,22 @@ class PartimageImage(BitmapImage):
 
     def _volume_count(self) -> int:
         """How many partimage volumes the stream is made of (1 for a single stream)."""
-        parts = getattr(self.header.source, "parts", None)
-        if parts and len(parts) > 1 and all(
-                isinstance(p, SliceSource) and p.start == VOLUME_HEADER for p in parts[1:]):
-            return len(parts)
-        return 1
+        return max(1, len(self.header.volumes))
 
     def where(self, offset: int) -> str:
-        """Describe a stream offset: the byte, and its volume file for volume sets."""
+        """Describe a stream offset: the byte, and its volume file for volume sets.
+
+        Volume 0 holds stream bytes from 0 whole; every later volume adds its
+        bytes after its own :data:`VOLUME_HEADER`.
+        """
         text = f"stream byte {offset}"
-        parts = getattr(self.header.source, "parts", None)
-        if not parts:
-            return text
         pos = 0
-        for number, part in enumerate(parts):
-            if offset < pos + part.size:
-                base = getattr(part, "base", part)
-                local = offset - pos + getattr(part, "start", 0)
-                return f"{text} (volume {number}, {base.name}, byte {local})"
-            pos += part.size
+        for number, volume in enumerate(self.header.volumes):
+            skip = VOLUME_HEADER if number else 0
+            length = volume.size - skip
+            if offset < pos + length:
+                return f"{text} (volume {number}, {volume.name}, byte {offset - pos + skip})"
+            pos += length
         return text
 
     def verify(self, progress: Progress | None = None) -> None:
@@ -387,7 +395,7 @@ class PartimageImage(BitmapImage):
         if progress:
             progress(h.data_start)
         bs = h.block_size
-        data_len = h.used_blocks * bs
+        data_len = self.bitmap.count * bs          # = the header's used count (checked on open)
         group = CHK_DATA + CHK_SIZE
         done = 0                      # data bytes checked
         chunk_no = 0
