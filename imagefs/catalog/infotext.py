@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import shlex
 
-from imagefs import __version__
+from imagefs.blockio.opener import StreamInfo
 from imagefs.formats.base import BlockImage, ImageHeader
-from imagefs.opener import StreamInfo
+from imagefs.services.units import human_size
+from imagefs.version import __version__
 
 # Which kernel / fsck command fits a file-system type string from a header.
 _FSCK = {
@@ -23,15 +24,6 @@ _FSCK = {
 }
 _MOUNT_TYPE = {"NTFS": "ntfs-3g", "FAT12": "vfat", "FAT16": "vfat", "FAT32": "vfat",
                "fat16": "vfat", "fat32": "vfat", "EXFAT": "exfat"}
-
-
-def human_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            return f"{n} bytes" if unit == "B" else f"{value:.1f} {unit} ({n} bytes)"
-        value /= 1024
-    return f"{n} bytes"
 
 
 def _line(label: str, value: object) -> str:
