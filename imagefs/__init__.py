@@ -1,3 +1,5 @@
 """imagefs: mount partclone, ntfsclone and partimage backups as virtual partitions."""
 
-__version__ = "0.1.0"
+from imagefs.version import __version__
+
+__all__ = ["__version__"]

@@ -31,9 +31,9 @@ def level_for(verbose: int, quiet: bool, configured: str = "warning") -> int:
 def setup(level: int, *, foreground: bool, log_file: str | None = None) -> None:
     """Route the ``imagefs`` loggers (replaces handlers set up earlier)."""
     root = logging.getLogger("imagefs")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     root.setLevel(level)
     root.propagate = False
     handler: logging.Handler

@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from imagefs import __version__
 from imagefs.errors import ConfigError, ImageError
+from imagefs.version import __version__
 
 log = logging.getLogger("imagefs")
 
@@ -38,61 +38,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="errors only")
     parser.add_argument("--index-dir", help="where persisted indexes live "
                         "(default $XDG_CACHE_HOME/imagefs)")
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    from imagefs.indexdir import IndexStore
-    from imagefs.info import render_info
-    from imagefs.opener import OpenContext, open_image_header
-
-    ctx = OpenContext(index_store=IndexStore(args.index_dir))
-    header, stream = open_image_header(args.image, ctx)
-    image = header.open(ctx.index_store) if args.full else None
-    sys.stdout.write(render_info(header, stream, image=image))
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from imagefs.indexdir import IndexStore
-    from imagefs.opener import OpenContext, open_image_header
-    from imagefs.progress import progress_bar
-
-    ctx = OpenContext(index_store=IndexStore(args.index_dir))
-    header, _ = open_image_header(args.image, ctx)
-    image = header.open(ctx.index_store)
-    total = max(header.source.size, 1)
-    with progress_bar(total, "verify") as update:
-        image.verify(update)
-    if getattr(header, "checksum_size", None) == 0 or header.format_name == "ntfsclone":
-        # Nothing to compare against: say what was checked instead.
-        print(f"{args.image}: structure and length are intact ({header.format_name}; "
-              f"the image carries no checksums)")
-    else:
-        print(f"{args.image}: all checksums match ({header.format_name}, {header.checksum})")
-    return 0
-
-
-def cmd_version(args: argparse.Namespace) -> int:
-    print(f"imagefs {__version__}")
-    print(f"python {sys.version.split()[0]}")
-    from importlib.metadata import PackageNotFoundError, version
-    for dist in ("mfusepy", "xxhash", "zstandard", "PyYAML", "tqdm"):
-        try:
-            print(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            print(f"{dist} not installed")
-    try:
-        from imagefs.codecs import codec_versions
-        for name, ver in codec_versions().items():
-            print(f"{name} {ver}")
-    except Exception as exc:  # noqa: BLE001 - the verb must print what it can
-        print(f"codecs unavailable ({exc})")
-    try:
-        from imagefs.fuse_version import libfuse_version
-        print(f"libfuse {libfuse_version()}")
-    except Exception:  # noqa: BLE001
-        print("libfuse unknown")
-    return 0
 
 
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
@@ -116,24 +61,24 @@ def build_verb_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="image file, or first piece of a split set")
     p.add_argument("--full", action="store_true", help="also read the bitmap (stored-block counts)")
     _common(p)
-    p.set_defaults(func=cmd_info)
+    p.set_defaults(func=_lazy("imagefs.cli.imageverbs", "cmd_info"))
     p = sub.add_parser("verify", help="check every checksum of an image")
     p.add_argument("image")
     _common(p)
-    p.set_defaults(func=cmd_verify)
+    p.set_defaults(func=_lazy("imagefs.cli.imageverbs", "cmd_verify"))
     p = sub.add_parser("ls", help="list the images a tree holds, with their virtual names")
     p.add_argument("source")
     p.add_argument("-c", "--config", help="YAML configuration")
     _common(p)
-    p.set_defaults(func=_lazy("imagefs.catalog_cli", "ls_main"))
+    p.set_defaults(func=_lazy("imagefs.cli.treeverbs", "ls_main"))
     p = sub.add_parser("index", help="prebuild the seek indexes of every image in a tree")
     p.add_argument("source")
     p.add_argument("-c", "--config", help="YAML configuration")
     _common(p)
-    p.set_defaults(func=_lazy("imagefs.catalog_cli", "index_main"))
+    p.set_defaults(func=_lazy("imagefs.cli.treeverbs", "index_main"))
     p = sub.add_parser("version", help="versions of imagefs, libfuse and each codec")
     _common(p)
-    p.set_defaults(func=cmd_version)
+    p.set_defaults(func=_lazy("imagefs.cli.imageverbs", "cmd_version"))
     return parser
 
 
@@ -161,14 +106,14 @@ def _run_guarded(func: Callable[[], int], verbose: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from imagefs.memtune import tune_allocator
+    from imagefs.services.memtune import tune_allocator
     tune_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in VERBS or (argv and argv[0] in ("-h", "--help", "--version")):
         args = build_verb_parser().parse_args(argv)
         _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
         return _run_guarded(lambda: args.func(args), getattr(args, "verbose", 0))
-    from imagefs.mount import main as mount_main
+    from imagefs.cli.mount import main as mount_main
     return mount_main(argv)
 
 

@@ -22,13 +22,14 @@ import os
 import stat
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
-from imagefs import __version__
+from imagefs.cli.logsetup import level_for
+from imagefs.cli.logsetup import setup as setup_logging
 from imagefs.config import OVERRIDE_KEYS, Settings, apply_overrides, load_config
 from imagefs.errors import ConfigError, ImageError
-from imagefs.logsetup import level_for, setup as setup_logging
+from imagefs.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def check_fuse(allow_other: bool) -> None:
                              "with the line user_allow_other in /etc/fuse.conf; add it or "
                              "drop allow_other")
     try:
-        from imagefs.fuse_version import choose_library
+        from imagefs.fuse.library import choose_library
         if choose_library() is None:
             raise MountError("libfuse is not installed: FUSE is unavailable; install it with "
                              "apt-get install fuse3")
@@ -243,7 +244,7 @@ def _user_allow_other() -> bool:
 def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
     """Build the catalog and serve until unmounted (blocks)."""
     from imagefs.catalog import Catalog
-    from imagefs.fs import CACHE_TIMEOUT, ImageFS, ImageFUSE, mfusepy
+    from imagefs.fuse.adapter import CACHE_TIMEOUT, ImageFS, ImageFUSE, mfusepy
 
     catalog = Catalog(p.settings, p.source, mountpoint=p.mountpoint)
     max_read = p.fuse_options.get("max_read")
@@ -365,7 +366,7 @@ def _background(p: Plan) -> int:
                 errors.close()
                 os.write(write_fd, f"ERR {exc}\n".encode("utf-8", "replace"))
             log.error("%s", exc)
-    except BaseException:  # noqa: BLE001 - the child must always end here
+    except BaseException:
         log.exception("imagefs mount process failed")
     finally:
         os._exit(status)

@@ -18,7 +18,7 @@ import time
 from imagefs.catalog import Catalog, ImageEntry, InfoNode
 from imagefs.config import Settings, load_config
 from imagefs.errors import ImageError
-from imagefs.info import human_size
+from imagefs.services.units import human_size
 
 log = logging.getLogger(__name__)
 

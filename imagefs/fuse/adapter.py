@@ -1,4 +1,4 @@
-"""The FUSE adapter: mfusepy operations on top of the catalog.
+"""The FUSE adapter: mfusepy operations on top of the catalog's node protocol.
 
 This is the only module that speaks FUSE and the only place where errors
 become errno values:
@@ -9,8 +9,13 @@ catalog / image problem        errno
 NotFound                       ENOENT
 NotADirectory                  ENOTDIR
 ImageError (broken, truncated)  EIO
+any other failure of a read    EIO (logged: never wrong bytes, never a crash)
 any write, create, chmod, ...  EROFS
 =============================  ==========
+
+It knows only :mod:`imagefs.catalog.nodes`: directories list children, file
+nodes open into an :class:`~imagefs.catalog.nodes.OpenFile`, links answer
+readlink.  Open files live in a handle table guarded by ``_handles_lock``.
 
 Every file is immutable, so the kernel may keep what it read: virtual
 partitions and mirrored files are opened with ``keep_cache`` and entries and
@@ -27,16 +32,27 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from imagefs.catalog import (Catalog, DirNode, FileNode, ImageNode, InfoNode, Node,
-                             NotADirectory, NotFound)
+from imagefs.catalog import (
+    Catalog,
+    DirectoryNode,
+    FileLikeNode,
+    LinkNode,
+    Node,
+    NotADirectory,
+    NotFound,
+    OpenFile,
+)
 from imagefs.errors import ImageError
-from imagefs.fuse_version import load_mfusepy
+from imagefs.fuse.library import load_mfusepy
 
 log = logging.getLogger(__name__)
 
-mfusepy = load_mfusepy()
+load_mfusepy()                # choose the libfuse first: mfusepy binds it on import
+import mfusepy  # noqa: E402 - must follow the library choice
+
 FuseOSError = mfusepy.FuseOSError
 
 #: The tree never changes while mounted; a day is "forever" for the kernel's
@@ -74,29 +90,14 @@ def raise_readahead(mountpoint: str, kib: int = MAX_READAHEAD >> 10) -> None:
         log.debug("cannot raise readahead on %s: %s", mountpoint, exc)
 
 
-def _no_read(offset: int, size: int) -> bytes:
-    raise FuseOSError(errno.EISDIR)
-
-
-def _copying_reader(read: Callable[[int, int], bytes]) -> Callable[[int, memoryview], int]:
-    """A ``read_into`` for readers that only return bytes (.info, plain files)."""
-    def read_into(offset: int, dest: memoryview) -> int:
-        data = read(offset, len(dest))
-        dest[:len(data)] = data
-        return len(data)
-    return read_into
-
-
 class _Handle:
-    """An open file: its node plus functions that read it as bytes or into a buffer."""
+    """An open file or directory: its node and, for files, how to read it."""
 
-    __slots__ = ("node", "read", "read_into")
+    __slots__ = ("node", "file")
 
-    def __init__(self, node: Node, read: Callable[[int, int], bytes],
-                 read_into: Callable[[int, memoryview], int] | None = None) -> None:
+    def __init__(self, node: Node, file: OpenFile | None = None) -> None:
         self.node = node
-        self.read = read
-        self.read_into = read_into or _copying_reader(read)
+        self.file = file
 
 
 class ImageFUSE(mfusepy.FUSE):
@@ -190,20 +191,36 @@ class ImageFS(mfusepy.Operations):
 
     def getattr(self, path: str | None, fh: Any = None) -> dict[str, Any]:
         # fstat() of an open file comes without a path (nullpath_ok).
-        node = self._by_handle(fh.fh).node if path is None and fh is not None else self._node(path)
+        if path is None and fh is not None:
+            node = self._by_handle(fh.fh).node
+        else:
+            node = self._node(path or "/")
         a = node.attr()
-        return {
-            "st_mode": (stat.S_IFDIR if a.is_dir else stat.S_IFREG) | a.perm,
-            "st_nlink": a.nlink, "st_size": a.size, "st_blocks": a.blocks,
+        out = {
+            "st_mode": a.mode, "st_nlink": a.nlink, "st_size": a.size, "st_blocks": a.blocks,
             "st_blksize": BLKSIZE, "st_uid": a.uid, "st_gid": a.gid,
             "st_mtime": a.mtime_ns, "st_ctime": a.ctime_ns, "st_atime": a.atime_ns,
         }
+        if a.ino:
+            out["st_ino"] = a.ino
+        if a.rdev:
+            out["st_rdev"] = a.rdev
+        return out
+
+    def readlink(self, path: str) -> str:
+        node = self._node(path)
+        if not isinstance(node, LinkNode):
+            raise FuseOSError(errno.EINVAL)
+        try:
+            return node.readlink()
+        except ImageError:
+            raise FuseOSError(errno.EIO) from None
 
     def opendir(self, path: str) -> int:
         node = self._node(path)
-        if not isinstance(node, DirNode):
+        if not isinstance(node, DirectoryNode):
             raise FuseOSError(errno.ENOTDIR)
-        return self._register(_Handle(node, _no_read))
+        return self._register(_Handle(node))
 
     def releasedir(self, path: str | None, fh: int) -> int:
         with self._handles_lock:
@@ -213,11 +230,17 @@ class ImageFS(mfusepy.Operations):
     def readdir(self, path: str | None, fh: int) -> Iterable[Any]:
         # readdir comes without a path (nullpath_ok): the handle knows the directory.
         node = self._by_handle(fh).node if fh else self._node(path or "/")
-        if not isinstance(node, DirNode):
+        if not isinstance(node, DirectoryNode):
             raise FuseOSError(errno.ENOTDIR)
+        try:
+            children = node.children()
+        except ImageError:
+            raise FuseOSError(errno.EIO) from None
         out: list[Any] = [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0)]
-        for name, child in node.children().items():
-            out.append((name, stat.S_IFDIR if isinstance(child, DirNode) else stat.S_IFREG, 0))
+        for name, child in children.items():
+            kind = (stat.S_IFDIR if isinstance(child, DirectoryNode)
+                    else stat.S_IFLNK if isinstance(child, LinkNode) else stat.S_IFREG)
+            out.append((name, kind, 0))
         return out
 
     def access(self, path: str, amode: int) -> int:
@@ -243,29 +266,21 @@ class ImageFS(mfusepy.Operations):
         if fi.flags & _WRITE_FLAGS:
             raise FuseOSError(errno.EROFS)
         node = self._node(path)
-        if isinstance(node, ImageNode):
-            entry = node.entry
-            try:
-                entry.partition()          # first open reads the block map, once
-            except ImageError:
-                raise FuseOSError(errno.EIO) from None
-            except Exception as exc:  # noqa: BLE001 - see read()
-                log.error("%s: unexpected error opening: %s: %s", node.vpath,
-                          type(exc).__name__, exc)
-                raise FuseOSError(errno.EIO) from None
-            handle = _Handle(node, entry.read, entry.read_into)
+        if not isinstance(node, FileLikeNode):
+            raise FuseOSError(errno.EISDIR if isinstance(node, DirectoryNode) else errno.EINVAL)
+        try:
+            opened = node.open()           # an image's first open reads its block map, once
+        except ImageError:
+            raise FuseOSError(errno.EIO) from None
+        except Exception as exc:  # noqa: BLE001 - the FUSE boundary, see _guarded
+            log.error("%s: unexpected error opening: %s: %s", node.vpath,
+                      type(exc).__name__, exc)
+            raise FuseOSError(errno.EIO) from None
+        if opened.keep_cache:
             fi.keep_cache = 1
-        elif isinstance(node, InfoNode):
-            text = node.entry.info_text()  # a snapshot per open: consistent reads
-            handle = _Handle(node, lambda off, size, t=text: t[off:off + size])
+        if opened.direct_io:
             fi.direct_io = 1
-        elif isinstance(node, FileNode):
-            source = node.source()
-            handle = _Handle(node, source.read_at)
-            fi.keep_cache = 1
-        else:
-            raise FuseOSError(errno.EISDIR)
-        fi.fh = self._register(handle)
+        fi.fh = self._register(_Handle(node, opened))
         return 0
 
     def _register(self, handle: _Handle) -> int:
@@ -277,12 +292,22 @@ class ImageFS(mfusepy.Operations):
     def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
         """mfusepy's bytes-returning read (used when mounted by plain mfusepy.FUSE)."""
         handle = self._by_handle(fi.fh)
-        return self._guarded(handle, offset, handle.read, offset, size)
+        file = self._file(handle)
+        data: bytes = self._guarded(handle, offset, file.read, offset, size)
+        return data
 
     def read_into(self, fh: int, dest: memoryview, offset: int) -> int:
         """Fill ``dest`` (libfuse's reply buffer) from ``offset``; returns the byte count."""
         handle = self._by_handle(fh)
-        return self._guarded(handle, offset, handle.read_into, offset, dest)
+        file = self._file(handle)
+        count: int = self._guarded(handle, offset, file.read_into, offset, dest)
+        return count
+
+    @staticmethod
+    def _file(handle: _Handle) -> OpenFile:
+        if handle.file is None:
+            raise FuseOSError(errno.EISDIR)
+        return handle.file
 
     @staticmethod
     def _guarded(handle: _Handle, offset: int, func: Callable[..., Any], *args: Any) -> Any:

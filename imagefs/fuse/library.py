@@ -39,7 +39,7 @@ def load_mfusepy() -> ModuleType:
     if path is None:
         raise OSError("no libfuse found; install it with: apt-get install fuse3")
     os.environ.setdefault("FUSE_LIBRARY_PATH", path)
-    import mfusepy  # noqa: WPS433 - deliberately late, after the library choice
+    import mfusepy  # deliberately late: mfusepy binds the library on import
     return mfusepy
 
 
