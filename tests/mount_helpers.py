@@ -1,7 +1,8 @@
 """Helpers for the mount tests: crafted images, the Clonezilla-style tree, mounting.
 
-No tests live here; the module is imported by test_mount*.py and
-test_catalog.py (the tests directory is on sys.path, see conftest.py).
+No tests live here (hence no test_ prefix); the module is imported by
+test_mount*.py and test_catalog.py (the tests directory is on sys.path,
+see conftest.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from imagefs.checksums import pc_crc32
+from imagefs.formats.checksums import pc_crc32
 from realimages import IN_CI, Factory, pipe_to_files
 
 IMAGEFS = [sys.executable, "-m", "imagefs"]

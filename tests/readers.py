@@ -11,8 +11,39 @@ from pathlib import Path
 from typing import Callable
 
 from imagefs.blockio import VirtualPartition
-from imagefs.cache import BlockCache
-from imagefs.opener import OpenContext, open_image_header
+from imagefs.services.cache import BlockCache
+from imagefs.blockio.opener import OpenContext, open_image_header
+
+
+class CountingSource:
+    """A ByteSource wrapper that counts the reads and bytes asked of it."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.calls = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def cheap_size(self):
+        return self.inner.cheap_size()
+
+    def backing_files(self):
+        return self.inner.backing_files()
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        data = self.inner.read_at(offset, size)
+        with self._lock:
+            self.calls += 1
+            self.bytes += len(data)
+        return data
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def open_vp(path: Path | str, cache: BlockCache | None = None,

@@ -5,7 +5,7 @@ never in the source tree.  A *source* is a file system made in a zero-filled
 sparse file and filled with deterministic data; an *image* is what
 partclone / ntfsclone / partimage made of it; the *ground truth* is what the
 real restore tool writes into a zero-filled file of the device size
-(design.md section 4).  Variants of one source (checksum modes, -k values,
+(docs/design.md section 4).  Variants of one source (checksum modes, -k values,
 splitting, compression) all share the ground truth restored from the
 source's default image: the stored blocks are the same, and partclone
 0.3.23's restore aborts on some odd -k images (after writing), so their own

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from imagefs.blockio import VirtualPartition
-from imagefs.checksums import pc_crc32
+from imagefs.formats.checksums import pc_crc32
 from imagefs.errors import (FormatError, ImageError, NotAnImageError, SourceError,
                             TruncatedError)
 from imagefs.formats import probe
 from imagefs.io import FileSource
-from imagefs.opener import open_image_header
+from imagefs.blockio.opener import open_image_header
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from imagefs.config import Settings, SourceSpec
 from imagefs.errors import ImageError
 from imagefs.io.source import FdPool
 from readers import run_in_threads
-from test_mount_support import data_start, partclone_v2, write_partclone
+from mount_helpers import data_start, partclone_v2, wait_until, write_partclone
 
 
 def _catalog(root: Path, **kw) -> Catalog:
@@ -224,7 +225,7 @@ def test_many_images_stay_within_the_descriptor_bound(tmp_path):
 def test_ls_and_index_verbs(tmp_path, capsys):
     import argparse
 
-    from imagefs.catalog_cli import index_main, ls_main
+    from imagefs.cli.treeverbs import index_main, ls_main
 
     write_partclone(tmp_path / "good.img", seed=1)
     (tmp_path / "bad.img").write_bytes(b"partclone-image\0" + b"\xff" * 100)
@@ -262,24 +263,33 @@ def test_split_sets_with_unrelated_siblings_and_holes(tmp_path):
 
 
 def test_block_map_built_once_under_concurrent_first_reads(tmp_path):
-    import time
-
     truth = write_partclone(tmp_path / "x.img", seed=3)
     cat = _catalog(tmp_path)
     entry = cat.lookup("/x.img").entry
     real_open = entry.header.open
     calls = []
+    entered = []
+    gate = threading.Event()
 
-    def slow_open(*args, **kw):
+    def gated_open(*args, **kw):
         calls.append(1)
-        time.sleep(0.05)            # widen the window in which readers collide
+        gate.wait(30)               # hold the first open until every reader has arrived
         return real_open(*args, **kw)
 
-    entry.header.open = slow_open
+    def reader(_):
+        entered.append(1)
+        return results.append(entry.read(0, len(truth)))
+
+    entry.header.open = gated_open
     results = []
-    run_in_threads(lambda _: results.append(entry.read(0, len(truth))))
+
+    def release_when_all_arrived():
+        if not gate.is_set():
+            wait_until(lambda: len(entered) == 8, what="all eight readers to arrive")
+            gate.set()
+    run_in_threads(reader, count=8, while_running=release_when_all_arrived)
     assert len(calls) == 1
-    assert all(r == truth for r in results)
+    assert len(results) == 8 and all(r == truth for r in results)
 
 
 def test_an_image_error_is_logged_once(tmp_path, caplog):
@@ -304,7 +314,7 @@ def test_unexpected_read_errors_become_eio_not_efault(tmp_path):
 
     from mfusepy import FuseOSError
 
-    from imagefs.fs import ImageFS
+    from imagefs.fuse.adapter import ImageFS
 
     truth = write_partclone(tmp_path / "x.img", seed=5)
     ops = ImageFS(_catalog(tmp_path))

@@ -1,4 +1,4 @@
-"""Issue 4 acceptance: after indexing, a fresh open of a 1 GB zstd or gzip
+"""After indexing, a fresh open of a 1 GB zstd or gzip
 image answers a random 4 KiB read by decoding at most one checkpoint span.
 
 Asserted on the codec source's decoded-byte counter, never on time.  The
@@ -15,8 +15,9 @@ import pytest
 
 from imagefs.blockio import VirtualPartition
 from imagefs.codecs import build_index
-from imagefs.indexdir import IndexStore
-from imagefs.opener import OpenContext, open_image_header, open_stream, pieces_for
+from imagefs.services.indexstore import IndexStore
+from imagefs.blockio.opener import OpenContext, open_image_header, open_stream
+from imagefs.io.pieces import SINGLE, resolve
 from realimages import loop_device, need, need_root, pipe_to_files, run
 
 SIZE = 1 << 30
@@ -64,15 +65,15 @@ def test_one_span_per_random_read_after_indexing(big_image, tmp_path, cmd, suffi
             header, _ = open_image_header(str(compressed), ctx)
             codec_source = header.source
             vp = VirtualPartition(header.open(store), None)
-            starts = codec_source._index.starts + [codec_source.size]  # noqa: SLF001
-            largest_span = max(b - a for a, b in zip(starts, starts[1:]))
-            assert "index loaded" in codec_source.index_state(), codec_source.index_state()
             before = codec_source.decoded_bytes
             off = rng.randrange(SIZE // 2, SIZE - 4096) // 4096 * 4096
             data = vp.read(off, 4096)
             truth_file.seek(off)
             assert data == truth_file.read(4096)
             decoded = codec_source.decoded_bytes - before
+            assert "index loaded" in codec_source.index_state(), codec_source.index_state()
+            starts = codec_source.index.starts
+            largest_span = max(b - a for a, b in zip(starts, starts[1:]))
             assert 0 < decoded <= largest_span, (decoded, largest_span, codec_source.index_state())
             codec_source.close()
-    assert pieces_for(str(compressed))[1] == "single"
+    assert resolve(str(compressed)).kind == SINGLE

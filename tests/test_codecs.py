@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from imagefs.cache import BlockCache
+from imagefs.services.cache import BlockCache
 from imagefs.codecs import build_index, open_decompressed, sniff
-from imagefs.codecs.base import HEAD_LIMIT, SEQ_CHUNK
+from imagefs.codecs.sequential import SEQ_CHUNK
+from imagefs.codecs.source import HEAD_LIMIT
 from imagefs.errors import ImageError, TruncatedError, UnsupportedError
-from imagefs.indexdir import IndexStore
+from imagefs.services.indexstore import IndexStore
 from imagefs.io import ConcatSource, FileSource, MemorySource
 from imagefs.io.source import read_into
 from readers import run_in_threads
@@ -143,7 +144,7 @@ def _random_reads(src, data: bytes, count: int, seed: int, max_len: int = 200_00
 
 
 def _max_span(stream) -> int:
-    starts = stream._index.starts
+    starts = stream.index.starts
     return max(b - a for a, b in zip(starts, starts[1:]))
 
 
@@ -345,8 +346,8 @@ def test_corrupt_index_file_is_rejected_and_rebuilt(streams: Streams, name: str,
 def test_payload_that_passes_the_container_check_is_still_validated(
         streams: Streams, tmp_path: Path, caplog) -> None:
     """A well-formed file whose payload does not fit the stream is not trusted."""
-    from imagefs.indexdir import source_key
-    from imagefs.codecs.base import INDEX_VERSION
+    from imagefs.services.indexstore import source_key
+    from imagefs.codecs.seekindex import INDEX_VERSION
 
     store = IndexStore(str(tmp_path / "idx"))
     path = str(streams.path("zstd"))
@@ -374,7 +375,7 @@ def test_random_read_decodes_at_most_one_span(streams: Streams, name: str,
                                cache=BlockCache(64 << 20), **options)
     assert stream.size == len(streams.data) and stream.decoded_bytes == 0
     largest = _max_span(stream)
-    assert stream._index.spans >= 2
+    assert stream.index.spans >= 2
     rnd = random.Random(11)
     for _ in range(30):
         stream.close()                  # cold: no cached pieces, no paused decoders
@@ -383,7 +384,7 @@ def test_random_read_decodes_at_most_one_span(streams: Streams, name: str,
         assert stream.read_at(off, 4096) == streams.data[off:off + 4096]
         # A 4 KiB read may straddle two spans, never more.
         assert 0 < stream.decoded_bytes - before <= 2 * largest
-        index = stream._index
+        index = stream.index
         i = max(j for j, s in enumerate(index.starts) if s <= off)
         if off + 4096 <= index.starts[i + 1]:
             assert stream.decoded_bytes - before <= largest
@@ -392,22 +393,22 @@ def test_random_read_decodes_at_most_one_span(streams: Streams, name: str,
 
 def test_zstd_single_frame_gets_verified_resume_points(streams: Streams) -> None:
     stream = build_index(FileSource(streams.path("zstd")), spacing=512 << 10)
-    info = stream._index.info
+    info = stream.index.info
     assert info["frames"] == 1
     assert info["resume_points"] >= 4
     assert "verified resume points" in stream.index_state()
     # Every span starting at a resume point decodes alone, from its snapshot.
-    for i, m in enumerate(stream._index.meta):
-        data = stream._decode_span(stream._index, i)
-        a, b = stream._index.starts[i], stream._index.starts[i + 1]
+    for i, m in enumerate(stream.index.meta):
+        data = stream._decode_span(stream.index, i)
+        a, b = stream.index.starts[i], stream.index.starts[i + 1]
         assert data == streams.data[a:b]
     stream.close()
 
 
 def test_pzstd_frames_are_restart_points(streams: Streams) -> None:
     stream = build_index(FileSource(streams.path("pzstd")))
-    assert stream._index.info["skippable"] >= 1
-    assert stream._index.info["frames"] >= 1
+    assert stream.index.info["skippable"] >= 1
+    assert stream.index.info["frames"] >= 1
     stream.close()
 
 
@@ -417,9 +418,9 @@ def test_head_reads_stay_lazy(streams: Streams) -> None:
         stream = open_decompressed(FileSource(streams.path(name)), cache=BlockCache(8 << 20))
         assert stream.read_at(0, 4096) == streams.data[:4096]
         assert stream.decoded_bytes <= SEQ_CHUNK * 2 + (4 << 20)
-        assert stream._index is None
+        assert stream.index is None
         assert stream.read_at(HEAD_LIMIT - 10, 10) == streams.data[HEAD_LIMIT - 10:HEAD_LIMIT]
-        assert stream._index is None
+        assert stream.index is None
         stream.close()
 
 
@@ -532,13 +533,13 @@ def test_garbage_after_a_magic_raises(head: bytes) -> None:
 
 def test_live_sequential_decoders_are_bounded(streams: Streams) -> None:
     """Header probes of many images keep only a few decoders alive."""
-    from imagefs.codecs import base
+    from imagefs.codecs import sequential
 
     sources = [open_decompressed(FileSource(streams.path(name)), cache=BlockCache(4 << 20))
-               for name in ("zstd", "xz", "lz4") * (base.MAX_LIVE_SEQUENTIAL // 2 + 2)]
+               for name in ("zstd", "xz", "lz4") * (sequential.MAX_LIVE_SEQUENTIAL // 2 + 2)]
     for s in sources:
         assert s.read_at(0, 100) == streams.data[:100]
-    assert sum(s._seq._gen is not None for s in sources) <= base.MAX_LIVE_SEQUENTIAL
+    assert sequential.live_decoders() <= sequential.MAX_LIVE_SEQUENTIAL
     for s in sources:                    # evicted ones restart and still read right
         s._cache.clear()
         assert s.read_at(SEQ_CHUNK + 5, 100) == streams.data[SEQ_CHUNK + 5:SEQ_CHUNK + 105]
@@ -547,18 +548,18 @@ def test_live_sequential_decoders_are_bounded(streams: Streams) -> None:
 
 def test_zstd_snapshots_stay_in_the_index_file(streams: Streams, tmp_path: Path) -> None:
     """Window snapshots are read from the index file when needed, and checked."""
-    from imagefs.codecs.base import LazyBlobs
+    from imagefs.codecs.seekindex import LazyBlobs
 
     store = IndexStore(str(tmp_path / "idx"))
     path = str(streams.path("zstd"))
     built = build_index(FileSource(path), index_store=store, key_paths=[path],
                         spacing=256 << 10)
-    assert isinstance(built._index.blobs, LazyBlobs)      # also right after a build
+    assert isinstance(built.index.blobs, LazyBlobs)      # also right after a build
     built.close()
     stream = open_decompressed(FileSource(path), index_store=store, key_paths=[path],
                                spacing=256 << 10)
     assert stream.size == len(streams.data)
-    assert isinstance(stream._index.blobs, LazyBlobs)
+    assert isinstance(stream.index.blobs, LazyBlobs)
     _random_reads(stream, streams.data, 40, seed=9)
     # The index file is damaged after it was loaded: never wrong bytes.
     (index_file,) = glob.glob(str(tmp_path / "idx" / "*.idx"))
@@ -567,23 +568,24 @@ def test_zstd_snapshots_stay_in_the_index_file(streams: Streams, tmp_path: Path)
         raw[pos] ^= 0xFF
     Path(index_file).write_bytes(bytes(raw))
     stream.close()
-    last = stream._index.spans - 1
-    assert stream._index.meta[last][1][0] == "r"
+    last = stream.index.spans - 1
+    assert stream.index.meta[last][1][0] == "r"
     with pytest.raises(ImageError):
-        stream.read_at(stream._index.starts[last], 100)
+        stream.read_at(stream.index.starts[last], 100)
 
 
 def test_configure_sets_spacing_and_threads(streams: Streams, monkeypatch) -> None:
     import imagefs.codecs as codecs
-    from imagefs.codecs import base, zstd
+    from imagefs.codecs import tuning, zstd
 
     monkeypatch.setattr(zstd, "DEFAULT_SPACING", zstd.DEFAULT_SPACING)
-    monkeypatch.setattr(base, "PREFETCH", base.PREFETCH)
-    monkeypatch.setattr(base, "PREFETCH_DEPTH", base.PREFETCH_DEPTH)
+    monkeypatch.setattr(tuning, "PREFETCH", tuning.PREFETCH)
+    monkeypatch.setattr(tuning, "PREFETCH_DEPTH", tuning.PREFETCH_DEPTH)
+    monkeypatch.setattr(tuning, "INDEX_THREADS", tuning.INDEX_THREADS)
     codecs.configure(threads=1, zstd_spacing=512 << 10)
-    assert base.PREFETCH is False
+    assert tuning.PREFETCH is False and tuning.INDEX_THREADS == 1
     stream = build_index(FileSource(streams.path("zstd")))
-    assert stream.spacing == 512 << 10 and stream._index.info["resume_points"] >= 4
+    assert stream.spacing == 512 << 10 and stream.index.info["resume_points"] >= 4
     data = b"".join(stream.read_at(o, 1 << 20) for o in range(0, stream.size, 1 << 20))
     assert data == streams.data
     stream.close()

@@ -10,7 +10,7 @@ import pytest
 from imagefs.config import (DEFAULT_CACHE_SIZE, Settings, apply_overrides, load_config,
                             parse_size, parse_umask)
 from imagefs.errors import ConfigError
-from imagefs.mount import split_options
+from imagefs.cli.mount import split_options
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 

@@ -12,8 +12,9 @@ import pytest
 from imagefs.errors import SourceError, TruncatedError
 from imagefs.io import ConcatSource, FdPool, FileSource, MemorySource, SliceSource
 from imagefs.io.pieces import collect_piece_set, next_auto_suffix, next_fixed_suffix
-from imagefs.io.source import known_size, read_into
-from imagefs.opener import pieces_for
+from imagefs.blockio.opener import open_path
+from imagefs.io.pieces import resolve
+from imagefs.io.scatter import read_into
 
 
 def test_file_source_reads_without_a_shared_cursor(tmp_path):
@@ -74,7 +75,7 @@ def test_concat_and_slice():
             assert cat.read_at(off, n) == whole[off:off + n]
     sl = SliceSource(cat, 13)
     assert sl.read_at(0, 1000) == whole[13:]
-    assert known_size(sl) == len(whole) - 13
+    assert sl.cheap_size() == len(whole) - 13
 
 
 def _scatter_views(rng: random.Random, total: int) -> tuple[bytearray, list[memoryview]]:
@@ -107,8 +108,8 @@ def test_read_into_matches_read_at_for_every_kind_of_source(tmp_path):
     for name, src in sources.items():
         shift = 5 if name == "slice" else 0
         for _ in range(200):
-            off = rng.randrange(known_size(src))
-            total = rng.randrange(0, min(30_000, known_size(src) - off) + 1)
+            off = rng.randrange(src.cheap_size())
+            total = rng.randrange(0, min(30_000, src.cheap_size() - off) + 1)
             buf, views = _scatter_views(rng, total)
             read_into(src, off, views)
             assert bytes(buf) == data[shift + off:shift + off + total], (name, off, total)
@@ -165,15 +166,18 @@ def test_split_with_fixed_width_and_partimage_volumes(tmp_path):
     assert ps.missing == "v.001"
 
 
-def test_pieces_for_reports_a_hole(tmp_path):
+def test_a_hole_in_a_set_is_one_error_everywhere(tmp_path):
     for s in ("aa", "ab", "ad"):
         (tmp_path / f"img.{s}").write_bytes(b"x")
+    resolved = resolve(str(tmp_path / "img.aa"))
+    assert resolved.missing is not None and "img.ac" in str(resolved.missing)
     with pytest.raises(SourceError, match=r"img\.ac"):
-        pieces_for(str(tmp_path / "img.aa"))
+        open_path(str(tmp_path / "img.aa"))
     (tmp_path / "img.ac").write_bytes(b"x")
-    names, kind = pieces_for(str(tmp_path / "img.aa"))
-    assert [os.path.basename(n) for n in names] == ["img.aa", "img.ab", "img.ac", "img.ad"]
-    assert kind == "split"
+    resolved = resolve(str(tmp_path / "img.aa"))
+    assert [os.path.basename(n) for n in resolved.paths] == ["img.aa", "img.ab", "img.ac",
+                                                             "img.ad"]
+    assert resolved.kind == "split" and resolved.missing is None
 
 
 def test_unrelated_sibling_is_not_a_missing_piece():

@@ -20,7 +20,7 @@ import pytest
 
 from readers import run_in_threads
 from realimages import mounted, need, need_root, tree_digest
-from test_mount_support import (Expected, build_clonezilla_tree, imagefs_mounted, need_fuse,
+from mount_helpers import (Expected, build_clonezilla_tree, imagefs_mounted, need_fuse,
                                 sha256_of, source_digest)
 
 pytestmark = [pytest.mark.mount, pytest.mark.root]
@@ -147,7 +147,7 @@ def test_fsck_accepts_virtual_partitions(tree, mnt):
                               timeout=300, stdin=subprocess.DEVNULL)
         expected = 0
         if kind == "ntfs" and exp.good[vpath].tool == "partclone":
-            # partclone.ntfs does not store the backup boot sector (design.md 4),
+            # partclone.ntfs does not store the backup boot sector (docs/design.md 4),
             # so ntfsfix judges its restore output the same way: compare with it.
             expected = subprocess.run(FSCK[kind] + [str(exp.good[vpath].ground_truth)],
                                       capture_output=True, stdin=subprocess.DEVNULL).returncode
@@ -231,7 +231,7 @@ def test_every_write_fails(tree, mnt):
 
 
 def test_umount_ends_the_process(tree, tmp_path):
-    from test_mount_support import pids_serving, unmount, wait_until
+    from mount_helpers import pids_serving, unmount, wait_until
 
     root, _, _ = tree
     m = tmp_path / "second"

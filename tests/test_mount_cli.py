@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imagefs import mount as mount_mod
-from test_mount_support import (IMAGEFS, imagefs_mounted, need_fuse, unmount, wait_until,
+from imagefs.cli import mount as mount_mod
+from mount_helpers import (IMAGEFS, imagefs_mounted, need_fuse, unmount, wait_until,
                                 write_partclone)
 
 
@@ -150,7 +150,7 @@ def test_dead_mount_gets_a_hint(src, tmp_path):
 
 
 def test_version_reports_libfuse():
-    from imagefs.fuse_version import libfuse_version
+    from imagefs.fuse.library import libfuse_version
 
     text = libfuse_version()
     assert text[0].isdigit() and "libfuse" in text, text

@@ -1,4 +1,4 @@
-"""Issue 4 acceptance: every Clonezilla compressor, mounted for real.
+"""Every Clonezilla compressor, mounted for real.
 
 A real partclone ext4 image is compressed by each real tool, once as one
 file and once cut with ``split -a 2 -b 4M``; partimage's own gzip and bzip2
@@ -16,7 +16,7 @@ import pytest
 
 from realimages import mounted, tree_digest
 from realimages_partimage import partimage_image
-from test_mount_support import imagefs_mounted, sha256_of
+from mount_helpers import imagefs_mounted, sha256_of
 
 pytestmark = [pytest.mark.mount, pytest.mark.root]
 

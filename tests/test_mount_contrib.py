@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from imagefs.config import load_config
-from imagefs.mount import split_options
+from imagefs.cli.mount import split_options
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 #: libfuse options the examples may pass on (everything else must be ours or dropped).

@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 
 from realimages import need_root
-from test_mount_support import (build_clonezilla_tree, imagefs_mounted, need_fuse,
+from mount_helpers import (build_clonezilla_tree, imagefs_mounted, need_fuse,
                                 pids_serving, sha256_of, source_digest, unmount, wait_until)
 
 pytestmark = [pytest.mark.mount, pytest.mark.root]

@@ -1,10 +1,12 @@
 """A tree of 2,000 small images mounts lazily: ``ls -lR`` reads no data area.
 
 The mount runs in the foreground under a small wrapper that records every
-``pread`` on a file of the source tree (offset, length, path).  After
-``ls -lR`` of the whole mount, each image must have been read only inside
-its header: no bitmap, no data area, no index built.  Timing belongs to
-bench/, not here.
+``pread`` and ``preadv`` (the FUSE read path scatters with ``preadv``) on a
+file of the source tree (offset, length, path).  After ``ls -lR`` of the
+whole mount, each image must have been read only inside its header: no
+bitmap, no data area, no index built.  Reading one virtual partition
+afterwards must show up in the trace (so the trace can see data reads).
+Timing belongs to bench/, not here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from test_mount_support import need_fuse, unmount, wait_until, write_partclone
+from mount_helpers import need_fuse, unmount, wait_until, write_partclone
 
 pytestmark = [pytest.mark.mount]
 
@@ -30,7 +32,7 @@ WRAPPER = textwrap.dedent('''
     import os, sys
     LOG, ROOT = sys.argv[1], sys.argv[2]
     log_fd = os.open(LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    _open, _pread = os.open, os.pread
+    _open, _pread, _preadv = os.open, os.pread, os.preadv
     paths = {}
 
     def traced_open(path, flags, mode=0o777, *, dir_fd=None):
@@ -45,8 +47,15 @@ WRAPPER = textwrap.dedent('''
             os.write(log_fd, f"{offset} {len(data)} {p}\\n".encode())
         return data
 
-    os.open, os.pread = traced_open, traced_pread
-    from imagefs.mount import main
+    def traced_preadv(fd, buffers, offset, *flags):
+        n = _preadv(fd, buffers, offset, *flags)
+        p = paths.get(fd, "")
+        if isinstance(p, str) and p.startswith(ROOT):
+            os.write(log_fd, f"{offset} {n} {p}\\n".encode())
+        return n
+
+    os.open, os.pread, os.preadv = traced_open, traced_pread, traced_preadv
+    from imagefs.cli.mount import main
     sys.exit(main(sys.argv[3:]))
 ''')
 
@@ -84,6 +93,10 @@ def test_ls_lR_of_2000_images_reads_no_data_area(big_tree, tmp_path):
         assert all(line.split()[4] == str(64 * 512) for line in shown)
         infos = [line for line in out.stdout.splitlines() if line.endswith(".info")]
         assert len(infos) == IMAGES
+        listed = log.read_text()
+        # Now read one virtual partition: the trace must see its data area.
+        probe_image = mnt / "host-00" / "sda0.ext4-ptcl-img"
+        assert len(probe_image.read_bytes()) == 64 * 512
     finally:
         unmount(mnt)
         try:
@@ -93,11 +106,20 @@ def test_ls_lR_of_2000_images_reads_no_data_area(big_tree, tmp_path):
                 proc.kill()
     assert proc.returncode == 0, proc.stderr.read().decode()
 
-    reads: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for line in log.read_text().splitlines():
-        offset, length, path = line.split(" ", 2)
-        reads[path].append((int(offset), int(length)))
+    reads = _reads(listed)
     assert len(reads) == IMAGES, "every image is probed (its header read) exactly for ls"
     beyond = {p: r for p, r in reads.items() if any(o + n > HEADER for o, n in r)}
     assert not beyond, f"ls -lR read past the header of {len(beyond)} images, e.g. " \
                        f"{next(iter(beyond.items()))}"
+    after = _reads(log.read_text())
+    data_read = [r for r in after[str(big_tree / "host-00" / "sda0.ext4-ptcl-img")]
+                 if r[0] + r[1] > HEADER]
+    assert data_read, "reading a virtual partition must show its data area in the trace"
+
+
+def _reads(text: str) -> dict[str, list[tuple[int, int]]]:
+    reads: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for line in text.splitlines():
+        offset, length, path = line.split(" ", 2)
+        reads[path].append((int(offset), int(length)))
+    return reads

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from imagefs.blockio import VirtualPartition
-from imagefs.cache import BlockCache
+from imagefs.services.cache import BlockCache
 from imagefs.errors import ChecksumError
 from imagefs.formats import probe
 from imagefs.io import FileSource
@@ -142,7 +142,7 @@ def _recode(src: bytes, mode: int, reseed: bool = True, bpc: int | None = None) 
     """
     import xxhash
 
-    from imagefs.checksums import pc_crc32
+    from imagefs.formats.checksums import pc_crc32
     from imagefs.io import MemorySource
 
     header = probe(MemorySource(src))

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from imagefs.blockio import VirtualPartition
-from imagefs.cache import BlockCache
-from imagefs.checksums import sum32_signed
+from imagefs.services.cache import BlockCache
+from imagefs.formats.checksums import sum32_signed
 from imagefs.errors import (ChecksumError, FormatError, ImageError, NotAnImageError,
                             SourceError, TruncatedError, UnsupportedError)
 from imagefs.formats import partimage as pi
 from imagefs.formats import probe
 from imagefs.io.source import MemorySource
-from imagefs.opener import open_image_header
+from imagefs.blockio.opener import open_image_header
 from realimages_partimage import clonezilla_pipeline, partimage_image
 from readers import check_both_readers, check_threads
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from realimages import mounted, need
-from test_mount_support import imagefs_mounted, need_fuse, unmount
+from mount_helpers import imagefs_mounted, need_fuse, unmount
 
 pytestmark = [pytest.mark.mount, pytest.mark.root]
 

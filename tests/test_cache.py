@@ -1,0 +1,55 @@
+"""The shared block cache: one load per key, bounded in bytes, failures not remembered."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from imagefs.services.cache import BlockCache
+
+
+def test_cache_loads_once_per_key_under_contention():
+    cache = BlockCache(1 << 20)
+    calls = []
+    gate = threading.Event()
+
+    def loader():
+        calls.append(1)
+        gate.wait(10)
+        return b"v" * 100
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cache.get_or_load, "k", loader) for _ in range(8)]
+        # Wait (bounded) until all eight threads are inside get_or_load.
+        for _ in range(10_000):
+            if cache.misses >= 8:
+                break
+            threading.Event().wait(0.001)
+        assert cache.misses == 8
+        gate.set()
+        assert all(f.result() == b"v" * 100 for f in futures)
+    assert len(calls) == 1
+
+
+def test_cache_is_bounded_in_bytes_and_lru():
+    cache = BlockCache(1000)
+    for i in range(20):
+        cache.get_or_load(i, lambda i=i: bytes([i]) * 100)
+        assert cache.size <= 1000
+    assert cache.get(19) is not None and cache.get(0) is None
+
+
+def test_cache_does_not_remember_failures():
+    cache = BlockCache(1000)
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("transient")
+        return b"ok"
+
+    with pytest.raises(OSError):
+        cache.get_or_load("k", flaky)
+    assert cache.get_or_load("k", flaky) == b"ok"
