@@ -32,9 +32,9 @@ sys.dont_write_bytecode = True
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imagefs.cache import BlockCache  # noqa: E402
+from imagefs.services.cache import BlockCache  # noqa: E402
 from imagefs.codecs import build_index, open_decompressed  # noqa: E402
-from imagefs.indexdir import IndexStore  # noqa: E402
+from imagefs.services.indexstore import IndexStore  # noqa: E402
 from imagefs.io import FileSource  # noqa: E402
 
 # name -> (compress command (stdin -> stdout), decompress command (file -> stdout))

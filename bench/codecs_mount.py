@@ -11,7 +11,7 @@ round by round with the compressed file in the page cache:
   (partition bytes per second; about 10% of them are unstored blocks,
   zeros that cost no decoding).
 
-design.md's target: imagefs >= 0.8 x the slower of the tool and the
+docs/design.md's target: imagefs >= 0.8 x the slower of the tool and the
 passthrough ceiling (the head-to-head's hot-source passthrough figure).
 """
 

@@ -170,13 +170,13 @@ def imagefs_cmd() -> list[str]:
 
 def imagefs_available() -> tuple[bool, str]:
     """Whether this checkout has the mount (imagefs/mount.py importable)."""
-    res = subprocess.run([sys.executable, "-c", "import imagefs.mount"], cwd=REPO,
+    res = subprocess.run([sys.executable, "-c", "import imagefs.cli.mount"], cwd=REPO,
                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
                          text=True, timeout=60)
     if res.returncode == 0:
         return True, ""
     last = (res.stderr.strip().splitlines() or ["?"])[-1]
-    return False, f"imagefs.mount cannot be imported ({last})"
+    return False, f"imagefs.cli.mount cannot be imported ({last})"
 
 
 def imagefs(source: Path, vname: str, options: str | None = None) -> Contender:

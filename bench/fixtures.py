@@ -197,7 +197,7 @@ def image_tree(count: int, per_dir: int = 100) -> Path:
 # ------------------------------------------------------- synthetic partclone
 
 def _pc_crc32(data: bytes, state: int = 0xFFFFFFFF) -> int:
-    """partclone's CRC-32 (zlib's without the final XOR; formats.md 1)."""
+    """partclone's CRC-32 (zlib's without the final XOR; docs/formats.md 1)."""
     return zlib.crc32(data, state ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
 
 

@@ -23,7 +23,7 @@ reads the whole virtual partition in 1 MiB reads:
   thousands of reads per second, not GB/s): the per-request cost of the
   reader, and of a cache miss that loads a whole chunk.
 
-Target (issue 2): >= 1.5 GB/s (10^9 bytes/s) on the uncached and cached
+Target: >= 1.5 GB/s (10^9 bytes/s) on the uncached and cached
 paths.  ``--profile`` adds a cProfile of one pass of each and prints where
 the time goes.
 """
@@ -56,7 +56,7 @@ READ = MiB
 def open_vp(image: Path, cache_bytes: int | None):
     """A VirtualPartition over ``image`` with a fresh cache (or none)."""
     from imagefs.blockio import VirtualPartition
-    from imagefs.cache import BlockCache
+    from imagefs.services.cache import BlockCache
     from imagefs.formats import probe
     from imagefs.io import FileSource
     cache = BlockCache(cache_bytes) if cache_bytes else None
@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--tune-alloc", action="store_true",
                     help="raise glibc's mmap threshold first, as the imagefs command does "
-                         "(imagefs.memtune)")
+                         "(imagefs.services.memtune)")
     args = ap.parse_args(argv)
     if args.tune_alloc:
-        from imagefs.memtune import tune_allocator
+        from imagefs.services.memtune import tune_allocator
         log(f"tune_allocator: {tune_allocator()}")
     image = args.image or default_image()
     warm(image)

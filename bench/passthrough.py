@@ -21,7 +21,7 @@ Python work only; see bench/README.md):
   does (that is what really gives 1 MiB requests);
 - ``st_blksize`` 1 MiB so that cp/cat pick large buffers;
 - glibc's mmap threshold raised to 8 MiB (trim threshold 64 MiB), the
-  process tuning the imagefs command applies (imagefs.memtune): without it
+  process tuning the imagefs command applies (imagefs.services.memtune): without it
   every 1 MiB read buffer is a fresh, page-faulted mmap;
 - long attr/entry timeouts (1 h): the tree never changes.
 
@@ -65,7 +65,7 @@ def _load_mfusepy():
 
 mfusepy = _load_mfusepy()
 
-#: glibc thresholds as imagefs.memtune sets them: 1 MiB read buffers then come
+#: glibc thresholds as imagefs.services.memtune sets them: 1 MiB read buffers then come
 #: from the heap instead of a fresh mmap (page-faulted in) per request.
 MMAP_THRESHOLD = 8 << 20
 TRIM_THRESHOLD = 16 << 20
@@ -220,7 +220,7 @@ def _open_virtual(files: dict[str, str], cache_mib: int) -> dict:
     """Virtual partitions of the images, sharing one block cache (0: none)."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from imagefs.blockio import VirtualPartition
-    from imagefs.cache import BlockCache
+    from imagefs.services.cache import BlockCache
     from imagefs.formats import probe
     from imagefs.io import FileSource
     cache = BlockCache(cache_mib << 20) if cache_mib > 0 else None

@@ -404,7 +404,7 @@ def _time_cat(img: Path) -> float:
 def _time_ntfs_open(img: Path, idx: Path) -> float:
     """Cold in-process open (probe + index build or load) with index dir ``idx``."""
     from imagefs.formats import probe
-    from imagefs.indexdir import IndexStore
+    from imagefs.services.indexstore import IndexStore
     from imagefs.io import FileSource
     drop_caches()
     t0 = time.perf_counter()
@@ -457,7 +457,7 @@ def ntfs_series(quick: bool, work: Path, with_mount: bool, options: str | None,
 
 
 def inprocess_series(image: Path, rounds: int) -> dict:
-    """The issue-2 figure (VirtualPartition.read, warm page cache) on the same image."""
+    """The in-process figure (VirtualPartition.read, warm page cache) on the same image."""
     sys.path.insert(0, str(REPO))
     import inprocess
     inprocess.warm(image)

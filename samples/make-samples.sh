@@ -14,7 +14,13 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="$here/backups"
 work=$(mktemp -d)
-trap 'umount "$work/mnt" 2>/dev/null || true; losetup -D 2>/dev/null || true; rm -rf "$work"' EXIT
+loops=()   # only the loop devices this script attached are detached on exit
+cleanup() {
+  umount "$work/mnt" 2>/dev/null || true
+  for dev in "${loops[@]}"; do losetup -d "$dev" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
 mkdir -p "$work/mnt"
 
 fill() {  # fill a mounted tree with a few recognisable files
@@ -33,7 +39,7 @@ mkdir -p "$img" "$out/loose"
 # A 3-partition disk: ext4, FAT16, NTFS.
 truncate -s 64M "$work/disk.raw"
 printf 'label: dos\n,24M,83\n,16M,c\n,,7\n' | sfdisk -q "$work/disk.raw"
-D=$(losetup -f --show -P "$work/disk.raw")
+D=$(losetup -f --show -P "$work/disk.raw"); loops+=("$D")
 [ -e "${D}p1" ] || partx -a "$D"
 mkfs.ext4 -q -F -L samples "${D}p1"
 mount "${D}p1" "$work/mnt"; fill "$work/mnt" ext4; umount "$work/mnt"
@@ -65,7 +71,7 @@ losetup -d "$D"
 # A loose, uncompressed partclone image and a non-image file.
 truncate -s 8M "$work/e2.raw"
 mkfs.ext2 -q -F -L oldlaptop "$work/e2.raw"
-L=$(losetup -f --show "$work/e2.raw")
+L=$(losetup -f --show "$work/e2.raw"); loops+=("$L")
 mount "$L" "$work/mnt"; fill "$work/mnt" ext2; umount "$work/mnt"
 partclone.ext2 -c -s "$L" -o "$out/loose/old-laptop.ext2-ptcl-img" >/dev/null 2>&1
 losetup -d "$L"

@@ -33,8 +33,14 @@ venv="$here/.venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-"$venv/bin/pip" install -q -e "$here[test,lzo]" 2>&1 | grep -v '^WARNING: Location' || true
+"$venv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true   # an old pip still works
+# A failed install must stop here with pip's own message, not later with
+# a confusing import error.
+if ! "$venv/bin/pip" install -q -e "$here[test,lzo]" >"$venv/pip-install.log" 2>&1; then
+  grep -v '^WARNING: Location' "$venv/pip-install.log" >&2
+  echo "setup: pip install failed (log: $venv/pip-install.log)" >&2
+  exit 1
+fi
 "$venv/bin/python" -c "import imagefs, mfusepy, rapidgzip, pyzstd, lz4, xxhash, yaml, tqdm, lzo" \
   || { echo "setup: the Python dependencies did not install" >&2; exit 1; }
 # mount(8) runs helpers with a fixed PATH, so `mount -t fuse.imagefs` and
