@@ -24,9 +24,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from realimages import fill_tree, loop_device, mounted, need, need_root, run
+
+if TYPE_CHECKING:
+    from imagefs.disks import DiskImage, DiskPlan
 
 #: The batch save of formats.md 5.6: partclone first (-q2), hidden sectors (-j2),
 #: zstd (-z9p), no splitting, no fsck/check/encryption, no prompts.
@@ -235,6 +238,40 @@ class DiskFactory:
         return self._truths(saved)
 
 
+    # ------------------------------------------------------------- bootable
+    def _build_boot(self, work: Path) -> SavedDisk:
+        """64 MiB MBR disk: syslinux's MBR code, one ext2 partition with extlinux,
+        a Debian kernel and the busybox initramfs; saved by ocs-sr."""
+        need("extlinux", "busybox", "mkfs.ext2")
+        kernel = kernel_image()
+        if kernel is None:
+            need("/boot/vmlinuz-* (apt-get install linux-image-cloud-amd64)")
+        mbr_bin = Path("/usr/lib/EXTLINUX/mbr.bin")
+        initrd = busybox_initramfs(work)
+        raw = work / "boot.raw"
+        _partition(raw, 64 << 20, "label: dos\nstart=2048, type=83, bootable\n")
+        with open(raw, "r+b") as f:
+            f.write(mbr_bin.read_bytes()[:440])          # boot code only, keep the table
+        with disk_device(raw) as dev:
+            def prepare(dev: str) -> None:
+                part = partition_path(dev, 1)
+                # 4 KiB blocks: the boot sector extlinux writes lies in block 0, which
+                # holds the superblock too, so partclone stores it.
+                run(["mkfs.ext2", "-q", "-F", "-b", "4096", part])
+                mnt = work / "mnt"
+                with mounted(part, mnt):
+                    (mnt / "boot").mkdir()
+                    shutil.copy(kernel, mnt / "boot" / "vmlinuz")  # type: ignore[arg-type]
+                    shutil.copy(initrd, mnt / "boot" / "initrd.gz")
+                    (mnt / "boot" / "extlinux.conf").write_text(
+                        "DEFAULT linux\nPROMPT 0\nTIMEOUT 1\nSERIAL 0 115200\n"
+                        "LABEL linux\n  KERNEL /boot/vmlinuz\n  INITRD /boot/initrd.gz\n"
+                        "  APPEND console=ttyS0 panic=-1 quiet\n")
+                    run(["extlinux", "--install", str(mnt / "boot")])
+            saved = self._save(work, raw, dev, prepare)
+        return saved
+
+
 def _fill(work: Path, dev: str, number: int, seed: int, fs: str | None) -> None:
     mnt = work / f"mnt{number}"
     mnt.mkdir(exist_ok=True)
@@ -248,3 +285,80 @@ def _fill(work: Path, dev: str, number: int, seed: int, fs: str | None) -> None:
         return
     with mounted(part, mnt):
         fill_tree(mnt, seed, 3)
+
+
+# ----------------------------------------------------- imagefs's readers
+
+def imagefs_partition(path: Path) -> object:
+    """A saved partition image as imagefs's virtual partition.
+
+    The one place that knows the opener stack (its names may move):
+    pieces -> decompression -> format probe -> block map -> VirtualPartition.
+    """
+    from imagefs.blockio import VirtualPartition
+    from imagefs.formats import probe
+    from imagefs.opener import open_stream, pieces_for
+    pieces, kind = pieces_for(str(path))
+    stream, _info = open_stream(pieces, kind)
+    return VirtualPartition(probe(stream).open())
+
+
+def opener_for(plan: "DiskPlan", calls: list[str] | None = None) -> Callable[[str], object]:
+    """open_partition for assemble(): each image through imagefs_partition; records calls."""
+    def open_partition(dev: str):
+        if calls is not None:
+            calls.append(dev)
+        part = plan.partition(dev)
+        assert part is not None and part.image is not None
+        return imagefs_partition(Path(plan.directory) / part.image)
+    return open_partition
+
+
+def write_disk(disk: "DiskImage", path: Path, chunk: int = 4 << 20) -> None:
+    """DISK.img as a sparse file, through read_into in chunks that cross boundaries."""
+    buf = bytearray(chunk)
+    zeros = bytes(chunk)
+    with open(path, "wb") as f:
+        f.truncate(disk.size)
+        for off in range(0, disk.size, chunk):
+            n = disk.read_into(off, memoryview(buf))
+            if buf[:n] != zeros[:n]:
+                f.seek(off)
+                f.write(buf[:n])
+
+
+
+# ---------------------------------------------------------------- bootable
+
+#: Printed on the serial console by the boot disk's /init; not on the kernel
+#: command line, so only a running /init can print it.
+BOOT_MARKER = "imagefs-disk-boot-marker-7d3f9a"
+
+
+def kernel_image() -> Path | None:
+    """A Debian kernel: the newest /boot/vmlinuz-* (apt-get install linux-image-cloud-amd64)."""
+    found = sorted(Path("/boot").glob("vmlinuz-*"))
+    return found[-1] if found else None
+
+
+def busybox_initramfs(work: Path) -> Path:
+    """A gzip'd newc cpio: static busybox and an /init that prints the marker and powers off."""
+    need("cpio", "gzip")
+    busybox = shutil.which("busybox")
+    root = work / "initramfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "dev").mkdir()
+    shutil.copy(busybox, root / "bin" / "busybox")  # type: ignore[arg-type]
+    os.mknod(root / "dev" / "console", 0o600 | 0o020000, os.makedev(5, 1))
+    init = root / "init"
+    init.write_text("#!/bin/busybox sh\n"
+                    f"/bin/busybox echo {BOOT_MARKER[:10]}\"\"{BOOT_MARKER[10:]}\n"
+                    "/bin/busybox poweroff -f\n")
+    init.chmod(0o755)
+    listing = "\n".join(sorted(str(p.relative_to(root)) for p in root.rglob("*")))
+    out = work / "initrd.gz"
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=listing.encode(),
+                          stdout=subprocess.PIPE, check=True)
+    out.write_bytes(subprocess.run(["gzip", "-9"], input=cpio.stdout, stdout=subprocess.PIPE,
+                                   check=True).stdout)
+    return out

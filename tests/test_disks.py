@@ -23,7 +23,7 @@ import pytest
 from imagefs.disks import IMAGE, LVM_PV, SWAP, DiskImage, DiskPlan, assemble, find_disks, image_for
 from imagefs.disks.tables import parse_sfdisk
 from imagefs.errors import FormatError, ImageError
-from realdisks import DiskFactory, SavedDisk, disk_device, partition_path
+from realdisks import DiskFactory, SavedDisk, disk_device, opener_for, partition_path, write_disk
 from realimages import loop_device, need, run
 
 pytestmark = pytest.mark.root
@@ -32,43 +32,6 @@ KINDS = ["gpt", "mbr"]
 
 
 # ------------------------------------------------------------------ helpers
-
-def imagefs_partition(path: Path):
-    """A saved partition image as imagefs's virtual partition.
-
-    The one place that knows the opener stack (its names may move):
-    pieces -> decompression -> format probe -> block map -> VirtualPartition.
-    """
-    from imagefs.blockio import VirtualPartition
-    from imagefs.formats import probe
-    from imagefs.opener import open_stream, pieces_for
-    pieces, kind = pieces_for(str(path))
-    stream, _info = open_stream(pieces, kind)
-    return VirtualPartition(probe(stream).open())
-
-
-def opener_for(plan: DiskPlan, calls: list[str] | None = None):
-    def open_partition(dev: str):
-        if calls is not None:
-            calls.append(dev)
-        part = plan.partition(dev)
-        assert part is not None and part.image is not None
-        return imagefs_partition(Path(plan.directory) / part.image)
-    return open_partition
-
-
-def write_disk(disk: DiskImage, path: Path, chunk: int = 4 << 20) -> None:
-    """DISK.img as a sparse file, through read_into in chunks that cross boundaries."""
-    buf = bytearray(chunk)
-    zeros = bytes(chunk)
-    with open(path, "wb") as f:
-        f.truncate(disk.size)
-        for off in range(0, disk.size, chunk):
-            n = disk.read_into(off, memoryview(buf))
-            if buf[:n] != zeros[:n]:
-                f.seek(off)
-                f.write(buf[:n])
-
 
 def read_range(path: Path | str, offset: int, size: int) -> bytes:
     with open(path, "rb") as f:
