@@ -238,6 +238,57 @@ class DiskFactory:
         return self._truths(saved)
 
 
+    # ----------------------------------------------------------------- 4Kn
+    def _build_gpt4k(self, work: Path) -> SavedDisk:
+        """64 MiB GPT disk with 4096-byte sectors, one ext4 partition.
+
+        Saved with the commands Clonezilla's savedisk runs (formats.md 8),
+        not ocs-sr: its bs=512 dumps are what make 4Kn disks special --
+        DISK-gpt-1st is too short for the entries and DISK-gpt-2nd is read
+        from the wrong place, so the table must come from DISK-gpt.gdisk.
+        """
+        need("sgdisk", "parted", "partclone.ext4", "zstd", "mkfs.ext4")
+        raw = work / "gpt4k.raw"
+        with open(raw, "wb") as f:
+            f.truncate(64 << 20)
+        out = work / "images" / "img-gpt4k"
+        out.mkdir(parents=True)
+        dev = run(["losetup", "-f", "--show", "-b", "4096", str(raw)]).stdout.decode().strip()
+        try:
+            run(["sfdisk", "-q", dev], input=b"label: gpt\nsize=40M, type=L, name=data\n",
+                stdin=None)
+            subprocess.run(["partx", "-d", dev], stderr=subprocess.DEVNULL, check=False)
+            run(["partx", "-a", dev])
+            part = partition_path(dev, 1)
+            run(["mkfs.ext4", "-q", "-F", part])
+            _fill(work, dev, 1, seed=41, fs=None)
+            os.sync()
+            d = dev[5:]
+            (out / "disk").write_text(d + "\n")
+            (out / "parts").write_text(f"{d}p1\n")
+            (out / f"{d}-pt.sf").write_bytes(run(["sfdisk", "-d", dev]).stdout)
+            parted = run(["parted", "-s", dev, "unit", "s", "print"]).stdout
+            (out / f"{d}-pt.parted").write_bytes(parted)
+            n = int(next(line.split()[-1][:-1] for line in parted.decode().splitlines()
+                         if line.startswith("Disk /")))
+            for name, extra in (("mbr", ["count=1"]), ("gpt-1st", ["count=34"]),
+                                ("gpt-2nd", [f"skip={n - 33 + 1}", "count=33"])):
+                run(["dd", f"if={dev}", f"of={out}/{d}-{name}", "bs=512", *extra, "status=none"])
+            run(["sgdisk", "-b", f"{out}/{d}-gpt.gdisk", dev])
+            image = out / f"{d}p1.ext4-ptcl-img.zst"
+            with open(image, "wb") as f:
+                pc = subprocess.Popen(["partclone.ext4", "-z", "10485760", "-c", "-s", part,
+                                       "--output", "-"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL)
+                zstd = subprocess.run(["zstd", "-c", "-T0", "-3"], stdin=pc.stdout, stdout=f)
+                pc.stdout.close()  # type: ignore[union-attr]
+                if pc.wait(120) != 0 or zstd.returncode != 0:
+                    raise RuntimeError(f"partclone.ext4 | zstd of {part} failed")
+        finally:
+            subprocess.run(["partx", "-d", dev], stderr=subprocess.DEVNULL, check=False)
+            subprocess.run(["losetup", "-d", dev], check=False)
+        return self._truths(SavedDisk(d, raw, out))
+
     # ------------------------------------------------------------- bootable
     def _build_boot(self, work: Path) -> SavedDisk:
         """64 MiB MBR disk: syslinux's MBR code, one ext2 partition with extlinux,

@@ -24,7 +24,7 @@ from imagefs.disks import IMAGE, LVM_PV, SWAP, DiskImage, DiskPlan, assemble, fi
 from imagefs.disks.tables import parse_sfdisk
 from imagefs.errors import FormatError, ImageError
 from realdisks import DiskFactory, SavedDisk, disk_device, opener_for, partition_path, write_disk
-from realimages import loop_device, need, run
+from realimages import need, run
 
 pytestmark = pytest.mark.root
 
@@ -379,6 +379,88 @@ def test_gpt_rebuilt_without_second_dump(gpt_disk: Assembled, tmp_path: Path) ->
     tail = 33 * 512
     assert disk.read(plan.size - tail, tail) == read_range(assembled.saved.raw, plan.size - tail, tail)
     assert disk.read(0, 34 * 512) == read_range(assembled.saved.raw, 0, 34 * 512)
+
+
+# ------------------------------------------------------- raw (dd) images
+
+class RawReader:
+    """A partition's raw bytes from a decompressed ``dd-ptcl-img`` (the opener's job later)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = os.path.getsize(path)
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, max(0, min(size, self.size - offset)), offset)
+
+    def read_into(self, offset: int, dest: memoryview) -> int:
+        data = self.read(offset, len(dest))
+        dest[:len(data)] = data
+        return len(data)
+
+
+def test_dd_ptcl_img_partition(mbr_disk: Assembled, tmp_path: Path) -> None:
+    """A partition saved by partclone.dd (Clonezilla's raw fallback) fills its slot raw."""
+    need("partclone.dd", "zstd")
+    saved, plan = mbr_disk.saved, mbr_disk.plan
+    part = plan.partition(f"{saved.name}p5")
+    assert part is not None
+    copy = _metadata_only(saved, plan, tmp_path / "dd")
+    for p in plan.partitions:
+        if p.image and p is not part:
+            os.symlink(saved.directory / p.image, copy / p.image)
+    image = copy / f"{part.device}.dd-ptcl-img.zst"
+    src = run(["losetup", "-f", "--show", "-r", "-o", str(part.start), "--sizelimit",
+               str(part.size), str(saved.raw)]).stdout.decode().strip()
+    try:              # the pipeline ocs-sr runs for a file system partclone does not know
+        with open(image, "wb") as f:
+            dd = subprocess.Popen(["partclone.dd", "-z", "10485760", "-s", src, "--output", "-"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            subprocess.run(["zstd", "-c", "-3"], stdin=dd.stdout, stdout=f, check=True)
+            dd.stdout.close()  # type: ignore[union-attr]
+            assert dd.wait(120) == 0
+    finally:
+        run(["losetup", "-d", src])
+    plan2 = find_disks(str(copy), os.listdir(copy))[0]
+    assert plan2.partition(part.device).image == image.name      # type: ignore[union-attr]
+    raw = tmp_path / "p5.raw"
+    run(["zstd", "-d", "-q", "-o", str(raw), str(image)])
+    normal = opener_for(plan2)
+    disk = assemble(plan2, lambda dev: RawReader(raw) if dev == part.device else normal(dev))
+    assert disk.read(part.start, part.size) == read_range(saved.raw, part.start, part.size)
+    assert "partclone.dd" in disk.info_text()
+
+
+# ---------------------------------------------------------------- 4Kn disk
+
+def test_4kn_disk_from_the_gdisk_backup(disks: DiskFactory) -> None:
+    """4096-byte sectors: the GPT comes from DISK-gpt.gdisk, and the disk checks out
+    on a loop device with 4096-byte sectors (sgdisk -v, sfdisk -d, the partition)."""
+    need("sgdisk")
+    saved = disks.get("gpt4k")
+    plan = find_disks(str(saved.directory), saved.names)[0]
+    assert plan.problem is None and plan.sector_size == 4096
+    assert any("gpt.gdisk" in n for n in plan.notes), plan.notes
+    disk = assemble(plan, opener_for(plan))
+    img = saved.directory.parent / plan.file_name
+    write_disk(disk, img)
+    head = 6 * 4096                       # protective MBR, header, 4 sectors of entries
+    assert read_range(img, 0, head) == read_range(saved.raw, 0, head)
+    assert read_range(img, plan.size - 5 * 4096, 5 * 4096) == \
+        read_range(saved.raw, plan.size - 5 * 4096, 5 * 4096)
+    dev = run(["losetup", "-f", "--show", "-r", "-b", "4096", str(img)]).stdout.decode().strip()
+    try:
+        assert "No problems found" in run(["sgdisk", "-v", dev]).stdout.decode()
+        dumped = run(["sfdisk", "-d", dev]).stdout.decode()
+        assert sf_rows(dumped) == sf_rows((saved.directory / f"{saved.name}-pt.sf").read_text())
+        run(["partx", "-a", dev])
+        p = plan.partitions[0]
+        assert sha_range(partition_path(dev, 1), 0, p.size) == \
+            sha_range(saved.truths[p.device], 0, p.size)
+    finally:
+        subprocess.run(["partx", "-d", dev], stderr=subprocess.DEVNULL, check=False)
+        run(["losetup", "-d", dev])
 
 
 # ------------------------------------------------------------ names (pure)

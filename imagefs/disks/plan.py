@@ -20,10 +20,14 @@ from imagefs.disks.layout import Extent, FileSlice, Painter, Slot
 from imagefs.disks.meta import (DiskIdentity, LvmFacts, MetaReader, MetaError, identity_of,
                                 lvm_facts, swap_info)
 from imagefs.disks.names import device_name, image_for, image_kind, partition_number
-from imagefs.disks.tables import SfEntry, SfTable, TableError, parse_chs, parse_parted, parse_sfdisk
+from imagefs.disks.tables import (PartedDisk, SfEntry, TableError, parse_chs, parse_parted,
+                                  parse_sfdisk)
 from imagefs.disks.types import EXTENDED_TYPES, LVM_TYPES, SWAP_TYPES, type_name
 
 log = logging.getLogger(__name__)
+
+#: The primary GPT: header, entries, and the file they were read from.
+_Primary = tuple[gpt.GptHeader, bytes, str]
 
 #: Roles of a partition: what fills its slot.
 IMAGE, SWAP, EXTENDED, LVM_PV, SKIPPED, MISSING = (
@@ -196,7 +200,7 @@ class _Builder:
             lvm=lvm, image_name=os.path.basename(meta.directory.rstrip("/")))
 
     # ------------------------------------------------------------ geometry
-    def _disk_sectors(self, parted, primary) -> int:
+    def _disk_sectors(self, parted: PartedDisk | None, primary: _Primary | None) -> int:
         if parted and parted.sectors:
             return int(parted.sectors)
         if primary is not None:
@@ -254,7 +258,7 @@ class _Builder:
         return MISSING, None, ("zeros: no image of it is in the directory (its save may have "
                                "failed; see clonezilla-img)")
 
-    def _check_geometry(self, parts: list[Partition], primary) -> None:
+    def _check_geometry(self, parts: list[Partition], primary: _Primary | None) -> None:
         disk_end = self.sectors * self.ss
         ss = self.ss
         for p in parts:
@@ -293,7 +297,7 @@ class _Builder:
                 raise TableError(f"{self.disk}-pt.sf and the saved GPT list different partitions")
 
     # ----------------------------------------------------------------- GPT
-    def _gpt_primary(self) -> tuple[gpt.GptHeader, bytes, str]:
+    def _gpt_primary(self) -> _Primary:
         """(header, entries, which file) of the primary GPT, from the dumps."""
         meta, disk, ss = self.meta, self.disk, self.ss
         first = f"{disk}-gpt-1st"

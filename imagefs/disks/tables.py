@@ -54,7 +54,6 @@ _FIELD = re.compile(r'\s*(?P<key>[A-Za-z-]+)(?:\s*=\s*(?P<value>"(?:[^"\\]|\\.)*
 
 def parse_sfdisk(text: str, filename: str) -> SfTable:
     """Parse an ``sfdisk -d`` dump (util-linux 2.26 and later, and the older ``Id=`` form)."""
-    table: SfTable | None = None
     headers: dict[str, str] = {}
     entries: list[SfEntry] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
