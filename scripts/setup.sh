@@ -12,6 +12,10 @@ packages=(
   partclone partimage ntfs-3g
   e2fsprogs xfsprogs btrfs-progs dosfstools exfatprogs exfat-fuse mtools
   gzip pigz zstd lz4 bzip2 pbzip2 lbzip2 xz-utils pixz lzop liblzo2-dev lzip plzip lrzip
+  # whole-disk tests (DISK.img): the real Clonezilla saves the disks, the partitioning
+  # tools check them, qemu boots one (extlinux, a Debian kernel, a busybox initramfs)
+  clonezilla drbl parted gdisk fdisk lvm2 cryptsetup-bin cpio
+  qemu-system-x86 extlinux syslinux-common busybox-static linux-image-cloud-amd64 ovmf
 )
 missing=()
 for p in "${packages[@]}"; do
