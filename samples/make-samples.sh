@@ -52,8 +52,10 @@ ntfs-3g "${D}p3" "$work/mnt"; fill "$work/mnt" ntfs; umount "$work/mnt"
 d=${D#/dev/}
 echo sda > "$img/disk"
 echo "sda1 sda2 sda3" > "$img/parts"
-sfdisk -d "$D" | sed "s#$D#/dev/sda#g" > "$img/sda-pt.sf"
-parted -s "$D" unit s print 2>/dev/null | sed "s#$D#/dev/sda#g" > "$img/sda-pt.parted" || true
+# The loop device's partitions are ${D}p1 ...; on the saved machine they were /dev/sda1 ...
+sfdisk -d "$D" | sed "s#${D}p#/dev/sda#g; s#$D#/dev/sda#g" > "$img/sda-pt.sf"
+parted -s "$D" unit s print 2>/dev/null | sed "s#${D}p#/dev/sda#g; s#$D#/dev/sda#g" \
+  > "$img/sda-pt.parted" || true
 dd if="$D" of="$img/sda-mbr" bs=512 count=1 status=none
 cat > "$img/clonezilla-img" <<TXT
 This image was saved by the imagefs sample builder in the layout of Clonezilla live.

@@ -18,6 +18,13 @@ def factory(tmp_path_factory: pytest.TempPathFactory) -> Factory:
     return Factory(tmp_path_factory.mktemp("images"))
 
 
+@pytest.fixture(scope="session")
+def disks(tmp_path_factory: pytest.TempPathFactory):
+    """Disks built and saved by the real Clonezilla once per session (realdisks.py)."""
+    from realdisks import DiskFactory
+    return DiskFactory(tmp_path_factory.mktemp("disks"))
+
+
 @pytest.fixture(autouse=True)
 def _private_index_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep persisted indexes out of the user's cache during tests."""

@@ -347,11 +347,8 @@ def imagefs_partition(path: Path) -> object:
     pieces -> decompression -> format probe -> block map -> VirtualPartition.
     """
     from imagefs.blockio import VirtualPartition
-    from imagefs.formats import probe
-    from imagefs.opener import open_stream, pieces_for
-    pieces, kind = pieces_for(str(path))
-    stream, _info = open_stream(pieces, kind)
-    return VirtualPartition(probe(stream).open())
+    from imagefs.blockio.opener import open_path
+    return VirtualPartition(open_path(str(path)).probe().open())
 
 
 def opener_for(plan: "DiskPlan", calls: list[str] | None = None) -> Callable[[str], object]:

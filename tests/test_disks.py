@@ -24,6 +24,7 @@ from imagefs.disks import IMAGE, LVM_PV, SWAP, DiskImage, DiskPlan, assemble, fi
 from imagefs.disks.tables import parse_sfdisk
 from imagefs.errors import FormatError, ImageError
 from realdisks import DiskFactory, SavedDisk, disk_device, opener_for, partition_path, write_disk
+from mount_helpers import imagefs_mounted
 from realimages import need, run
 
 pytestmark = pytest.mark.root
@@ -58,11 +59,6 @@ def sf_rows(text: str) -> list[tuple]:
             for e in table.entries]
 
 
-@pytest.fixture(scope="session")
-def disks(tmp_path_factory: pytest.TempPathFactory) -> DiskFactory:
-    return DiskFactory(tmp_path_factory.mktemp("disks"))
-
-
 class Assembled:
     def __init__(self, saved: SavedDisk, plan: DiskPlan, disk: DiskImage, img: Path) -> None:
         self.saved, self.plan, self.disk, self.img = saved, plan, disk, img
@@ -90,6 +86,52 @@ def assembled(request: pytest.FixtureRequest, disks: DiskFactory) -> Assembled:
     return _assemble(disks, request.param)
 
 
+@pytest.fixture(scope="session")
+def mounted_disks(disks: DiskFactory, tmp_path_factory: pytest.TempPathFactory):
+    """One real imagefs mount of both saved directories: DISK.img as users see it."""
+    tree = tmp_path_factory.mktemp("disk-tree")
+    for kind in KINDS:
+        saved = disks.get(kind)
+        dest = tree / saved.directory.name
+        dest.mkdir()
+        for name in saved.names:
+            os.link(saved.directory / name, dest / name)
+    # A copy of the MBR save whose table runs past the disk's end: no DISK.img then.
+    saved = disks.get("mbr")
+    bad = tree / "bad-table"
+    bad.mkdir()
+    for name in saved.names:
+        if not name.endswith("-pt.sf"):
+            os.link(saved.directory / name, bad / name)
+    sf = (saved.directory / f"{saved.name}-pt.sf").read_text()
+    last = max(re.findall(r"size=\s*(\d+)", sf), key=int)
+    (bad / f"{saved.name}-pt.sf").write_text(sf.replace(f"size= {last:>11}",
+                                                        f"size= {int(last) * 100:>11}"))
+    with imagefs_mounted(tree, tmp_path_factory.mktemp("disk-mnt")) as mnt:
+        yield mnt
+
+
+def _shown(request: pytest.FixtureRequest, disks: DiskFactory, kind: str,
+           via: str) -> Assembled:
+    """The assembled disk, its DISK.img written by the API or served by a mount."""
+    a = _assemble(disks, kind)
+    if via == "file":
+        return a
+    mnt = request.getfixturevalue("mounted_disks")
+    return Assembled(a.saved, a.plan, a.disk, mnt / a.saved.directory.name / a.plan.file_name)
+
+
+@pytest.fixture(params=[(k, v) for k in KINDS for v in ("file", "mount")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def shown(request: pytest.FixtureRequest, disks: DiskFactory) -> Assembled:
+    return _shown(request, disks, *request.param)
+
+
+@pytest.fixture(params=["file", "mount"])
+def gpt_shown(request: pytest.FixtureRequest, disks: DiskFactory) -> Assembled:
+    return _shown(request, disks, "gpt", request.param)
+
+
 @pytest.fixture
 def gpt_disk(disks: DiskFactory) -> Assembled:
     return _assemble(disks, "gpt")
@@ -115,7 +157,8 @@ def test_what_ocs_sr_wrote(assembled: Assembled) -> None:
     assert assembled.plan.size == os.path.getsize(assembled.saved.raw)
 
 
-def test_sfdisk_lists_the_saved_partitions(assembled: Assembled) -> None:
+def test_sfdisk_lists_the_saved_partitions(shown: Assembled) -> None:
+    assembled = shown
     need("sfdisk")
     dumped = run(["sfdisk", "-d", str(assembled.img)]).stdout.decode()
     saved = (assembled.saved.directory / f"{assembled.saved.name}-pt.sf").read_text()
@@ -124,14 +167,15 @@ def test_sfdisk_lists_the_saved_partitions(assembled: Assembled) -> None:
     assert (a.label, a.label_id, a.first_lba, a.last_lba) == (b.label, b.label_id, b.first_lba, b.last_lba)
 
 
-def test_sgdisk_finds_no_problems(gpt_disk: Assembled) -> None:
+def test_sgdisk_finds_no_problems(gpt_shown: Assembled) -> None:
     need("sgdisk")
-    out = run(["sgdisk", "-v", str(gpt_disk.img)]).stdout.decode()
+    out = run(["sgdisk", "-v", str(gpt_shown.img)]).stdout.decode()
     assert "No problems found" in out, out
 
 
-def test_kernel_partitions_equal_ground_truth(assembled: Assembled) -> None:
+def test_kernel_partitions_equal_ground_truth(shown: Assembled) -> None:
     """losetup -r -P of DISK.img: each partition is its restored image, then zeros."""
+    assembled = shown
     plan, saved = assembled.plan, assembled.saved
     with disk_device(assembled.img, read_only=True) as dev:
         for p in plan.partitions:
@@ -149,13 +193,14 @@ def test_kernel_partitions_equal_ground_truth(assembled: Assembled) -> None:
                 assert read_range(node, 0, p.size) == bytes(p.size)
 
 
-def test_saved_areas_outside_partitions_are_exact(assembled: Assembled) -> None:
+def test_saved_areas_outside_partitions_are_exact(shown: Assembled) -> None:
     """Everything but the image-filled and PV slots equals the source disk byte for byte.
 
     That covers the MBR, the GPT (the backup one rebuilt from the primary),
     the hidden sectors after the MBR, the saved and the synthesised EBRs,
     the swap partition and every gap.
     """
+    assembled = shown
     plan, saved = assembled.plan, assembled.saved
     skip = sorted((p.start, p.end) for p in plan.partitions if p.role in (IMAGE, LVM_PV))
     pos = 0
@@ -167,8 +212,8 @@ def test_saved_areas_outside_partitions_are_exact(assembled: Assembled) -> None:
     assert os.path.getsize(assembled.img) == os.path.getsize(saved.raw)
 
 
-def test_swap_uuid_and_label_as_on_the_source(gpt_disk: Assembled) -> None:
-    assembled = gpt_disk
+def test_swap_uuid_and_label_as_on_the_source(gpt_shown: Assembled) -> None:
+    assembled = gpt_shown
     with disk_device(assembled.img, read_only=True) as dev:
         out = run(["blkid", "-o", "export", partition_path(dev, 5)]).stdout.decode()
     tags = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -482,3 +527,60 @@ def test_image_for_clonezilla_names() -> None:
     assert image_for("sda8", names) == "sda8.ext4-ptcl-img.uncomp"
     assert image_for("sda9", names) is None
     assert image_for("sdb1", names) is None
+
+
+# ------------------------------------------------------- through the mount
+
+def test_mount_lists_disk_img_and_names_a_problem(mounted_disks: Path, disks: DiskFactory) -> None:
+    """DISK.img + DISK.img.info beside the images; bad metadata leaves only the .info."""
+    for kind in KINDS:
+        a = _assemble(disks, kind)
+        d = mounted_disks / a.saved.directory.name
+        shown = os.listdir(d)
+        assert a.plan.file_name in shown and a.plan.file_name + ".info" in shown
+        assert os.path.getsize(d / a.plan.file_name) == a.plan.size
+        info = (d / (a.plan.file_name + ".info")).read_text()
+        assert "losetup -r -P --show -f" in info and str(d / a.plan.file_name) in info
+    bad = mounted_disks / "bad-table"
+    name = _assemble(disks, "mbr").plan.file_name
+    assert name not in os.listdir(bad) and name + ".info" in os.listdir(bad)
+    info = (bad / (name + ".info")).read_text()
+    assert "Problem:" in info and "past the disk's end" in info
+    # the partition images of that directory are still there, one by one
+    assert any(n.endswith("-ptcl-img") for n in os.listdir(bad))
+
+
+def test_listing_reads_metadata_only_and_partitions_open_on_touch(
+        disks: DiskFactory, tmp_path: Path) -> None:
+    """The catalog lists DISK.img without opening a partition; a read opens only its own."""
+    from imagefs.catalog import Catalog
+    from imagefs.config import Settings
+
+    a = _assemble(disks, "mbr")
+    cat = Catalog(Settings(index_dir=str(tmp_path / "idx")), str(a.saved.directory))
+    try:
+        node = cat.lookup("/" + a.plan.file_name)
+        entry = node.entry
+        assert not any(e.opened for e in entry.images.values())
+        opened = node.open()
+        assert opened.read(0, 512) == read_range(a.img, 0, 512)      # the MBR: no partition
+        assert not any(e.opened for e in entry.images.values())
+        first = min((p for p in a.plan.partitions if p.role == IMAGE), key=lambda p: p.start)
+        assert opened.read(first.start, 4096) == read_range(a.img, first.start, 4096)
+        assert [dev for dev, e in entry.images.items() if e.opened] == [first.device]
+    finally:
+        cat.close()
+
+
+def test_ls_and_info_name_the_disk(disks: DiskFactory) -> None:
+    """``imagefs ls`` lists DISK.img; ``imagefs info DIR/DISK.img`` and ``info DIR`` print it."""
+    import sys
+    a = _assemble(disks, "gpt")
+    d = a.saved.directory
+    cmd = [sys.executable, "-m", "imagefs"]
+    out = run(cmd + ["ls", str(d)]).stdout.decode()
+    assert f"/{a.plan.file_name}" in out and "whole disk" in out
+    for target in (d / a.plan.file_name, d):
+        text = run(cmd + ["info", str(target)]).stdout.decode()
+        assert "Layout" in text and "losetup -r -P" in text
+        assert str(d / a.plan.file_name) in text

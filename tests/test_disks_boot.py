@@ -3,9 +3,9 @@
 The disk (realdisks.py, ``boot``): syslinux's MBR code, an ext2 partition
 with extlinux, a Debian kernel and a busybox initramfs whose /init prints
 a marker on the serial console and powers off.  It is saved with ocs-sr,
-assembled into DISK.img, and booted with ``qemu-system-x86_64 -snapshot``
-(TCG) until the marker appears.  ``boot_disk_img`` yields the path of
-DISK.img; point it at a mounted DISK.img to test the whole stack.
+mounted with imagefs, and booted from the mount's DISK.img with
+``qemu-system-x86_64 -snapshot`` (TCG) until the marker appears: the whole
+stack, from ocs-sr's files to a running kernel.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Iterator
 
 import pytest
 
-from imagefs.disks import assemble, find_disks
-from realdisks import BOOT_MARKER, DiskFactory, opener_for, write_disk
+from imagefs.disks import find_disks
+from mount_helpers import imagefs_mounted
+from realdisks import BOOT_MARKER, DiskFactory
 from realimages import need
 
 pytestmark = pytest.mark.root
@@ -28,14 +29,14 @@ BOOT_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def boot_disk_img(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    factory = DiskFactory(tmp_path_factory.mktemp("bootdisk"))
-    saved = factory.get("boot")
+def boot_disk_img(disks: DiskFactory, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Path]:
+    """DISK.img of the saved boot disk, as a real imagefs mount serves it."""
+    saved = disks.get("boot")
     plans = find_disks(str(saved.directory), saved.names)
     assert len(plans) == 1 and plans[0].problem is None
-    img = saved.directory.parent / plans[0].file_name
-    write_disk(assemble(plans[0], opener_for(plans[0])), img)
-    yield img
+    with imagefs_mounted(saved.directory, tmp_path_factory.mktemp("bootmnt")) as mnt:
+        yield mnt / plans[0].file_name
 
 
 def test_disk_img_boots_in_qemu(boot_disk_img: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from imagefs.catalog.attrs import Attr
+from imagefs.catalog.disknodes import DiskEntry, DiskInfoNode, DiskNode, disks_in
 from imagefs.catalog.entry import ImageEntry
 from imagefs.catalog.naming import INFO_SUFFIX, Wanted, assign_names, virtual_name
 from imagefs.catalog.nodes import DirectoryNode, FileNode, ImageNode, InfoNode, Node
@@ -82,6 +83,7 @@ class _Listing:
         self.dirs: dict[str, Node] = {}
         self.files: dict[str, Node] = {}                   # plain files by shown name
         self.images: list[tuple[str, str, ImageEntry]] = []  # (vname, source name, entry)
+        self.disks: list[DiskEntry] = []                   # a savedisk directory's DISK.img
 
     def _vpath(self, name: str) -> str:
         return os.path.join(self.parent.vpath, name)
@@ -137,6 +139,8 @@ class _Listing:
                 if scope.shows_file(rel):
                     resolved[name] = (real, st)
         self._classify_files(resolved)
+        images = {name: entry for _vname, name, entry in self.images}
+        self.disks = disks_in(self.catalog, parent.real, resolved, images)
 
     def _classify_files(self, files: dict[str, tuple[str, os.stat_result]]) -> None:
         """Probe piece sets first (their pieces need no probe of their own), then singles."""
@@ -233,4 +237,20 @@ class _Listing:
                 out[chosen] = ImageNode(entry)
             out[chosen + INFO_SUFFIX] = InfoNode(entry, self._vpath(chosen + INFO_SUFFIX))
             self.catalog.register(entry)
+        self._name_disks(out)
         return dict(sorted(out.items()))
+
+    def _name_disks(self, out: dict[str, Node]) -> None:
+        """``DISK.img`` + ``DISK.img.info`` for each saved disk, after the images."""
+        wanted = [Wanted(d.plan.file_name, d.plan.file_name, (INFO_SUFFIX,)) for d in self.disks]
+        names = assign_names(wanted, out)
+        for disk, chosen in zip(self.disks, names, strict=True):
+            if chosen is None:
+                log.error("%s: no free name for %s; not shown", self.parent.real,
+                          disk.plan.file_name)
+                continue
+            disk.vpath = self._vpath(chosen)
+            if not disk.broken:
+                out[chosen] = DiskNode(disk)
+            out[chosen + INFO_SUFFIX] = DiskInfoNode(disk, self._vpath(chosen + INFO_SUFFIX))
+            self.catalog.register(disk)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from typing import Protocol
 
 from imagefs import codecs
 from imagefs.blockio.opener import OpenContext
@@ -25,6 +26,12 @@ from imagefs.errors import SourceError
 from imagefs.io.fdpool import FdPool, default_fd_pool
 from imagefs.services.cache import BlockCache
 from imagefs.services.indexstore import IndexStore
+
+
+class Closable(Protocol):
+    """What the catalog closes on unmount (image and disk entries)."""
+
+    def close(self) -> None: ...
 
 
 class Catalog:
@@ -47,7 +54,7 @@ class Catalog:
         self.attrs = AttrPolicy(settings.uid, settings.gid, settings.umask)
         if settings.codec_threads:
             codecs.configure(threads=settings.codec_threads)   # process-wide
-        self._entries: list[ImageEntry] = []
+        self._entries: list[Closable] = []
         self._entries_lock = threading.Lock()
         specs = [SourceSpec(path=source)] if source is not None else list(settings.sources)
         if not specs:
@@ -89,18 +96,20 @@ class Catalog:
         """Whether the real path ``real`` lies inside one of the source roots."""
         return any(real == root or real.startswith(root.rstrip("/") + "/") for root in self.roots)
 
-    def register(self, entry: ImageEntry) -> None:
-        """Remember an image shown in the tree (to close it on unmount)."""
+    def register(self, entry: Closable) -> None:
+        """Remember an image or disk shown in the tree (to close it on unmount)."""
         with self._entries_lock:
             self._entries.append(entry)
 
     def entries(self) -> list[ImageEntry]:
         """Every image listed so far."""
         with self._entries_lock:
-            return list(self._entries)
+            return [e for e in self._entries if isinstance(e, ImageEntry)]
 
     def close(self) -> None:
-        """Release every open image and descriptor (decoders must close before exit)."""
-        for entry in self.entries():
+        """Release every open image, disk and descriptor (decoders must close before exit)."""
+        with self._entries_lock:
+            entries = list(self._entries)
+        for entry in entries:
             entry.close()
         self.pool.close_all()

@@ -11,8 +11,12 @@ from imagefs.version import __version__
 def cmd_info(args: argparse.Namespace) -> int:
     from imagefs.blockio.opener import OpenContext, open_image_header
     from imagefs.catalog.infotext import render_info
+    from imagefs.cli.treeverbs import disk_info
     from imagefs.services.indexstore import IndexStore
-
+    texts = disk_info(args.image)          # DIR/DISK.img, or a savedisk directory
+    if texts is not None:
+        sys.stdout.write("\n".join(texts))
+        return 0
     ctx = OpenContext(index_store=IndexStore(args.index_dir))
     header, stream = open_image_header(args.image, ctx)
     image = header.open(ctx.index_store) if args.full else None

@@ -16,6 +16,7 @@ import sys
 import time
 
 from imagefs.catalog import Catalog, ImageEntry, InfoNode
+from imagefs.catalog.disknodes import DiskEntry, DiskInfoNode
 from imagefs.config import Settings, load_config
 from imagefs.errors import ImageError
 from imagefs.services.units import human_size
@@ -68,18 +69,36 @@ def _describe(entry: ImageEntry) -> str:
             f"{human_size(header.device_size)}, {pieces}, {codec}")
 
 
+def _disks(catalog: Catalog) -> list[DiskEntry]:
+    """Every whole-disk entry (DISK.img) of the tree, good or not."""
+    return [node.entry for node in catalog.walk() if isinstance(node, DiskInfoNode)]
+
+
+def _describe_disk(disk: DiskEntry) -> str:
+    plan = disk.plan
+    if plan.problem:
+        return f"BROKEN: {plan.problem}"
+    parts = sum(1 for p in plan.partitions if p.image)
+    return (f"whole disk {plan.name} ({plan.table}), {human_size(plan.size)}, "
+            f"{len(plan.partitions)} partitions, {parts} from images")
+
+
 def ls_main(args: argparse.Namespace) -> int:
-    """Print each image's virtual path and what it is; exit 1 if any is broken."""
+    """Print each image's and disk's virtual path and what it is; exit 1 if any is broken."""
     catalog = _catalog(args)
     try:
         entries = _images(catalog, getattr(args, "verbose", 0))
-        width = max((len(e.vpath) for e in entries), default=0)
+        disks = _disks(catalog)
+        rows = [(e.vpath, _describe(e), bool(e.error)) for e in entries]
+        rows += [(d.vpath, _describe_disk(d), d.broken) for d in disks]
+        width = max((len(vpath) for vpath, _, _ in rows), default=0)
         broken = 0
-        for entry in entries:
-            broken += bool(entry.error)
-            print(f"{entry.vpath:<{width}}  {_describe(entry)}")
+        for vpath, text, bad in sorted(rows):
+            broken += bad
+            print(f"{vpath:<{width}}  {text}")
         if not getattr(args, "quiet", False):
-            print(f"{len(entries)} images, {broken} broken", file=sys.stderr)
+            disks_text = f", {len(disks)} disk{'s' if len(disks) != 1 else ''}" if disks else ""
+            print(f"{len(entries)} images{disks_text}, {broken} broken", file=sys.stderr)
         return 1 if broken else 0
     finally:
         catalog.close()
@@ -112,3 +131,23 @@ def index_main(args: argparse.Namespace) -> int:
     finally:
         catalog.close()
 
+
+
+def disk_info(path: str, settings: Settings | None = None) -> list[str] | None:
+    """The ``.info`` texts of the disks ``path`` names, or None if it names no disk.
+
+    ``path`` is a savedisk directory (every disk it holds) or ``DIR/DISK.img``
+    (that disk, whether or not a file of that name exists).
+    """
+    path = os.path.abspath(path)
+    directory, name = (path, None) if os.path.isdir(path) else os.path.split(path)
+    if not os.path.isfile(os.path.join(directory, "disk")):
+        return None
+    # Named as a mount of ``directory`` would show it, in place.
+    catalog = Catalog(settings or Settings(), directory, mountpoint=directory)
+    try:
+        texts = [d.info_text().decode("utf-8", "surrogateescape") for d in _disks(catalog)
+                 if name is None or os.path.basename(d.vpath) == name]
+    finally:
+        catalog.close()
+    return texts or None

@@ -35,8 +35,17 @@ from __future__ import annotations
 
 from imagefs.disks.image import DiskImage, OpenPartition, PartitionReader, assemble
 from imagefs.disks.names import image_for
-from imagefs.disks.plan import (EXTENDED, IMAGE, LVM_PV, MISSING, SKIPPED, SWAP, DiskPlan,
-                                Partition, find_disks)
+from imagefs.disks.plan import (
+                                EXTENDED,
+                                IMAGE,
+                                LVM_PV,
+                                MISSING,
+                                SKIPPED,
+                                SWAP,
+                                DiskPlan,
+                                Partition,
+                                find_disks,
+)
 
 __all__ = ["DiskImage", "DiskPlan", "OpenPartition", "Partition", "PartitionReader",
            "assemble", "find_disks", "image_for",

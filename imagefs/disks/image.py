@@ -15,7 +15,8 @@ import bisect
 import logging
 import os
 import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from imagefs.disks.info import SlotState, render
 from imagefs.disks.layout import Extent, FileSlice, Slot
@@ -60,7 +61,7 @@ class _Lazy:
                     self._open()
         if st.error is not None:
             raise st.error
-        return st.reader  # type: ignore[return-value]
+        return st.reader
 
     def _open(self) -> None:
         st = self.state

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from imagefs.disks.layout import Slot
 
@@ -21,7 +22,7 @@ class SlotState:
 
     opened: bool = False
     reader: Any = None
-    error: "ImageError | None" = None
+    error: ImageError | None = None
     why: str | None = None
 
 
@@ -34,7 +35,7 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
-def render(plan: "DiskPlan", file_name: str, states: Mapping[str, SlotState]) -> str:
+def render(plan: DiskPlan, file_name: str, states: Mapping[str, SlotState]) -> str:
     """The info text of ``plan`` shown as ``file_name``; ``states`` of opened partitions."""
     where = f" of the Clonezilla image {plan.image_name}" if plan.image_name else ""
     lines = [f"{file_name}: the whole disk {plan.name}{where}, as a restore would write it", ""]
@@ -57,7 +58,8 @@ def render(plan: "DiskPlan", file_name: str, states: Mapping[str, SlotState]) ->
     lines.append("Identity:        " + ("; ".join(who) + f" (from {', '.join(idn.sources)})"
                                       if who else "not recorded in the save"))
     lines += ["", f"Layout (sectors of {ss} bytes, end inclusive):",
-              f"{'start':>12} {'end':>12} {'size':>10}  {'partition, type':<28} {'name':<10} what fills it"]
+              f"{'start':>12} {'end':>12} {'size':>10}  {'partition, type':<28} "
+              f"{'name':<10} what fills it"]
     for start, end, kind, name, fills in _rows(plan, states):
         last = -(-end // ss) - 1
         lines.append(f"{start // ss:>12} {last:>12} {human(end - start):>10}  "
@@ -65,17 +67,19 @@ def render(plan: "DiskPlan", file_name: str, states: Mapping[str, SlotState]) ->
     if plan.notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in plan.notes]
     lines += ["", "Use it:",
-              f"  losetup -r -P --show -f {file_name}     # read-only loop device, partitions as /dev/loopNpM",
+              f"  losetup -r -P --show -f {file_name}     "
+              "# read-only loop device, partitions as /dev/loopNpM",
               f"  fdisk -l {file_name}",
               f"  qemu-system-x86_64 -snapshot -m 2G -drive file={file_name},format=raw",
               f"  qemu-system-x86_64 -snapshot -m 2G -bios /usr/share/ovmf/OVMF.fd "
               f"-drive file={file_name},format=raw     # UEFI (Debian package ovmf)",
-              "  (-snapshot keeps the virtual machine's writes in a temporary file; this disk is read-only)",
+              "  (-snapshot keeps the virtual machine's writes in a temporary file; "
+              "this disk is read-only)",
               ""]
     return "\n".join(lines)
 
 
-def _rows(plan: "DiskPlan", states: Mapping[str, SlotState]) -> list[tuple[int, int, str, str, str]]:
+def _rows(plan: DiskPlan, states: Mapping[str, SlotState]) -> list[tuple[int, int, str, str, str]]:
     rows: list[tuple[int, int, str, str, str]] = []
     covered: list[tuple[int, int]] = []
     for p in plan.partitions:

@@ -10,7 +10,6 @@ painted metadata.  Everything not covered reads as zeros.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Slot:
         return self.length
 
 
-Piece = Union[bytes, FileSlice, Slot]
+Piece = bytes | FileSlice | Slot
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 #: Text dumps are a few KiB; 1 MiB leaves room for disks with many partitions.
 TEXT_LIMIT = 1 << 20

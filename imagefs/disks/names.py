@@ -15,7 +15,7 @@ Only the first piece of a set is returned; the opener collects the rest.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 #: Clonezilla's compression suffixes (formats.md 5.1), ``uncomp`` for none.
 COMP_SUFFIXES = ("gz", "bz2", "lzo", "lzma", "xz", "lzip", "lz", "lrz", "lz4", "zst", "uncomp")

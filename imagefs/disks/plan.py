@@ -10,18 +10,32 @@ The result says where every byte of the disk comes from (formats.md 5.5);
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
 
 from imagefs.disks import gpt, mbr
 from imagefs.disks.layout import Extent, FileSlice, Painter, Slot
-from imagefs.disks.meta import (DiskIdentity, LvmFacts, MetaReader, MetaError, identity_of,
-                                lvm_facts, swap_info)
+from imagefs.disks.meta import (
+    DiskIdentity,
+    LvmFacts,
+    MetaError,
+    MetaReader,
+    identity_of,
+    lvm_facts,
+    swap_info,
+)
 from imagefs.disks.names import device_name, image_for, image_kind, partition_number
-from imagefs.disks.tables import (PartedDisk, SfEntry, TableError, parse_chs, parse_parted,
-                                  parse_sfdisk)
+from imagefs.disks.tables import (
+    PartedDisk,
+    SfEntry,
+    TableError,
+    parse_chs,
+    parse_parted,
+    parse_sfdisk,
+)
 from imagefs.disks.types import EXTENDED_TYPES, LVM_TYPES, SWAP_TYPES, type_name
 
 log = logging.getLogger(__name__)
@@ -94,7 +108,7 @@ class DiskPlan:
                 return p
         return None
 
-    def check_sizes(self, sizes: Mapping[str, int]) -> "DiskPlan":
+    def check_sizes(self, sizes: Mapping[str, int]) -> DiskPlan:
         """This plan, with a problem when an image is larger than its slot.
 
         ``sizes`` maps a partition device to its virtual partition's size,
@@ -160,7 +174,8 @@ class _Builder:
         if not meta.has(sf_name):
             raise MetaError(f"{sf_name} is missing, so the layout of disk {disk} is unknown")
         sf = parse_sfdisk(meta.text(sf_name), sf_name)
-        parted = parse_parted(meta.text(f"{disk}-pt.parted")) if meta.has(f"{disk}-pt.parted") else None
+        parted_name = f"{disk}-pt.parted"
+        parted = parse_parted(meta.text(parted_name)) if meta.has(parted_name) else None
         ss = sf.sector_size or (parted.logical_sector if parted else None) or 512
         if parted and parted.logical_sector and parted.logical_sector != ss:
             raise TableError(f"{sf_name} says sector size {ss} but {disk}-pt.parted says "
@@ -270,7 +285,7 @@ class _Builder:
                                  f"{p.end // ss - 1}) goes past the disk's end at sector "
                                  f"{self.sectors}")
         data = sorted((p for p in parts if p.role != EXTENDED), key=lambda p: p.start)
-        for a, b in zip(data, data[1:]):
+        for a, b in itertools.pairwise(data):
             if b.start < a.end:
                 raise TableError(f"partitions {a.device} and {b.device} overlap (sectors "
                                  f"{b.start // ss}-{min(a.end, b.end) // ss - 1})")
@@ -423,7 +438,7 @@ class _Builder:
         chain = mbr.ebr_chain(ext.start // ss, ext.size // ss,
                               [mbr.Logical(p.start // ss, p.size // ss, int(p.type, 16), p.bootable)
                                for p in logicals], first_gap, self.geometry, ss)
-        for i, (lba, data) in enumerate(chain):
+        for lba, data in chain:
             self.paint.paint(lba * ss, data, f"EBR of {ext.device} (synthesised)")
         if saved is not None:
             self.paint.paint(ext.start, saved, saved_name)

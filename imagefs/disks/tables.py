@@ -49,7 +49,8 @@ class SfTable:
 _HEADER = re.compile(r"^(?P<key>[a-z-]+):\s*(?P<value>.*)$")
 _PART = re.compile(r"^(?P<dev>\S+)\s*:\s*(?P<rest>.*)$")
 # key=value, the value either "quoted (with \" escapes)" or up to the next comma
-_FIELD = re.compile(r'\s*(?P<key>[A-Za-z-]+)(?:\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^,]*))?\s*(?:,|$)')
+_FIELD = re.compile(r'\s*(?P<key>[A-Za-z-]+)'
+                    r'(?:\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^,]*))?\s*(?:,|$)')
 
 
 def parse_sfdisk(text: str, filename: str) -> SfTable:
@@ -107,13 +108,15 @@ def _entry(dev: str, rest: str, filename: str, lineno: int) -> SfEntry:
         start = int(fields.get("start") or "")
         size = int(fields.get("size") or "")
     except ValueError:
-        raise TableError(f"{filename} line {lineno} ({dev}) has no numeric start= and size=") from None
+        raise TableError(f"{filename} line {lineno} ({dev}) has no numeric start= and "
+                         "size=") from None
     if start < 0 or size < 0:
         raise TableError(f"{filename} line {lineno} ({dev}) has a negative start or size")
     ptype = fields.get("type") or fields.get("id") or ""
     if ptype.lower().startswith("0x"):
         ptype = ptype[2:]
-    return SfEntry(device=dev, start=start, size=size, type=ptype.upper() if len(ptype) > 2 else ptype,
+    ptype = ptype.upper() if len(ptype) > 2 else ptype
+    return SfEntry(device=dev, start=start, size=size, type=ptype,
                    bootable="bootable" in fields, uuid=fields.get("uuid"),
                    name=fields.get("name"), attrs=fields.get("attrs"))
 
