@@ -55,6 +55,7 @@ def walk_mount(root: Path, fields: Iterable[str], skip: set[bytes] = HIDDEN) -> 
                 e["xattrs"] = _xattrs_of(p)
             if "ino" in fields:
                 e["ino"] = s.st_ino
+                e["dev"] = s.st_dev       # btrfs: each subvolume is its own st_dev
             out[r] = e
             if st.S_ISDIR(s.st_mode):
                 visit(p, r)
@@ -132,10 +133,10 @@ def diff(expected: dict[bytes, dict], got: dict[bytes, dict], limit: int = 20) -
 
 def same_inode_groups(entries: dict[bytes, dict]) -> set[frozenset[bytes]]:
     """Sets of paths that share an inode (hard links), for comparing link structure."""
-    groups: dict[int, set[bytes]] = {}
+    groups: dict[tuple[int, int], set[bytes]] = {}
     for path, e in entries.items():
         if e["type"] != st.S_IFDIR:
-            groups.setdefault(e["ino"], set()).add(path)
+            groups.setdefault((e.get("dev", 0), e["ino"]), set()).add(path)
     return {frozenset(g) for g in groups.values() if len(g) > 1}
 
 
