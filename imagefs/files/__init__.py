@@ -113,7 +113,8 @@ def open_tree(partition: Partition, fs_type: str | None, *, name: str) -> FileTr
         family = found
     elif found != family:
         what = TITLES.get(family, family)
-        raise FilesUnavailable(f"the {what} superblock is missing or damaged (no {what} signature where "
+        part = "boot sector" if family in ("ntfs", "fat", "exfat") else "superblock"
+        raise FilesUnavailable(f"the {what} {part} is missing or damaged (no {what} signature where "
                                f"the image header says there is one)")
     try:
         tree = _backend(family)(partition, name)
