@@ -356,6 +356,16 @@ class FilesFactory:
         self.base = factory.base
         self._images: dict[str, Image] = {}
 
+    @classmethod
+    def of(cls, factory: Factory) -> "FilesFactory":
+        """The one FilesFactory of a session's Factory (test modules share it)."""
+        with factory._lock:
+            ff = getattr(factory, "_files_factory", None)
+            if ff is None:
+                ff = cls(factory)
+                factory._files_factory = ff  # type: ignore[attr-defined]
+            return ff
+
     def source(self, kind: str) -> Path:
         size = {"fat12": 8, "fat16": 64, "btrfs": 160, "xfs": 300, "xfs-v4": 300,
                 "xfs-proto": 300}.get(kind, 64)
@@ -372,6 +382,7 @@ class FilesFactory:
             out = self.base / f"files-{kind}.img"
             gt = self.base / f"files-gt-{kind}.raw"
             size = raw.stat().st_size
+            out.unlink(missing_ok=True)
             if kind == "ntfsclone":
                 need("ntfsclone")
                 run(["ntfsclone", "--save-image", "-f", "-O", str(out), str(raw)])

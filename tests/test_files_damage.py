@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.root]
 
 @pytest.fixture(scope="session")
 def files(factory: Factory) -> ff.FilesFactory:
-    return ff.FilesFactory(factory)
+    return ff.FilesFactory.of(factory)
 
 
 def one_sentence(text: str) -> None:

@@ -51,7 +51,7 @@ KINDS = {
 
 @pytest.fixture(scope="session")
 def files(factory: Factory) -> ff.FilesFactory:
-    return ff.FilesFactory(factory)
+    return ff.FilesFactory.of(factory)
 
 
 @contextlib.contextmanager

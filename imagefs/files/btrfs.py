@@ -166,13 +166,13 @@ class BtrfsTree(FileTree):
     def _datamap(self, ino: int, size: int) -> DataMap:
         runs: list[Run] = []
         part = self.partition
-        what = self.path_of(ino)
+        what = partial(self.path_of, ino)
         for item, data in self._items(ino, EXTENT_DATA, 0):
             raw = bytes(data)
             pos = item.key.offset
             _gen, ram, comp, enc, _other, kind = _EXTENT.unpack_from(raw)
             if enc:
-                raise FilesError(what, "its data is encrypted")
+                raise FilesError(what(), "its data is encrypted")
             if kind == 0:                                   # inline
                 payload = raw[21:]
                 sector = self.sector

@@ -76,13 +76,22 @@ class DecodedCache:
 class DataMap:
     """The runs of one file, sorted and gap-free from 0 to ``size``."""
 
-    __slots__ = ("size", "runs", "_starts", "what")
+    __slots__ = ("size", "runs", "_starts", "_what")
 
-    def __init__(self, size: int, runs: list[Run], what: str) -> None:
+    def __init__(self, size: int, runs: list[Run], what: str | Callable[[], str]) -> None:
         self.size = size
-        self.what = what
+        self._what = what
         self.runs = _normalise(runs, size)
         self._starts = [r.offset for r in self.runs]
+
+    @property
+    def what(self) -> str:
+        """The file's name for messages (``NAME:/path``), worked out only when needed."""
+        return self._what if isinstance(self._what, str) else self._what()
+
+    @what.setter
+    def what(self, value: str | Callable[[], str]) -> None:
+        self._what = value
 
     def check(self, partition: Partition) -> None:
         """Raise if a plain run lies past the partition or in bytes the image lacks."""

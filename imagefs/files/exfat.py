@@ -19,6 +19,7 @@ from __future__ import annotations
 import calendar
 import stat as st
 import struct
+from functools import partial
 
 from imagefs.files.datamap import DataMap, Run
 from imagefs.files.errors import FilesError, FilesUnavailable
@@ -145,7 +146,7 @@ class ExfatTree(FileTree):
             else:
                 # The set crosses into the directory's next cluster, which need
                 # not follow on disk: read it through the parent directory.
-                parent = self._parents.get(ino)
+                parent = self.parent_of(ino)
                 if parent is not None:
                     self._listdir(parent[0])
                 raw = self._sets.get(ino)
@@ -172,7 +173,7 @@ class ExfatTree(FileTree):
             _f, s, _n = self._set(ino)
             runs = self._stream_runs(ino, s)
         size = sum(r.length for r in runs)
-        m = DataMap(size, runs, self.path_of(ino))
+        m = DataMap(size, runs, partial(self.path_of, ino))
         m.check(self.partition)
         data = m.read(self.partition, 0, size)
         out = []
@@ -232,7 +233,7 @@ class ExfatTree(FileTree):
         if valid < size:                 # past the valid data length: zeros, whatever is stored
             runs = [r if r.offset + r.length <= valid else Run(r.offset, valid - r.offset, r.where)
                     for r in runs if r.offset < valid]
-        return DataMap(size, runs, self.path_of(ino))
+        return DataMap(size, runs, partial(self.path_of, ino))
 
     def _readlink(self, ino: int) -> bytes:
         raise FilesError(self.path_of(ino), "exFAT has no symbolic links", "")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import calendar
 import stat as st
 import struct
+from functools import partial
 
 from dissect.fat.fat import FATFS
 
@@ -135,7 +136,7 @@ class FatTree(FileTree):
             size = b.BPB_RootEntCnt * 32
             return self.partition.read(start, size), [Run(0, size, start)]
         runs, total = self._runs(ino, self._first(ino), None)
-        m = DataMap(total, runs, self.path_of(ino))
+        m = DataMap(total, runs, partial(self.path_of, ino))
         m.check(self.partition)
         return m.read(self.partition, 0, total), runs
 
@@ -226,7 +227,7 @@ class FatTree(FileTree):
 
     def _datamap(self, ino: int, size: int) -> DataMap:
         runs, _ = self._runs(ino, _first_cluster(self._entry(ino)), size)
-        return DataMap(size, runs, self.path_of(ino))
+        return DataMap(size, runs, partial(self.path_of, ino))
 
     def _readlink(self, ino: int) -> bytes:
         raise FilesError(self.path_of(ino), "FAT has no symbolic links", "")

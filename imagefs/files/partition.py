@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 from imagefs.errors import TruncatedError
 
@@ -139,19 +139,23 @@ class PartitionFile(io.RawIOBase):
         super().close()
 
 
-def check_range(partition: Partition, offset: int, size: int, what: str) -> None:
+def check_range(partition: Partition, offset: int, size: int, what: str | Callable[[], str]) -> None:
     """Raise if ``[offset, offset + size)`` is past the partition's end or not held.
 
-    ``what`` names the file for the message (``NAME:/path``).
+    ``what`` names the file for the message (``NAME:/path``, or a function
+    giving it: worked out only for the error).
     """
     from imagefs.files.errors import FilesError
 
+    def name() -> str:
+        return what if isinstance(what, str) else what()
+
     if offset < 0 or offset + size > partition.size:
-        raise FilesError(what, f"its data lies past the end of the partition (byte {offset + size:,} "
+        raise FilesError(name(), f"its data lies past the end of the partition (byte {offset + size:,} "
                          f"of {partition.size:,})")
     if isinstance(partition, StoredMap):
         bad = partition.first_unstored(offset, size)
         if bad is not None:
-            raise TruncatedError(what, f"its data at partition byte {bad:,} is not in the backup",
+            raise TruncatedError(name(), f"its data at partition byte {bad:,} is not in the backup",
                                  "the backup does not hold these blocks (incomplete or inconsistent "
                                  "image); copy it again from its origin")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import stat as st
 import threading
+from functools import partial
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Callable, Generic, Hashable, NamedTuple, TypeVar
@@ -39,12 +40,15 @@ T = TypeVar("T")
 #: number in the bits above (design: unique st_ino across the mount).
 INO_LIMIT = 1 << 48
 
-#: Cache sizes per tree.  An entry of the stat cache is ~150 bytes and a
-#: directory entry ~100 bytes, so a tree's caches stay within ~6 MB even
-#: when full; 20 open trees measured ~... (bench/RESULTS-files.md).
-STAT_ENTRIES = 8192
-DIR_NAMES = 40_000
-MAP_ENTRIES = 512
+#: Cache sizes per tree.  Measured per entry (tracemalloc): a FileStat
+#: ~300 bytes, a directory entry ~250 bytes (name, id, lookup table), a
+#: parent link ~200 bytes.  Full, a tree's caches take ~2.5 MB, so many
+#: open trees stay small (bench/RESULTS-files.md: 20 trees walked).  The
+#: kernel keeps its own attribute and entry caches in front of these, so
+#: they only need a directory's working set.
+STAT_ENTRIES = 2048
+DIR_NAMES = 6000
+MAP_ENTRIES = 256
 
 
 class FileStat(NamedTuple):
@@ -93,6 +97,11 @@ class LRU(Generic[K, V]):
                 _, (_, w) = self._items.popitem(last=False)
                 self._weight -= w
 
+    def items(self) -> list[tuple[K, V]]:
+        """A snapshot, newest first."""
+        with self._lock:
+            return [(k, v[0]) for k, v in reversed(self._items.items())]
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
@@ -116,11 +125,10 @@ class FileTree(ABC):
         self._stats: LRU[int, FileStat] = LRU(STAT_ENTRIES)
         self._dirs: LRU[int, tuple[list[tuple[bytes, int]], dict[bytes, int]]] = LRU(DIR_NAMES)
         self._maps: LRU[int, DataMap] = LRU(MAP_ENTRIES)
-        self._links: LRU[int, bytes] = LRU(1024)
+        self._links: LRU[int, bytes] = LRU(256)
         # ls -l asks getxattr(security.selinux, system.posix_acl_access) of
         # every entry: without this cache each would re-parse the inode.
-        self._xattr_cache: LRU[int, dict[bytes, bytes]] = LRU(STAT_ENTRIES)
-        self._parents: LRU[int, tuple[int, bytes]] = LRU(STAT_ENTRIES * 2)
+        self._xattr_cache: LRU[int, dict[bytes, bytes]] = LRU(STAT_ENTRIES // 2)
         self._decoded = DecodedCache()
         self._closed = False
 
@@ -152,14 +160,27 @@ class FileTree(ABC):
         """Release parser resources (not the partition: its owner closes it)."""
 
     # ------------------------------------------------------------ helpers
+    def parent_of(self, ino: int) -> tuple[int, bytes] | None:
+        """``(directory, name)`` of an inode, from the cached listings (None if none holds it).
+
+        A search, not a table: it is needed only for messages and rare
+        re-reads, and a table filled by every listing cost a third of the
+        time of ``ls -lR``.
+        """
+        for d, (_entries, table) in self._dirs.items():
+            for nm, child in table.items():
+                if child == ino:
+                    return d, nm
+        return None
+
     def path_of(self, ino: int) -> str:
-        """``NAME:/a/b`` as far as the tree has seen the inode's parents."""
+        """``NAME:/a/b`` as far as the cached listings know the inode's parents."""
         parts: list[bytes] = []
         cur = ino
-        for _ in range(4096):
+        for _ in range(256):
             if cur == self.root:
                 break
-            up = self._parents.get(cur)
+            up = self.parent_of(cur)
             if up is None:
                 parts.append(f"<inode {cur}>".encode())
                 break
@@ -202,7 +223,6 @@ class FileTree(ABC):
             table = {}
             for nm, child in entries:
                 table.setdefault(nm, child)
-                self._parents.put(child, (ino, nm))
             d = (entries, table)
             self._dirs.put(ino, d, max(1, len(entries)))
         return d
@@ -233,7 +253,7 @@ class FileTree(ABC):
             if not st.S_ISREG(s.mode):
                 raise FilesError(self.path_of(ino), "is not a regular file", "")
             m = self._call(ino, self._datamap, ino, s.size)
-            m.what = self.path_of(ino)
+            m.what = partial(self.path_of, ino)
             m.check(self.partition)
             self._maps.put(ino, m, 1)
         return m
@@ -289,8 +309,7 @@ class FileTree(ABC):
             if self._closed:
                 return
             self._closed = True
-            for c in (self._stats, self._dirs, self._maps, self._links, self._parents,
-                      self._xattr_cache):
+            for c in (self._stats, self._dirs, self._maps, self._links, self._xattr_cache):
                 c.clear()
             self._close()
 

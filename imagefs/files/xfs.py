@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import stat as st
 import struct
+from functools import partial
 
 from dissect.xfs import XFS
 from dissect.xfs.xfs import parse_fsblock
@@ -120,7 +121,7 @@ class XfsTree(FileTree):
     def _datamap(self, ino: int, size: int) -> DataMap:
         raw, c, _f2 = self._core(ino)
         fmt = c[3]
-        what = self.path_of(ino)
+        what = partial(self.path_of, ino)
         if fmt == _FMT_LOCAL:
             lit = 176 if c[2] >= 3 else 100
             data = raw[lit:lit + size]
