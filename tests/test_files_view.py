@@ -13,7 +13,6 @@ bytes as the virtual partition, which the first assertion checks.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat as st
 from pathlib import Path

@@ -24,6 +24,7 @@ from functools import lru_cache, partial
 
 from dissect.btrfs import Btrfs
 from dissect.btrfs.btrfs import Btrfs as _Btrfs
+from dissect.btrfs.btrfs import Subvolume
 from dissect.btrfs.stream import decode_extent
 
 from imagefs.files.datamap import DataMap, Run
@@ -81,7 +82,7 @@ class BtrfsTree(FileTree):
             raise FilesError(self.name, f"subvolume {subvol} or inode {objectid} is too large to number")
         return (key << 32) | objectid
 
-    def _split(self, ino: int) -> tuple[object, int]:
+    def _split(self, ino: int) -> tuple[Subvolume, int]:
         key, objectid = ino >> 32, ino & 0xFFFFFFFF
         subvol = TOP_LEVEL if key == 0 else key + 255
         return self.fs.open_subvolume(subvol), objectid

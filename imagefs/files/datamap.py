@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from imagefs.errors import ImageError, TruncatedError
+from imagefs.errors import TruncatedError
 from imagefs.files.errors import FilesError
 from imagefs.files.partition import Partition, StoredMap
 
@@ -199,4 +199,4 @@ def block_runs(block_runs: list[tuple[int | None, int]], block_size: int, size: 
     return out
 
 
-__all__ = ["DataMap", "DecodedCache", "Run", "block_runs", "ImageError"]
+__all__ = ["DataMap", "DecodedCache", "Run", "block_runs"]

@@ -203,9 +203,8 @@ class ExfatTree(FileTree):
         return out
 
     def _stream_runs(self, ino: int, stream: bytes) -> list[Run]:
-        flags = stream[1]
-        valid, first, length = struct.unpack_from("<Q", stream, 8)[0], *struct.unpack_from("<IQ", stream, 20)
-        return self._runs(ino, first, length, bool(flags & 0x2))
+        first, length = struct.unpack_from("<IQ", stream, 20)
+        return self._runs(ino, first, length, bool(stream[1] & 0x2))     # bit 1: NoFatChain
 
     # ------------------------------------------------------------ inodes
     def _stat(self, ino: int) -> FileStat:

@@ -220,7 +220,7 @@ class FileTree(ABC):
             if not st.S_ISDIR(self.stat(ino).mode):
                 raise NotADirectory(self.path_of(ino), "is not a directory", "")
             entries = self._call(ino, self._listdir, ino)
-            table = {}
+            table: dict[bytes, int] = {}
             for nm, child in entries:
                 table.setdefault(nm, child)
             d = (entries, table)

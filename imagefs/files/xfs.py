@@ -127,7 +127,7 @@ class XfsTree(FileTree):
             data = raw[lit:lit + size]
             return DataMap(size, [Run(0, size, decode=lambda: data)], what)
         if fmt not in (_FMT_EXTENTS, _FMT_BTREE):
-            raise FilesError(what, f"its data fork has format {fmt}, which a regular file cannot have")
+            raise FilesError(what(), f"its data fork has format {fmt}, which a regular file cannot have")
         bs = self.block_size
         runs = [Run(off * bs, n * bs, blk * bs) for off, blk, n, unwritten in self._extents(ino)
                 if not unwritten]
