@@ -14,15 +14,20 @@ if mountpoint -q "$mnt"; then fusermount -u "$mnt" 2>/dev/null || umount "$mnt";
 "$imagefs" "$src" "$mnt"
 echo "imagefs: $src is mounted read-only on $mnt"
 echo
-(cd "$mnt" && ls -lR)
-first_info=$(cd "$mnt" && find . -name '*.info' | sort | head -n 1)
-if [ -n "$first_info" ]; then
-  echo; echo "== $mnt/${first_info#./} =="; cat "$mnt/${first_info#./}"
+(cd "$mnt" && ls -l . 2026-11-01-img loose)
+img="$mnt/2026-11-01-img"
+if [ -d "$img/sda1.ext4-ptcl-img.files" ]; then
+  echo; echo "== a file from inside the ext4 backup: $img/sda1.ext4-ptcl-img.files/README.txt =="
+  cat "$img/sda1.ext4-ptcl-img.files/README.txt"
+  echo; echo "== the NTFS backup's files: ls -l $img/sda3.ntfs-img.files =="
+  ls -l "$img/sda3.ntfs-img.files"
 fi
 cat <<TXT
 
 Try next:
+  ls -lR $mnt/2026-11-01-img/sda2.vfat-ptcl-img.files
   cat $mnt/2026-11-01-img/sda1.ext4-ptcl-img.info
+  cat $mnt/2026-11-01-img/sda.img.info          # the whole disk, rebuilt: fdisk -l $mnt/2026-11-01-img/sda.img
   sudo mkdir -p /media/old && sudo mount -o loop,ro $mnt/2026-11-01-img/sda1.ext4-ptcl-img /media/old
   ls /media/old && cat /media/old/README.txt && sudo umount /media/old
   sudo e2fsck -fn $mnt/2026-11-01-img/sda1.ext4-ptcl-img

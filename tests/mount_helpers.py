@@ -351,3 +351,27 @@ def build_clonezilla_tree(factory: Factory, root: Path) -> Expected:
     (root / "loose" / "again").symlink_to("..")
     exp.hidden.append("/loose/again")
     return exp
+
+
+def user_python(tmp_path_factory) -> str:
+    """A Python an ordinary user can run, with this checkout's imagefs and libraries.
+
+    The test venv's interpreter may live under /root (pyenv), which other
+    users cannot enter; Debian's /usr/bin/python3 (the same 3.11 ABI) gets a
+    venv whose .pth adds the test venv's site-packages.
+    """
+    import site
+    system = "/usr/bin/python3"
+    if not os.path.exists(system):
+        pytest.skip("needs Debian's /usr/bin/python3 for an ordinary user's venv")
+    venv = tmp_path_factory.mktemp("user-venv") / "venv"
+    subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True)
+    packages = [p for p in site.getsitepackages() if p.startswith(sys.prefix)]
+    for sp in (venv / "lib").glob("python3*/site-packages"):
+        (sp / "imagefs-test.pth").write_text(
+            "".join(f"import site; site.addsitedir({p!r})\n" for p in packages))
+    for parent in [venv, *venv.parents]:
+        if str(parent) in ("/", "/tmp"):
+            break
+        os.chmod(parent, 0o755)
+    return str(venv / "bin" / "python")

@@ -26,10 +26,10 @@ from realimages import Factory, Image, need, run
 from readers import run_in_threads, vp_sha256
 
 from imagefs.blockio import VirtualPartition
-from imagefs.cache import BlockCache
+from imagefs.services.cache import BlockCache
 from imagefs.files import FileTree, image_partition, open_tree
 from imagefs.files.tree import INO_LIMIT
-from imagefs.opener import open_image_header
+from imagefs.blockio.opener import open_image_header
 
 pytestmark = [pytest.mark.root]
 

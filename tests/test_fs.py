@@ -18,6 +18,7 @@ import pytest
 from imagefs.catalog import (Attr, DirectoryNode, FileLikeNode, LinkNode, Node, NotADirectory,
                              NotFound, OpenFile)
 from imagefs.catalog.nodes import copying_reader
+from imagefs.config import Settings
 from imagefs.errors import FormatError, TruncatedError
 from imagefs.fuse.adapter import FuseOSError, ImageFS
 
@@ -86,12 +87,15 @@ class FakeCatalog:
         self.roots = ["/"]
         self.mountpoint = None
         self.closed = False
+        self.settings = Settings()
 
-    def lookup(self, path: str) -> Node:
+    def lookup(self, path: str, check=None) -> Node:
         node: Node = self.root
         for part in filter(None, path.split("/")):
             if not isinstance(node, DirectoryNode):
                 raise NotADirectory(path)
+            if check is not None:
+                check(node)
             node = node.child(part)
         return node
 
@@ -105,7 +109,24 @@ def _fi(flags: int = os.O_RDONLY) -> SimpleNamespace:
 
 @pytest.fixture
 def fs() -> ImageFS:
-    return ImageFS(FakeCatalog())
+    return ImageFS(FakeCatalog(), context=lambda: (0, 0, 1))
+
+
+def test_access_follows_the_nodes_access_attributes():
+    """Without default_permissions the adapter checks like the kernel would."""
+    cat = FakeCatalog()
+    secret = FakeFile("/sub/secret")
+    secret.attr = lambda: _attr(stat.S_IFREG | 0o600, 10)        # owner 0 only
+    cat.root.kids["sub"].kids["secret"] = secret
+    caller = [(1000, 1000, 1)]
+    fs = ImageFS(cat, context=lambda: caller[0], check_access=True)
+    assert _errno(fs.open, "/sub/secret", _fi()) == errno.EACCES
+    assert fs.getattr("/sub/secret")["st_size"] == 10              # stat is allowed
+    fs.open("/good", _fi())                                        # 0444: anyone
+    cat.root.kids["sub"].attr = lambda: _attr(stat.S_IFDIR | 0o700)
+    assert _errno(fs.getattr, "/sub/secret") == errno.EACCES      # no search permission
+    caller[0] = (0, 0, 1)                                          # root may
+    fs.open("/sub/secret", _fi())
 
 
 def _errno(call, *args) -> int:
@@ -165,7 +186,9 @@ def test_directories(fs):
     assert _errno(fs.open, "/sub", _fi()) == errno.EISDIR
     assert _errno(fs.opendir, "/good") == errno.ENOTDIR
     fh = fs.opendir("/")
-    listing = {name: mode for name, mode, _ in fs.readdir(None, fh)}
+    entries = list(fs.readdir(None, fh))
+    listing = {name: attrs["st_mode"] for name, attrs, _ in entries}
+    assert all(attrs["st_ino"] > 0 for _, attrs, _ in entries), "getdents skips inode 0"
     assert listing["good"] == stat.S_IFREG and listing["sub"] == stat.S_IFDIR
     assert listing["link"] == stat.S_IFLNK and {".", ".."} <= set(listing)
     fs.releasedir(None, fh)

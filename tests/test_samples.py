@@ -62,6 +62,8 @@ def test_demo_script_mounts_the_samples_and_says_what_next(tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "is mounted read-only" in proc.stdout
         assert "Try next:" in proc.stdout and "mount -o loop,ro" in proc.stdout
+        # The first command shows a file from inside a backup (its .files view).
+        assert "Hello from imagefs sample ext4." in proc.stdout
         assert (mnt / "2026-11-01-img" / "sda1.ext4-ptcl-img.info").is_file()
     finally:
         unmount(mnt)

@@ -32,6 +32,8 @@ from imagefs.formats.base import ImageHeader
 from imagefs.io.source import ByteSource
 
 if TYPE_CHECKING:
+    from imagefs.catalog.attrs import Attr
+    from imagefs.catalog.filesnodes import FilesView
     from imagefs.catalog.tree import Catalog
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class ImageEntry:
         #: A piece of the set is missing: once the set proves to be an image,
         #: it is shown broken with this error (imagefs.io.pieces' one rule).
         self.missing = missing
+        #: The files view (VNAME.files), when the listing gave the image one.
+        self.files: FilesView | None = None
         self._partition: VirtualPartition | None = None
         self._lock = threading.Lock()
         self._open_lock = threading.Lock()
@@ -156,6 +160,11 @@ class ImageEntry:
             blocks = header.used_blocks if header.used_blocks is not None else header.total_blocks
         return min(blocks * header.block_size, header.device_size)
 
+    def image_attr(self) -> Attr:
+        """The attributes ``VNAME`` shows (they decide who may read the files view too)."""
+        return self.catalog.attrs.mirror(self.st, size=self.size,
+                                         blocks=-(-self.stored_bytes() // 512))
+
     def index_state(self) -> str | None:
         """The codec index line for ``.info`` (None for uncompressed images)."""
         fn = getattr(self.stream, "index_state", None)
@@ -180,7 +189,8 @@ class ImageEntry:
         text = render_info(self.header if not self.error else None, self.stream_info,
                            image=part.image if part is not None else None,
                            error=self.error, virtual_path=vpath,
-                           index_state=self.index_state())
+                           index_state=self.index_state(),
+                           extra=self.files.describe() if self.files is not None else ())
         if self.read_error and not self.error:
             text += f"{'read error:':<28}{self.read_error}\n"
         return text.encode("utf-8", "surrogateescape")
@@ -190,6 +200,8 @@ class ImageEntry:
         with self._lock:
             part, self._partition = self._partition, None
         try:
+            if self.files is not None:
+                self.files.close()
             if part is not None:
                 part.close()
             elif self.stream is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Sequence
 
 from imagefs.blockio.opener import StreamInfo
 from imagefs.formats.base import BlockImage, ImageHeader
@@ -32,7 +33,8 @@ def _line(label: str, value: object) -> str:
 
 def render_info(header: ImageHeader | None, stream: StreamInfo | None, *,
                 image: BlockImage | None = None, error: str | None = None,
-                virtual_path: str | None = None, index_state: str | None = None) -> str:
+                virtual_path: str | None = None, index_state: str | None = None,
+                extra: Sequence[tuple[str, str]] = ()) -> str:
     """Human-readable description of one image (``error`` for broken ones)."""
     lines = [f"imagefs {__version__} image information"]
     if stream is not None:
@@ -82,4 +84,6 @@ def render_info(header: ImageHeader | None, stream: StreamInfo | None, *,
             fstype = _MOUNT_TYPE.get(header.fs_type)
             opt = f" -t {fstype}" if fstype else ""
             lines.append(_line("mount it", f"sudo mount{opt} -o loop,ro {q} /mnt/point"))
+    for label, value in extra:
+        lines.append(_line(label, value))
     return "\n".join(lines) + "\n"

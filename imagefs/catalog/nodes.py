@@ -13,7 +13,9 @@ the FUSE boundary).
 
 from __future__ import annotations
 
+import itertools
 import os
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
     from imagefs.catalog.tree import Catalog
 
 
+#: Node numbers: below 2**48, where files views start theirs (catalog.filesnodes).
+_numbers = itertools.count(1)
+
+
 class NotFound(Exception):
     """No node at this path (the FUSE adapter turns it into ENOENT)."""
 
@@ -37,6 +43,10 @@ class NotADirectory(Exception):
 
 class NoSuchAttribute(Exception):
     """The node has no extended attribute of that name (ENODATA)."""
+
+
+class NotReadable(Exception):
+    """The node exists but holds nothing to read, such as a device node (EACCES)."""
 
 
 def copying_reader(read: Callable[[int, int], bytes]) -> Callable[[int, memoryview], int]:
@@ -65,6 +75,8 @@ class Node:
 
     def __init__(self, vpath: str) -> None:
         self.vpath = vpath              # path inside the mount, "/" for the root
+        #: The inode number shown when the node's attributes carry none.
+        self.number = next(_numbers)
 
     def attr(self) -> Attr:
         raise NotImplementedError
@@ -76,6 +88,10 @@ class Node:
     def getxattr(self, name: str) -> bytes:
         """The value of one extended attribute."""
         raise NoSuchAttribute(name)
+
+    def access_attr(self) -> Attr:
+        """The owner and mode that decide who may read this node (its own, by default)."""
+        return self.attr()
 
 
 class DirectoryNode(Node):
@@ -89,6 +105,20 @@ class DirectoryNode(Node):
             return self.children()[name]
         except KeyError:
             raise NotFound(name) from None
+
+    def listing(self) -> list[tuple[str, int, int]]:
+        """``(name, file type bits, inode number)`` of the children, for readdir.
+
+        Type bits 0 mean "unknown" (tools then stat the entry).  The inode
+        number must be the one ``attr()`` reports: getdents skips entries
+        numbered 0.
+        """
+        out = []
+        for name, node in self.children().items():
+            kind = (stat.S_IFDIR if isinstance(node, DirectoryNode)
+                    else stat.S_IFLNK if isinstance(node, LinkNode) else stat.S_IFREG)
+            out.append((name, kind, node.number))
+        return out
 
 
 class FileLikeNode(Node):
@@ -139,8 +169,7 @@ class ImageNode(FileLikeNode):
         self.entry = entry
 
     def attr(self) -> Attr:
-        e = self.entry
-        return e.catalog.attrs.mirror(e.st, size=e.size, blocks=-(-e.stored_bytes() // 512))
+        return self.entry.image_attr()
 
     def open(self) -> OpenFile:
         entry = self.entry

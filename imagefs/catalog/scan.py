@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from imagefs.catalog.attrs import Attr
 from imagefs.catalog.disknodes import DiskEntry, DiskInfoNode, DiskNode, disks_in
 from imagefs.catalog.entry import ImageEntry
+from imagefs.catalog.filesnodes import FILES_SUFFIX, FilesRootNode, FilesView, may_have_files
 from imagefs.catalog.naming import INFO_SUFFIX, Wanted, assign_names, virtual_name
 from imagefs.catalog.nodes import DirectoryNode, FileNode, ImageNode, InfoNode, Node
 from imagefs.catalog.scope import Scope
@@ -224,7 +225,8 @@ class _Listing:
     def finish(self) -> dict[str, Node]:
         """Name the images (real names win; a clash keeps the full source name)."""
         out: dict[str, Node] = {**self.dirs, **self.files}
-        wanted = [Wanted(vname, name, (INFO_SUFFIX,)) for vname, name, _ in self.images]
+        wanted = [Wanted(vname, name, (INFO_SUFFIX, FILES_SUFFIX) if may_have_files(entry)
+                         else (INFO_SUFFIX,)) for vname, name, entry in self.images]
         names = assign_names(wanted, out)
         for (vname, _name, entry), chosen in zip(self.images, names, strict=True):
             if chosen is None:
@@ -236,6 +238,11 @@ class _Listing:
             if entry.error is None:
                 out[chosen] = ImageNode(entry)
             out[chosen + INFO_SUFFIX] = InfoNode(entry, self._vpath(chosen + INFO_SUFFIX))
+            if may_have_files(entry):
+                entry.files = FilesView(entry)
+                if entry.files.unavailable is None:
+                    out[chosen + FILES_SUFFIX] = FilesRootNode(
+                        entry.files, self._vpath(chosen + FILES_SUFFIX))
             self.catalog.register(entry)
         self._name_disks(out)
         return dict(sorted(out.items()))

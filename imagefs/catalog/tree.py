@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from imagefs import codecs
@@ -72,14 +72,20 @@ class Catalog:
             self.root = DirNode(self, "/", None, st, None, specs=specs)
 
     # ------------------------------------------------------------ lookup
-    def lookup(self, path: str) -> Node:
-        """The node at ``path`` ("/a/b"); raises NotFound or NotADirectory."""
+    def lookup(self, path: str, check: Callable[[Node], None] | None = None) -> Node:
+        """The node at ``path`` ("/a/b"); raises NotFound or NotADirectory.
+
+        ``check`` is called with every directory the path passes through
+        (the FUSE adapter checks search permission there).
+        """
         node: Node = self.root
         for part in path.split("/"):
             if not part or part == ".":
                 continue
             if not isinstance(node, DirectoryNode):
                 raise NotADirectory(path)
+            if check is not None:
+                check(node)
             node = node.child(part)
         return node
 

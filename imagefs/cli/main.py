@@ -47,7 +47,7 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-VERBS = ("info", "verify", "ls", "index", "version")
+VERBS = ("info", "verify", "ls", "index", "files", "extract", "version")
 
 
 def build_verb_parser() -> argparse.ArgumentParser:
@@ -76,6 +76,18 @@ def build_verb_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="YAML configuration")
     _common(p)
     p.set_defaults(func=_lazy("imagefs.cli.treeverbs", "index_main"))
+    p = sub.add_parser("files", help="list a directory of an image's file system (no FUSE)")
+    p.add_argument("image", help="image file, or first piece of a split set")
+    p.add_argument("path", nargs="?", default="/", help="directory inside the image (default /)")
+    _common(p)
+    p.set_defaults(func=_lazy("imagefs.cli.filesverbs", "files_main"))
+    p = sub.add_parser("extract", help="copy files out of an image's file system (no FUSE)")
+    p.add_argument("image", help="image file, or first piece of a split set")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="files or directories inside the image (default: everything)")
+    p.add_argument("-C", "--directory", default=".", help="where to put them (default: here)")
+    _common(p)
+    p.set_defaults(func=_lazy("imagefs.cli.filesverbs", "extract_main"))
     p = sub.add_parser("version", help="versions of imagefs, libfuse and each codec")
     _common(p)
     p.set_defaults(func=_lazy("imagefs.cli.imageverbs", "cmd_version"))

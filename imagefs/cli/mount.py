@@ -74,6 +74,8 @@ def split_options(values: Sequence[str]) -> Options:
             key, eq, val = item.partition("=")
             if key == "config":
                 out.config = val
+            elif item == "nofiles":           # the same as files=no
+                out.own["files"] = "no"
             elif key in OVERRIDE_KEYS:
                 out.own[key] = val
                 if key == "allow_other":
@@ -176,9 +178,17 @@ def plan(argv: Sequence[str]) -> Plan:
     fuse.setdefault("fsname", (source or settings.config_path or "imagefs").replace(",", "_"))
     fuse.setdefault("subtype", "imagefs")
     fuse["ro"] = True
-    # The kernel checks the permission bits the catalog reports (allow_other
-    # would otherwise let anyone read a root-only backup).
-    fuse["default_permissions"] = True
+    # Who may read what.  Without a files view the kernel checks the
+    # permission bits the catalog reports (allow_other would otherwise let
+    # anyone read a root-only backup).  A files view shows the owners and
+    # modes stored in the backup, which must not decide access: there the
+    # FUSE adapter checks every path against the backup files themselves.
+    if settings.files:
+        fuse.pop("default_permissions", None)
+    else:
+        fuse["default_permissions"] = True
+    # Inode numbers: hard links inside a files view share one.
+    fuse["use_ino"] = True
     fuse.setdefault("max_read", 1 << 20)
     return Plan(source, mountpoint, settings, fuse,
                 foreground=args.foreground or args.debug or "foreground" in opts.flags,

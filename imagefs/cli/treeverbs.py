@@ -65,8 +65,15 @@ def _describe(entry: ImageEntry) -> str:
     stream = entry.stream_info
     pieces = f"{len(stream.pieces)} pieces" if stream and len(stream.pieces) > 1 else "1 file"
     codec = stream.codec if stream and stream.codec else "uncompressed"
+    files = entry.files
+    if files is None:
+        view = ""
+    elif files.unavailable is None:
+        view = ", files view"
+    else:
+        view = ", no files view"
     return (f"{header.format_name} {header.format_version}, {header.fs_type or '?'}, "
-            f"{human_size(header.device_size)}, {pieces}, {codec}")
+            f"{human_size(header.device_size)}, {pieces}, {codec}{view}")
 
 
 def _disks(catalog: Catalog) -> list[DiskEntry]:

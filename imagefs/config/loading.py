@@ -51,7 +51,8 @@ def _mapping(value: object, where: str, allowed: dict[str, str]) -> dict[str, An
 _TOP = {"sources": "list", "cache_size": "size", "index_dir": "path", "mount": "mapping",
         "codecs": "mapping", "logging": "mapping", "max_open_files": "number"}
 _SOURCE = {"path": "path", "name": "text", "include": "globs", "exclude": "globs"}
-_MOUNT = {"allow_other": "bool", "uid": "number", "gid": "number", "umask": "octal"}
+_MOUNT = {"allow_other": "bool", "uid": "number", "gid": "number", "umask": "octal",
+          "files": "bool"}
 _CODECS = {"threads": "number"}
 _LOGGING = {"level": "text", "file": "path"}
 
@@ -96,6 +97,8 @@ def settings_from_dict(data: object, origin: str = "<config>",
         mount = _mapping(top.get("mount"), "mount", _MOUNT)
         if "allow_other" in mount:
             settings.allow_other = parse_bool(mount["allow_other"], "mount.allow_other")
+        if "files" in mount:
+            settings.files = parse_bool(mount["files"], "mount.files")
         for key in ("uid", "gid"):
             if key in mount:
                 setattr(settings, key, parse_int(mount[key], f"mount.{key}"))
@@ -154,6 +157,7 @@ _OVERRIDES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "log_level": ("log_level", lambda v, w: _log_level(v, w)),
     "codec_threads": ("codec_threads", lambda v, w: parse_int(v, w)),
     "max_open_files": ("max_open_files", lambda v, w: parse_int(v, w, 16)),
+    "files": ("files", lambda v, w: True if v == "" else parse_bool(v, w)),
 }
 
 

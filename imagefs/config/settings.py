@@ -44,6 +44,7 @@ class Settings:
     gid: int | None = None
     umask: int | None = None
     codec_threads: int = 0                  # 0: let each codec choose
+    files: bool = True                      # VNAME.files/ views (-o nofiles turns them off)
     max_open_files: int | None = None       # descriptor pool bound; None: from RLIMIT_NOFILE
     log_level: str = "warning"
     log_file: str | None = None             # background logging target; None: syslog

@@ -14,6 +14,10 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imagefs.disks.tables import PartedDisk
 
 #: Text dumps are a few KiB; 1 MiB leaves room for disks with many partitions.
 TEXT_LIMIT = 1 << 20
@@ -132,7 +136,7 @@ class DiskIdentity:
     sources: tuple[str, ...] = ()    # the files these came from
 
 
-def identity_of(meta: MetaReader, disk: str, parted: object | None) -> DiskIdentity:
+def identity_of(meta: MetaReader, disk: str, parted: PartedDisk | None) -> DiskIdentity:
     model = serial = machine = None
     sources = []
     try:
@@ -150,8 +154,8 @@ def identity_of(meta: MetaReader, disk: str, parted: object | None) -> DiskIdent
         model = _lsblk_model(meta.text("blkdev.list"), disk)
         if model:
             sources.append("blkdev.list")
-    if model is None and parted is not None and getattr(parted, "model", None):
-        model = parted.model  # type: ignore[attr-defined]
+    if model is None and parted is not None and parted.model:
+        model = parted.model
         sources.append(f"{disk}-pt.parted")
     if meta.has("Info-dmi.txt"):
         machine = _dmi_machine(meta.text("Info-dmi.txt"))

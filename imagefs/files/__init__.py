@@ -51,12 +51,23 @@ shows, and the documented way to reach them.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from imagefs.files.detect import READABLE, TITLES, header_family, sniff
-from imagefs.files.errors import (FilesError, FilesUnavailable, NoSuchAttribute,
-                                  NotADirectory, NotASymlink)
-from imagefs.files.partition import (ImagePartition, Partition, PartitionFile,
-                                     StoredMap, image_partition)
+from imagefs.files.errors import (
+    FilesError,
+    FilesUnavailable,
+    NoSuchAttribute,
+    NotADirectory,
+    NotASymlink,
+)
+from imagefs.files.partition import (
+    ImagePartition,
+    Partition,
+    PartitionFile,
+    StoredMap,
+    image_partition,
+)
 from imagefs.files.tree import INO_LIMIT, FileStat, FileTree
 
 log = logging.getLogger(__name__)
@@ -65,57 +76,78 @@ _LOOP_HINT = "loop-mount the virtual partition instead"
 
 
 def files_supported(fs_type: str | None) -> bool:
-    """Whether a files view may exist for this header fs-type (no I/O; True = maybe for raw data)."""
+    """Whether a files view may exist for this header fs-type (no I/O; True = maybe, raw data)."""
     known, family = header_family(fs_type)
     return not known or family is None or family in READABLE
 
 
-def _backend(family: str):  # type: ignore[no-untyped-def]
+def _backend(family: str) -> Any:
     # Imported on demand: each backend pulls in its parser library.
     if family == "ext":
         from imagefs.files.ext import ExtTree
+
         return ExtTree
     if family == "xfs":
         from imagefs.files.xfs import XfsTree
+
         return XfsTree
     if family == "btrfs":
         from imagefs.files.btrfs import BtrfsTree
+
         return BtrfsTree
     if family == "ntfs":
         from imagefs.files.ntfs import NtfsTree
+
         return NtfsTree
     if family == "fat":
         from imagefs.files.fat import FatTree
+
         return FatTree
     if family == "exfat":
         from imagefs.files.exfat import ExfatTree
+
         return ExfatTree
     raise KeyError(family)
+
+
+def unsupported_reason(fs_type: str | None) -> str | None:
+    """The sentence for ``.info`` when the header alone rules a files view out (no I/O)."""
+    known, family = header_family(fs_type)
+    if known and family is not None and family not in READABLE:
+        return (f"the file system is {TITLES.get(family, family)}, which imagefs cannot "
+                f"read; {_LOOP_HINT}")
+    return None
 
 
 def open_tree(partition: Partition, fs_type: str | None, *, name: str) -> FileTree:
     """Open the file system in ``partition`` (see the module docs); FilesUnavailable if none."""
     known, family = header_family(fs_type)
-    if known and family is not None and family not in READABLE:
-        raise FilesUnavailable(f"the file system is {TITLES.get(family, family)}, which imagefs cannot "
-                               f"read; {_LOOP_HINT}")
+    reason = unsupported_reason(fs_type)
+    if reason is not None:
+        raise FilesUnavailable(reason)
     try:
         found = sniff(partition)
-    except Exception as exc:  # a truncated image may not even hold its first 64 KiB
+    except Exception as exc:  # noqa: BLE001 - a truncated image may not hold its first 64 KiB
         raise FilesUnavailable(f"the start of the partition cannot be read ({exc})") from None
     if family is None:
         if found is None:
-            raise FilesUnavailable("the partition holds no file system imagefs recognises; "
-                                   f"{_LOOP_HINT} if it holds one")
+            raise FilesUnavailable(
+                "the partition holds no file system imagefs recognises; "
+                f"{_LOOP_HINT} if it holds one"
+            )
         if found not in READABLE:
-            raise FilesUnavailable(f"the partition holds {TITLES.get(found, found)}, which imagefs cannot "
-                                   f"read; {_LOOP_HINT}")
+            raise FilesUnavailable(
+                f"the partition holds {TITLES.get(found, found)}, which imagefs cannot "
+                f"read; {_LOOP_HINT}"
+            )
         family = found
     elif found != family:
         what = TITLES.get(family, family)
         part = "boot sector" if family in ("ntfs", "fat", "exfat") else "superblock"
-        raise FilesUnavailable(f"the {what} {part} is missing or damaged (no {what} signature where "
-                               f"the image header says there is one)")
+        raise FilesUnavailable(
+            f"the {what} {part} is missing or damaged (no {what} signature where "
+            f"the image header says there is one)"
+        )
     try:
         tree = _backend(family)(partition, name)
     except FilesUnavailable:
@@ -123,14 +155,28 @@ def open_tree(partition: Partition, fs_type: str | None, *, name: str) -> FileTr
     except Exception as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         log.debug("%s: opening the %s file system failed", name, family, exc_info=True)
-        raise FilesUnavailable(f"the {TITLES.get(family, family)} file system cannot be opened "
-                               f"({text[:200]})") from None
+        raise FilesUnavailable(
+            f"the {TITLES.get(family, family)} file system cannot be opened ({text[:200]})"
+        ) from None
     log.debug("%s: opened %s", name, tree.fs_name)
     return tree
 
 
 __all__ = [
-    "FileStat", "FileTree", "FilesError", "FilesUnavailable", "ImagePartition", "INO_LIMIT",
-    "NoSuchAttribute", "NotADirectory", "NotASymlink", "Partition", "PartitionFile", "StoredMap",
-    "files_supported", "image_partition", "open_tree",
+    "FileStat",
+    "FileTree",
+    "FilesError",
+    "FilesUnavailable",
+    "ImagePartition",
+    "INO_LIMIT",
+    "NoSuchAttribute",
+    "NotADirectory",
+    "NotASymlink",
+    "Partition",
+    "PartitionFile",
+    "StoredMap",
+    "unsupported_reason",
+    "files_supported",
+    "image_partition",
+    "open_tree",
 ]

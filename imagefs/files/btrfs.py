@@ -21,6 +21,7 @@ import os
 import stat as st
 import struct
 from functools import lru_cache, partial
+from typing import Any
 
 from dissect.btrfs import Btrfs
 from dissect.btrfs.btrfs import Btrfs as _Btrfs
@@ -40,9 +41,9 @@ FIRST_FREE = 256
 #: with inode 2 (BTRFS_EMPTY_SUBVOL_DIR_OBJECTID).
 EMPTY_SUBVOL = 2
 _INODE = struct.Struct("<QQQQQIIIIQQQ32sqIqIqI")
-_DIR_ITEM = struct.Struct("<QBQQHHB")          # location key, transid, data_len, name_len, type
-_EXTENT = struct.Struct("<QQBBHB")             # generation, ram_bytes, compression, encryption, other, type
-_REG = struct.Struct("<QQQQ")                  # disk_bytenr, disk_num_bytes, offset, num_bytes
+_DIR_ITEM = struct.Struct("<QBQQHHB")  # location key, transid, data_len, name_len, type
+_EXTENT = struct.Struct("<QQBBHB")  # generation, ram_bytes, compression, encryption, other, type
+_REG = struct.Struct("<QQQQ")  # disk_bytenr, disk_num_bytes, offset, num_bytes
 #: B-tree nodes kept per tree (16 KiB each); the library keeps 8,192 (128 MB).
 NODE_CACHE = 128
 
@@ -56,19 +57,23 @@ class BtrfsTree(FileTree):
         super().__init__(partition, name)
         try:
             fs = Btrfs(PartitionFile(partition, name))
-        except Exception as exc:
-            raise FilesUnavailable(f"the btrfs superblock or chunk tree is damaged "
-                                   f"({' '.join(str(exc).split())})") from None
+        except Exception as exc:  # noqa: BLE001 - the parser raises anything on damage
+            raise FilesUnavailable(
+                f"the btrfs superblock or chunk tree is damaged ({' '.join(str(exc).split())})"
+            ) from None
         if fs.sb.num_devices > 1:
-            raise FilesUnavailable(f"the btrfs file system spans {fs.sb.num_devices} devices and this "
-                                   "backup holds one of them")
+            raise FilesUnavailable(
+                f"the btrfs file system spans {fs.sb.num_devices} devices and this "
+                "backup holds one of them"
+            )
         self.fs = fs
         _shrink(fs._root_tree)
         original = partial(_Btrfs._open_tree, fs)
 
-        def open_tree(objectid: int):  # type: ignore[no-untyped-def]
+        def open_tree(objectid: int) -> Any:
             return _shrink(original(objectid))
-        fs._open_tree = lru_cache(32)(open_tree)   # type: ignore[method-assign]
+
+        fs._open_tree = lru_cache(32)(open_tree)
         self.sector = fs.sector_size
         self._chunks = sorted(fs._logical_fh.chunks, key=lambda c: c.offset)
         self.default = fs.default_subvolume.objectid
@@ -79,7 +84,9 @@ class BtrfsTree(FileTree):
     def _ino(self, subvol: int, objectid: int) -> int:
         key = 0 if subvol == TOP_LEVEL else subvol - 255
         if not 0 <= key < 1 << 16 or objectid >= 1 << 32:
-            raise FilesError(self.name, f"subvolume {subvol} or inode {objectid} is too large to number")
+            raise FilesError(
+                self.name, f"subvolume {subvol} or inode {objectid} is too large to number"
+            )
         return (key << 32) | objectid
 
     def _split(self, ino: int) -> tuple[Subvolume, int]:
@@ -87,18 +94,19 @@ class BtrfsTree(FileTree):
         subvol = TOP_LEVEL if key == 0 else key + 255
         return self.fs.open_subvolume(subvol), objectid
 
-    def _items(self, ino: int, kind: int, start: int = 0):  # type: ignore[no-untyped-def]
+    def _items(self, ino: int, kind: int, start: int = 0) -> Any:
         sv, objectid = self._split(ino)
         return sv.tree.cursor().iter(objectid, kind, start, ignore_offset=True)
 
     # ------------------------------------------------------------ inodes
-    def _inode(self, ino: int) -> tuple:  # type: ignore[type-arg]
+    def _inode(self, ino: int) -> tuple[Any, ...]:
         sv, objectid = self._split(ino)
         try:
             _item, data = sv.tree.find(objectid, INODE_ITEM, 0)
         except KeyError:
-            raise FilesError(self.path_of(ino), f"its inode item ({sv.objectid}, {objectid}) is missing") \
-                from None
+            raise FilesError(
+                self.path_of(ino), f"its inode item ({sv.objectid}, {objectid}) is missing"
+            ) from None
         return _INODE.unpack_from(bytes(data))
 
     def _has_ref(self, parent: int, child: int, dirid: int, name: bytes) -> bool:
@@ -109,22 +117,53 @@ class BtrfsTree(FileTree):
             return False
         raw = bytes(data)
         ref_dir, _seq, nlen = struct.unpack_from("<QQH", raw)
-        return ref_dir == dirid and raw[18:18 + nlen] == name
+        return ref_dir == dirid and raw[18 : 18 + nlen] == name
 
     def _stat(self, ino: int) -> FileStat:
         if ino & 0xFFFFFFFF == EMPTY_SUBVOL:
             # The kernel stamps this placeholder with the time of the lookup;
             # the subvolume root's times are the closest stable choice.
             root = self._stat((ino >> 32) << 32 | FIRST_FREE)
-            return FileStat(st.S_IFDIR | 0o755, ino, 1, 0, 0, 0, 0, root.atime_ns, root.mtime_ns,
-                            root.ctime_ns)
-        (_gen, _tid, size, nbytes, _bg, nlink, uid, gid, mode, rdev, _flags, _seq, _res,
-         a_s, a_n, c_s, c_n, m_s, m_n) = self._inode(ino)
+            return FileStat(
+                st.S_IFDIR | 0o755, ino, 1, 0, 0, 0, 0, root.atime_ns, root.mtime_ns, root.ctime_ns
+            )
+        (
+            _gen,
+            _tid,
+            size,
+            nbytes,
+            _bg,
+            nlink,
+            uid,
+            gid,
+            mode,
+            rdev,
+            _flags,
+            _seq,
+            _res,
+            a_s,
+            a_n,
+            c_s,
+            c_n,
+            m_s,
+            m_n,
+        ) = self._inode(ino)
         dev = 0
         if st.S_ISCHR(mode) or st.S_ISBLK(mode):
-            dev = os.makedev(rdev >> 20, rdev & 0xFFFFF)   # the kernel's internal dev_t, as stored
-        return FileStat(mode, ino, nlink, uid, gid, size, nbytes // 512, a_s * 10**9 + a_n,
-                        m_s * 10**9 + m_n, c_s * 10**9 + c_n, dev)
+            dev = os.makedev(rdev >> 20, rdev & 0xFFFFF)  # the kernel's internal dev_t, as stored
+        return FileStat(
+            mode,
+            ino,
+            nlink,
+            uid,
+            gid,
+            size,
+            nbytes // 512,
+            a_s * 10**9 + a_n,
+            m_s * 10**9 + m_n,
+            c_s * 10**9 + c_n,
+            dev,
+        )
 
     # ------------------------------------------------------------ directories
     def _listdir(self, ino: int) -> list[tuple[bytes, int]]:
@@ -135,7 +174,7 @@ class BtrfsTree(FileTree):
         for _item, data in self._items(ino, DIR_INDEX, 2):
             raw = bytes(data)
             loc_id, loc_type, _loc_off, _tid, _dlen, nlen, _ft = _DIR_ITEM.unpack_from(raw)
-            name = raw[30:30 + nlen]
+            name = raw[30 : 30 + nlen]
             if loc_type == ROOT_ITEM:
                 if not self._has_ref(sv.objectid, loc_id, _objectid, name):
                     out.append((name, self._ino(sv.objectid, EMPTY_SUBVOL)))
@@ -157,7 +196,9 @@ class BtrfsTree(FileTree):
                     chunk = c
                     break
             if chunk is None:
-                raise FilesError(self.path_of(ino), f"its data at logical address {logical:#x} is in no chunk")
+                raise FilesError(
+                    self.path_of(ino), f"its data at logical address {logical:#x} is in no chunk"
+                )
             take = min(length, chunk.offset + chunk.length - logical)
             out.append((chunk.stripes[0].offset + logical - chunk.offset, take))
             logical += take
@@ -174,16 +215,16 @@ class BtrfsTree(FileTree):
             _gen, ram, comp, enc, _other, kind = _EXTENT.unpack_from(raw)
             if enc:
                 raise FilesError(what(), "its data is encrypted")
-            if kind == 0:                                   # inline
+            if kind == 0:  # inline
                 payload = raw[21:]
-                sector = self.sector
-
-                def inline(payload=payload, comp=comp) -> bytes:  # type: ignore[no-untyped-def]
+                def inline(payload: bytes = payload, comp: int = comp,
+                           sector: int = self.sector) -> bytes:
                     return payload if comp == 0 else decode_extent(payload, comp, 0, sector)
+
                 runs.append(Run(pos, min(ram, size - pos), decode=inline, key=(ino, pos)))
                 continue
             bytenr, disk_len, off, num = _REG.unpack_from(raw, 21)
-            if kind == 2 or bytenr == 0:                    # prealloc or a hole
+            if kind == 2 or bytenr == 0:  # prealloc or a hole
                 continue
             if comp == 0:
                 for where, n in self._physical(ino, bytenr + off, num):
@@ -194,8 +235,11 @@ class BtrfsTree(FileTree):
             for where, n in pieces:
                 check_range(part, where, n, what)
 
-            def decode(pieces=pieces, comp=comp) -> bytes:  # type: ignore[no-untyped-def]
-                return decode_extent(b"".join(part.read(w, n) for w, n in pieces), comp, 0, self.sector)
+            def decode(pieces: Any = pieces, comp: int = comp) -> bytes:
+                return decode_extent(
+                    b"".join(part.read(w, n) for w, n in pieces), comp, 0, self.sector
+                )
+
             runs.append(Run(pos, num, decode=decode, skip=off, key=("btrfs", bytenr)))
         return DataMap(size, runs, what)
 
@@ -211,25 +255,29 @@ class BtrfsTree(FileTree):
         for _item, data in self._items(ino, XATTR_ITEM, 0):
             raw = bytes(data)
             pos = 0
-            while pos + 30 <= len(raw):                   # one item may hold colliding names
+            while pos + 30 <= len(raw):  # one item may hold colliding names
                 _a, _b, _c, _tid, dlen, nlen, _ft = _DIR_ITEM.unpack_from(raw, pos)
-                out[raw[pos + 30:pos + 30 + nlen]] = raw[pos + 30 + nlen:pos + 30 + nlen + dlen]
+                out[raw[pos + 30 : pos + 30 + nlen]] = raw[pos + 30 + nlen : pos + 30 + nlen + dlen]
                 pos += 30 + nlen + dlen
         return out
 
     # ------------------------------------------------------------ describe
     def _describe(self) -> list[tuple[str, str]]:
         sb = self.fs.sb
-        rows = [("file system", "btrfs"), ("label", self.fs.label or "(none)"),
-                ("UUID", str(self.fs.uuid)), ("sector size", f"{self.sector:,} bytes"),
-                ("size", f"{sb.total_bytes:,} bytes"),
-                ("free space", f"{sb.total_bytes - sb.bytes_used:,} bytes (unallocated and unused)")]
+        rows = [
+            ("file system", "btrfs"),
+            ("label", self.fs.label or "(none)"),
+            ("UUID", str(self.fs.uuid)),
+            ("sector size", f"{self.sector:,} bytes"),
+            ("size", f"{sb.total_bytes:,} bytes"),
+            ("free space", f"{sb.total_bytes - sb.bytes_used:,} bytes (unallocated and unused)"),
+        ]
         if self.default != TOP_LEVEL:
             rows.append(("default subvolume", str(self.default)))
         return rows
 
 
-def _shrink(tree):  # type: ignore[no-untyped-def]
+def _shrink(tree: Any) -> Any:
     """Give a library B-tree a small node cache instead of its 8,192 nodes."""
     fn = getattr(tree._read_node, "__wrapped__", None)
     if fn is not None:

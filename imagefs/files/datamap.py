@@ -17,8 +17,8 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from imagefs.errors import TruncatedError
 from imagefs.files.errors import FilesError
@@ -61,7 +61,7 @@ class DecodedCache:
             if data is not None:
                 self._items.move_to_end(key)
                 return data
-        data = load()       # outside the lock: decoding runs in parallel
+        data = load()  # outside the lock: decoding runs in parallel
         if len(data) <= self.capacity // 4:
             with self._lock:
                 if key not in self._items:
@@ -100,17 +100,24 @@ class DataMap:
             if r.where is None:
                 continue
             if r.where < 0 or r.where + r.length > partition.size:
-                raise FilesError(self.what, f"its data lies past the end of the partition (byte "
-                                 f"{r.where + r.length:,} of {partition.size:,})")
+                raise FilesError(
+                    self.what,
+                    f"its data lies past the end of the partition (byte "
+                    f"{r.where + r.length:,} of {partition.size:,})",
+                )
             if first_unstored is not None:
                 bad = first_unstored(r.where, r.length)
                 if bad is not None:
-                    raise TruncatedError(self.what, f"its data at partition byte {bad:,} is not in the backup",
-                                         "the image does not hold these blocks; copy the backup again "
-                                         "from its origin")
+                    raise TruncatedError(
+                        self.what,
+                        f"its data at partition byte {bad:,} is not in the backup",
+                        "the image does not hold these blocks; copy the backup again "
+                        "from its origin",
+                    )
 
-    def read_into(self, partition: Partition, offset: int, dest: memoryview,
-                  cache: DecodedCache | None = None) -> int:
+    def read_into(
+        self, partition: Partition, offset: int, dest: memoryview, cache: DecodedCache | None = None
+    ) -> int:
         """Fill ``dest`` from file offset ``offset``; short only at EOF."""
         n = min(len(dest), self.size - offset)
         if n <= 0:
@@ -125,25 +132,34 @@ class DataMap:
             lo = pos - offset
             into = r.offset
             if r.where is not None:
-                got = partition.read_into(r.where + (pos - into), dest[lo:lo + take])
+                got = partition.read_into(r.where + (pos - into), dest[lo : lo + take])
                 if got != take:
-                    raise FilesError(self.what, "its data ends early: the partition is shorter than "
-                                     "the file system says")
+                    raise FilesError(
+                        self.what,
+                        "its data ends early: the partition is shorter than the file system says",
+                    )
             elif r.decode is not None:
-                data = cache.get(r.key, r.decode) if cache is not None and r.key is not None else r.decode()
+                data = (
+                    cache.get(r.key, r.decode)
+                    if cache is not None and r.key is not None
+                    else r.decode()
+                )
                 s = r.skip + (pos - into)
                 if len(data) < s + take:
-                    raise FilesError(self.what, "a compressed extent decodes to fewer bytes than the "
-                                     "file system says")
-                dest[lo:lo + take] = memoryview(data)[s:s + take]
+                    raise FilesError(
+                        self.what,
+                        "a compressed extent decodes to fewer bytes than the file system says",
+                    )
+                dest[lo : lo + take] = memoryview(data)[s : s + take]
             else:
                 _zero(dest, lo, lo + take)
             pos += take
             i += 1
         return n
 
-    def read(self, partition: Partition, offset: int, size: int,
-             cache: DecodedCache | None = None) -> bytes:
+    def read(
+        self, partition: Partition, offset: int, size: int, cache: DecodedCache | None = None
+    ) -> bytes:
         n = max(0, min(size, self.size - offset))
         buf = bytearray(n)
         if n:
@@ -179,12 +195,13 @@ def _zero(dest: memoryview, lo: int, hi: int) -> None:
     step = len(_ZEROS)
     while lo < hi:
         k = min(step, hi - lo)
-        dest[lo:lo + k] = _ZEROS[:k]
+        dest[lo : lo + k] = _ZEROS[:k]
         lo += k
 
 
-def block_runs(block_runs: list[tuple[int | None, int]], block_size: int, size: int,
-               base: int = 0) -> list[Run]:
+def block_runs(
+    block_runs: list[tuple[int | None, int]], block_size: int, size: int, base: int = 0
+) -> list[Run]:
     """``[(first_block or None, count), ...]`` in file order to byte runs.
 
     ``base`` is added to every block's byte address (a data area's start).

@@ -9,8 +9,8 @@ signature (a zeroed superblock must not be parsed as garbage); a raw image
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from imagefs.files.partition import Partition
 
@@ -19,26 +19,76 @@ READABLE = ("ext", "xfs", "btrfs", "ntfs", "fat", "exfat")
 
 #: What a family is called in a sentence.
 TITLES = {
-    "ext": "ext2/3/4", "xfs": "xfs", "btrfs": "btrfs", "ntfs": "NTFS", "fat": "FAT", "exfat": "exFAT",
-    "hfsplus": "HFS+", "hfs": "HFS", "apfs": "APFS", "f2fs": "f2fs", "jfs": "JFS", "reiserfs": "ReiserFS",
-    "reiser4": "Reiser4", "nilfs2": "NILFS2", "minix": "Minix", "ufs": "UFS", "vmfs": "VMFS",
-    "swap": "Linux swap", "luks": "LUKS (encrypted)", "bitlocker": "BitLocker (encrypted)",
-    "squashfs": "SquashFS", "hpfs": "HPFS", "afs": "AFS", "lvm": "an LVM physical volume",
+    "ext": "ext2/3/4",
+    "xfs": "xfs",
+    "btrfs": "btrfs",
+    "ntfs": "NTFS",
+    "fat": "FAT",
+    "exfat": "exFAT",
+    "hfsplus": "HFS+",
+    "hfs": "HFS",
+    "apfs": "APFS",
+    "f2fs": "f2fs",
+    "jfs": "JFS",
+    "reiserfs": "ReiserFS",
+    "reiser4": "Reiser4",
+    "nilfs2": "NILFS2",
+    "minix": "Minix",
+    "ufs": "UFS",
+    "vmfs": "VMFS",
+    "swap": "Linux swap",
+    "luks": "LUKS (encrypted)",
+    "bitlocker": "BitLocker (encrypted)",
+    "squashfs": "SquashFS",
+    "hpfs": "HPFS",
+    "afs": "AFS",
+    "lvm": "an LVM physical volume",
 }
 
 #: Header fs-type strings, lower-cased, to a family; None means "raw data:
 #: look at the bytes".  partclone: EXTFS FAT12/16/32 NTFS XFS BTRFS EXFAT
 #: "HFS Plus" ...; ntfsclone: NTFS; partimage: ext2fs ext3fs fat16 fat32 ntfs ...
 HEADER_FAMILIES: dict[str, str | None] = {
-    "extfs": "ext", "ext2": "ext", "ext3": "ext", "ext4": "ext", "ext2fs": "ext", "ext3fs": "ext",
-    "ext4fs": "ext", "xfs": "xfs", "btrfs": "btrfs", "ntfs": "ntfs",
-    "fat": "fat", "fat12": "fat", "fat16": "fat", "fat32": "fat", "vfat": "fat", "fat16lba": "fat",
-    "fat32lba": "fat", "exfat": "exfat",
-    "hfs plus": "hfsplus", "hfsplus": "hfsplus", "hfs+": "hfsplus", "hfs": "hfs", "apfs": "apfs",
-    "f2fs": "f2fs", "jfs": "jfs", "reiserfs": "reiserfs", "reiser4": "reiser4", "nilfs": "nilfs2",
-    "nilfs2": "nilfs2", "minix": "minix", "ufs": "ufs", "vmfs": "vmfs", "hpfs": "hpfs", "afs": "afs",
+    "extfs": "ext",
+    "ext2": "ext",
+    "ext3": "ext",
+    "ext4": "ext",
+    "ext2fs": "ext",
+    "ext3fs": "ext",
+    "ext4fs": "ext",
+    "xfs": "xfs",
+    "btrfs": "btrfs",
+    "ntfs": "ntfs",
+    "fat": "fat",
+    "fat12": "fat",
+    "fat16": "fat",
+    "fat32": "fat",
+    "vfat": "fat",
+    "fat16lba": "fat",
+    "fat32lba": "fat",
+    "exfat": "exfat",
+    "hfs plus": "hfsplus",
+    "hfsplus": "hfsplus",
+    "hfs+": "hfsplus",
+    "hfs": "hfs",
+    "apfs": "apfs",
+    "f2fs": "f2fs",
+    "jfs": "jfs",
+    "reiserfs": "reiserfs",
+    "reiser4": "reiser4",
+    "nilfs": "nilfs2",
+    "nilfs2": "nilfs2",
+    "minix": "minix",
+    "ufs": "ufs",
+    "vmfs": "vmfs",
+    "hpfs": "hpfs",
+    "afs": "afs",
     "swap": "swap",
-    "raw": None, "dd": None, "imager": None, "": None, "unknown": None,
+    "raw": None,
+    "dd": None,
+    "imager": None,
+    "": None,
+    "unknown": None,
 }
 
 
@@ -49,7 +99,12 @@ def header_family(fs_type: str | None) -> tuple[bool, str | None]:
     key = fs_type.strip().lower()
     if key in HEADER_FAMILIES:
         return True, HEADER_FAMILIES[key]
-    for prefix, fam in (("reiserfs", "reiserfs"), ("fat16", "fat"), ("fat32", "fat"), ("hfs", "hfsplus")):
+    for prefix, fam in (
+        ("reiserfs", "reiserfs"),
+        ("fat16", "fat"),
+        ("fat32", "fat"),
+        ("hfs", "hfsplus"),
+    ):
         if key.startswith(prefix):
             return True, fam
     return False, None
@@ -60,7 +115,7 @@ class Signature:
     family: str
     offset: int
     magic: bytes
-    extra: Callable[[bytes], bool] | None = None   # a further test on the probe bytes
+    extra: Callable[[bytes], bool] | None = None  # a further test on the probe bytes
 
 
 def _fat_ok(head: bytes) -> bool:
@@ -71,10 +126,14 @@ def _fat_ok(head: bytes) -> bool:
     spc = head[13]
     if bps not in (512, 1024, 2048, 4096) or spc == 0 or spc & (spc - 1):
         return False
-    return head[54:59] == b"FAT12" or head[54:59] == b"FAT16" or head[54:61] == b"FAT    " or \
-        head[82:87] == b"FAT32" or head[510:512] == b"\x55\xaa" and head[21] in (0xF0, 0xF8, 0xF9,
-                                                                              0xFA, 0xFB, 0xFC,
-                                                                              0xFD, 0xFE, 0xFF)
+    return (
+        head[54:59] == b"FAT12"
+        or head[54:59] == b"FAT16"
+        or head[54:61] == b"FAT    "
+        or head[82:87] == b"FAT32"
+        or head[510:512] == b"\x55\xaa"
+        and head[21] in (0xF0, 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF)
+    )
 
 
 SIGNATURES: tuple[Signature, ...] = (
@@ -118,11 +177,11 @@ def sniff(partition: Partition) -> str | None:
     """The family whose signature the partition's first bytes carry, or None."""
     head = partition.read(0, min(PROBE_SIZE, partition.size))
     for sig in SIGNATURES:
-        if sig.magic and head[sig.offset:sig.offset + len(sig.magic)] != sig.magic:
+        if sig.magic and head[sig.offset : sig.offset + len(sig.magic)] != sig.magic:
             continue
         if sig.extra is not None and not sig.extra(head):
             continue
         if sig.family == "minix" and head[1080:1082] == b"\x53\xef":
-            continue        # an ext superblock's s_state can look like a minix magic
+            continue  # an ext superblock's s_state can look like a minix magic
         return sig.family
     return None

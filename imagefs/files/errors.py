@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from imagefs.errors import ImageError
 
-DAMAGED_HINT = "the file system inside the backup is damaged; loop-mount the virtual partition and run fsck on a copy"
+DAMAGED_HINT = ("the file system inside the backup is damaged; loop-mount the virtual partition "
+                "and run fsck on a copy")
 
 
 class FilesUnavailable(Exception):

@@ -41,7 +41,7 @@ def _ts(stamp: int, centis: int, utc: int) -> int:
         t = calendar.timegm((year, max(1, month), max(1, day), hour, minute, sec, 0, 0, 0))
     except (ValueError, OverflowError):
         t = 315_532_800
-    if utc & 0x80:                                   # offset valid: 7-bit signed 15-minute steps
+    if utc & 0x80:  # offset valid: 7-bit signed 15-minute steps
         off = utc & 0x7F
         off = off - 0x80 if off & 0x40 else off
         t -= off * 15 * 60
@@ -67,22 +67,37 @@ class ExfatTree(FileTree):
         boot = partition.read(0, 512)
         if boot[3:11] != b"EXFAT   ":
             raise FilesUnavailable("the exFAT boot sector is damaged (no EXFAT signature)")
-        (self.volume_sectors, fat_off, fat_len, heap_off, self.clusters, self.root_cluster,
-         self.serial, _rev, _flags, bps_shift, spc_shift, nfats) = struct.unpack_from("<QIIIIIIHHBBB", boot, 72)
+        (
+            self.volume_sectors,
+            fat_off,
+            fat_len,
+            heap_off,
+            self.clusters,
+            self.root_cluster,
+            self.serial,
+            _rev,
+            _flags,
+            bps_shift,
+            spc_shift,
+            nfats,
+        ) = struct.unpack_from("<QIIIIIIHHBBB", boot, 72)
         if not 9 <= bps_shift <= 12 or bps_shift + spc_shift > 25 or nfats not in (1, 2):
-            raise FilesUnavailable(f"the exFAT boot sector is damaged (sector shift {bps_shift}, "
-                                   f"cluster shift {spc_shift}, {nfats} FATs)")
+            raise FilesUnavailable(
+                f"the exFAT boot sector is damaged (sector shift {bps_shift}, "
+                f"cluster shift {spc_shift}, {nfats} FATs)"
+            )
         self.sector = 1 << bps_shift
         self.cluster = self.sector << spc_shift
         self.fat_start = fat_off * self.sector
         self.heap = heap_off * self.sector
         if self.heap + self.clusters * self.cluster > partition.size + self.cluster:
-            raise FilesUnavailable("the exFAT boot sector is damaged (its cluster heap is larger than "
-                                   "the partition)")
+            raise FilesUnavailable(
+                "the exFAT boot sector is damaged (its cluster heap is larger than the partition)"
+            )
         self.root = ROOT
         self._label = ""
         self._bitmap: tuple[int, int] | None = None
-        self._sets: LRU[int, bytes] = LRU(STAT_ENTRIES)     # ino -> raw entry set, from listings
+        self._sets: LRU[int, bytes] = LRU(STAT_ENTRIES)  # ino -> raw entry set, from listings
         self.listdir(ROOT)
 
     # ------------------------------------------------------------ clusters
@@ -98,7 +113,9 @@ class ExfatTree(FileTree):
             return []
         need = -(-length // self.cluster)
         if not 2 <= first < self.clusters + 2:
-            raise FilesError(self.path_of(ino), f"its data starts at cluster {first}, outside the volume")
+            raise FilesError(
+                self.path_of(ino), f"its data starts at cluster {first}, outside the volume"
+            )
         if contiguous:
             if first + need > self.clusters + 2:
                 raise FilesError(self.path_of(ino), "its data runs past the last cluster")
@@ -108,8 +125,10 @@ class ExfatTree(FileTree):
         pos = 0
         for _ in range(need):
             if not 2 <= c < self.clusters + 2:
-                raise FilesError(self.path_of(ino), f"its cluster chain points at cluster {c:#x}, "
-                                 "outside the volume")
+                raise FilesError(
+                    self.path_of(ino),
+                    f"its cluster chain points at cluster {c:#x}, outside the volume",
+                )
             where = self.heap + (c - 2) * self.cluster
             if runs and runs[-1].where is not None and runs[-1].where + runs[-1].length == where:
                 last = runs.pop()
@@ -119,7 +138,9 @@ class ExfatTree(FileTree):
             pos += self.cluster
             c = self._next(c)
             if c in (_EOC, _BAD) and pos < length:
-                raise FilesError(self.path_of(ino), f"its cluster chain ends after {pos:,} of {length:,} bytes")
+                raise FilesError(
+                    self.path_of(ino), f"its cluster chain ends after {pos:,} of {length:,} bytes"
+                )
         return runs
 
     def _chain_length(self, first: int) -> int:
@@ -129,7 +150,9 @@ class ExfatTree(FileTree):
             n += 1
             c = self._next(c)
         if c != _EOC:
-            raise FilesError(self.name, f"the root directory's cluster chain is broken at cluster {c:#x}")
+            raise FilesError(
+                self.name, f"the root directory's cluster chain is broken at cluster {c:#x}"
+            )
         return n * self.cluster
 
     # ------------------------------------------------------------ entries
@@ -151,19 +174,25 @@ class ExfatTree(FileTree):
                     self._listdir(parent[0])
                 raw = self._sets.get(ino)
                 if raw is None:
-                    raise FilesError(self.path_of(ino), "its directory entry set cannot be found again")
+                    raise FilesError(
+                        self.path_of(ino), "its directory entry set cannot be found again"
+                    )
         return self._decode_set(ino, raw)
 
     def _decode_set(self, ino: int, raw: bytes) -> tuple[bytes, bytes, str]:
         count = raw[1]
         if count < 2 or len(raw) < 32 * (count + 1):
-            raise FilesError(self.path_of(ino), f"its directory entry set is damaged ({count} secondaries)")
-        if _checksum(raw[:32 * (count + 1)]) != struct.unpack_from("<H", raw, 2)[0]:
+            raise FilesError(
+                self.path_of(ino), f"its directory entry set is damaged ({count} secondaries)"
+            )
+        if _checksum(raw[: 32 * (count + 1)]) != struct.unpack_from("<H", raw, 2)[0]:
             raise FilesError(self.path_of(ino), "its directory entry set fails its checksum")
         stream = raw[32:64]
         name_len = stream[3]
-        units = b"".join(raw[32 * k + 2:32 * k + 32] for k in range(2, count + 1) if raw[32 * k] == _NAME)
-        name = units[:2 * name_len].decode("utf-16-le", "surrogatepass")
+        units = b"".join(
+            raw[32 * k + 2 : 32 * k + 32] for k in range(2, count + 1) if raw[32 * k] == _NAME
+        )
+        name = units[: 2 * name_len].decode("utf-16-le", "surrogatepass")
         return raw[:32], stream, name
 
     def _listdir(self, ino: int) -> list[tuple[bytes, int]]:
@@ -185,18 +214,18 @@ class ExfatTree(FileTree):
             if t == _FILE:
                 count = data[pos + 1]
                 where = _where(runs, pos)
-                raw = data[pos:pos + 32 * (count + 1)]
+                raw = data[pos : pos + 32 * (count + 1)]
                 _f, _s, name = self._decode_set(where // 32, raw)
                 self._sets.put(where // 32, raw)
                 try:
                     out.append((name.encode("utf-8"), where // 32))
                 except UnicodeEncodeError:
-                    pass                     # an unpaired surrogate cannot be shown in UTF-8
+                    pass  # an unpaired surrogate cannot be shown in UTF-8
                 pos += 32 * (count + 1)
                 continue
             if ino == ROOT and t == _LABEL:
                 n = min(data[pos + 1], 11)
-                self._label = data[pos + 2:pos + 2 + 2 * n].decode("utf-16-le", "replace")
+                self._label = data[pos + 2 : pos + 2 + 2 * n].decode("utf-16-le", "replace")
             elif ino == ROOT and t == _BITMAP:
                 self._bitmap = struct.unpack_from("<IQ", data, pos + 20)
             pos += 32
@@ -204,7 +233,7 @@ class ExfatTree(FileTree):
 
     def _stream_runs(self, ino: int, stream: bytes) -> list[Run]:
         first, length = struct.unpack_from("<IQ", stream, 20)
-        return self._runs(ino, first, length, bool(stream[1] & 0x2))     # bit 1: NoFatChain
+        return self._runs(ino, first, length, bool(stream[1] & 0x2))  # bit 1: NoFatChain
 
     # ------------------------------------------------------------ inodes
     def _stat(self, ino: int) -> FileStat:
@@ -229,18 +258,25 @@ class ExfatTree(FileTree):
         _f, s, _n = self._set(ino)
         valid = struct.unpack_from("<Q", s, 8)[0]
         runs = self._stream_runs(ino, s)
-        if valid < size:                 # past the valid data length: zeros, whatever is stored
-            runs = [r if r.offset + r.length <= valid else Run(r.offset, valid - r.offset, r.where)
-                    for r in runs if r.offset < valid]
+        if valid < size:  # past the valid data length: zeros, whatever is stored
+            runs = [
+                r if r.offset + r.length <= valid else Run(r.offset, valid - r.offset, r.where)
+                for r in runs
+                if r.offset < valid
+            ]
         return DataMap(size, runs, partial(self.path_of, ino))
 
     def _readlink(self, ino: int) -> bytes:
         raise FilesError(self.path_of(ino), "exFAT has no symbolic links", "")
 
     def _describe(self) -> list[tuple[str, str]]:
-        rows = [("file system", "exfat"), ("label", self._label or "(none)"),
-                ("serial number", f"{self.serial:08X}"), ("cluster size", f"{self.cluster:,} bytes"),
-                ("size", f"{self.volume_sectors * self.sector:,} bytes")]
+        rows = [
+            ("file system", "exfat"),
+            ("label", self._label or "(none)"),
+            ("serial number", f"{self.serial:08X}"),
+            ("cluster size", f"{self.cluster:,} bytes"),
+            ("size", f"{self.volume_sectors * self.sector:,} bytes"),
+        ]
         if self._bitmap is not None:
             first, length = self._bitmap
             runs = self._runs(self.root, first, length, False)

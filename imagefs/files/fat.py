@@ -22,6 +22,7 @@ import calendar
 import stat as st
 import struct
 from functools import partial
+from typing import Any
 
 from dissect.fat.fat import FATFS
 
@@ -39,7 +40,7 @@ _ENTRY = struct.Struct("<11sBBBHHHHHHHI")
 def dos_time_ns(date: int, time: int = 0, centis: int = 0) -> int:
     """A FAT date/time (local time; taken as UTC, as Linux does with tz unset) in ns."""
     if date == 0:
-        return 315_532_800 * 1_000_000_000          # 1980-01-01, what Linux shows for "no date"
+        return 315_532_800 * 1_000_000_000  # 1980-01-01, what Linux shows for "no date"
     year, month, day = 1980 + (date >> 9), (date >> 5) & 0xF, date & 0x1F
     hour, minute, sec = time >> 11, (time >> 5) & 0x3F, (time & 0x1F) * 2
     try:
@@ -53,7 +54,7 @@ def short_name(raw: bytes, nt: int) -> bytes:
     """The 8.3 name as Linux shows it: cp437, blanks trimmed, NT lower-case flags applied."""
     base = bytearray(raw[:8])
     if base[0] == 0x05:
-        base[0] = 0xE5                             # 0x05 stands for a leading 0xE5
+        base[0] = 0xE5  # 0x05 stands for a leading 0xE5
     b = bytes(base).rstrip(b" ").decode("cp437")
     e = raw[8:11].rstrip(b" ").decode("cp437")
     if nt & _NT_LOWER_BASE:
@@ -77,8 +78,10 @@ class FatTree(FileTree):
         super().__init__(partition, name)
         try:
             self.fs = FATFS(PartitionFile(partition, name))
-        except Exception as exc:
-            raise FilesUnavailable(f"the FAT boot sector is damaged ({' '.join(str(exc).split())})") from None
+        except Exception as exc:  # noqa: BLE001 - the parser raises anything on damage
+            raise FilesUnavailable(
+                f"the FAT boot sector is damaged ({' '.join(str(exc).split())})"
+            ) from None
         fs = self.fs
         self.fs_name = str(fs.type.name).lower() if hasattr(fs.type, "name") else "fat"
         self.cluster = fs.cluster_size
@@ -87,7 +90,7 @@ class FatTree(FileTree):
         self._eoc = {"fat12": 0xFF8, "fat16": 0xFFF8}.get(self.fs_name, 0x0FFFFFF8)
         self.root = ROOT
         self._label: str | None = None
-        self.listdir(ROOT)          # the root must be readable; it also holds the label
+        self.listdir(ROOT)  # the root must be readable; it also holds the label
 
     # ------------------------------------------------------------ clusters
     def _chain(self, ino: int, first: int) -> list[tuple[int, int]]:
@@ -96,8 +99,11 @@ class FatTree(FileTree):
         c = first
         for _ in range(self.clusters + 1):
             if not 2 <= c < self.clusters + 2:
-                raise FilesError(self.path_of(ino), f"its cluster chain points at cluster {c}, outside "
-                                 f"the file system (2..{self.clusters + 1})")
+                raise FilesError(
+                    self.path_of(ino),
+                    f"its cluster chain points at cluster {c}, outside "
+                    f"the file system (2..{self.clusters + 1})",
+                )
             if runs and runs[-1][0] + runs[-1][1] == c:
                 runs[-1] = (runs[-1][0], runs[-1][1] + 1)
             else:
@@ -106,8 +112,11 @@ class FatTree(FileTree):
             if nxt >= self._eoc:
                 return runs
             if nxt in (0, 1) or nxt == self._eoc - 1:
-                raise FilesError(self.path_of(ino), f"its cluster chain is broken at cluster {c} "
-                                 f"(the FAT entry is {'free' if nxt == 0 else 'bad'})")
+                raise FilesError(
+                    self.path_of(ino),
+                    f"its cluster chain is broken at cluster {c} "
+                    f"(the FAT entry is {'free' if nxt == 0 else 'bad'})",
+                )
             c = nxt
         raise FilesError(self.path_of(ino), "its cluster chain loops")
 
@@ -121,8 +130,10 @@ class FatTree(FileTree):
             out.append(Run(pos, n * self.cluster, self.data_start + (c - 2) * self.cluster))
             pos += n * self.cluster
         if size is not None and pos < size:
-            raise FilesError(self.path_of(ino), f"its cluster chain holds {pos:,} bytes but the file "
-                             f"is {size:,} bytes")
+            raise FilesError(
+                self.path_of(ino),
+                f"its cluster chain holds {pos:,} bytes but the file is {size:,} bytes",
+            )
         return out, pos
 
     def _first(self, ino: int) -> int:
@@ -157,14 +168,15 @@ class FatTree(FileTree):
                 if r.offset <= off < r.offset + r.length:
                     return (r.where or 0) + off - r.offset
             raise FilesError(self.path_of(ino), "a directory entry lies outside the directory")
+
         return self._parse(ino, data, where)
 
-    def _parse(self, ino: int, data: bytes, where) -> list[tuple[bytes, int]]:  # type: ignore[no-untyped-def]
+    def _parse(self, ino: int, data: bytes, where: Any) -> list[tuple[bytes, int]]:
         out = []
         lfn: list[tuple[int, bytes]] = []
         lfn_sum = -1
         for off in range(0, len(data) - 31, 32):
-            e = data[off:off + 32]
+            e = data[off : off + 32]
             if e[0] == 0:
                 break
             if e[0] == 0xE5:
@@ -187,7 +199,11 @@ class FatTree(FileTree):
                 lfn = []
                 continue
             name = None
-            if lfn and lfn_sum == lfn_checksum(e) and [s for s, _ in lfn] == list(range(len(lfn), 0, -1)):
+            if (
+                lfn
+                and lfn_sum == lfn_checksum(e)
+                and [s for s, _ in lfn] == list(range(len(lfn), 0, -1))
+            ):
                 units = b"".join(part for _, part in reversed(lfn))
                 text = units.decode("utf-16-le", "surrogatepass")
                 text = text.split("\x00", 1)[0]
@@ -215,7 +231,9 @@ class FatTree(FileTree):
             t = dos_time_ns(0)
             return FileStat(st.S_IFDIR | 0o755, ino, 1, 0, 0, size, size // 512, t, t, t)
         e = self._entry(ino)
-        (_nm, attr, _nt, centis, ctime, cdate, adate, _hi, mtime, mdate, _lo, fsize) = _ENTRY.unpack(e)
+        (_nm, attr, _nt, centis, ctime, cdate, adate, _hi, mtime, mdate, _lo, fsize) = (
+            _ENTRY.unpack(e)
+        )
         m = dos_time_ns(mdate, mtime)
         a = dos_time_ns(adate)
         if attr & _ATTR_DIR:
@@ -235,11 +253,18 @@ class FatTree(FileTree):
     def _describe(self) -> list[tuple[str, str]]:
         fs = self.fs
         label = self._label or fs.volume_label or "(none)"
-        free = sum(1 for c in range(2, min(self.clusters + 2, 2 + 200_000)) if fs.fat.get(c) == 0) \
-            if self.clusters <= 200_000 else None
-        rows = [("file system", self.fs_name), ("label", label), ("volume ID", fs.volume_id.upper()),
-                ("cluster size", f"{self.cluster:,} bytes"),
-                ("size", f"{fs.total_sectors * fs.sector_size:,} bytes")]
+        free = (
+            sum(1 for c in range(2, min(self.clusters + 2, 2 + 200_000)) if fs.fat.get(c) == 0)
+            if self.clusters <= 200_000
+            else None
+        )
+        rows = [
+            ("file system", self.fs_name),
+            ("label", label),
+            ("volume ID", fs.volume_id.upper()),
+            ("cluster size", f"{self.cluster:,} bytes"),
+            ("size", f"{fs.total_sectors * fs.sector_size:,} bytes"),
+        ]
         if free is not None:
             rows.append(("free space", f"{free * self.cluster:,} bytes"))
         return rows

@@ -26,8 +26,9 @@ import io
 import os
 import stat as st
 import struct
+from collections.abc import Callable
 from functools import lru_cache, partial
-from typing import Callable
+from typing import Any
 
 from dissect.ntfs import NTFS
 from dissect.ntfs.c_ntfs import ATTRIBUTE_TYPE_CODE as AT
@@ -44,9 +45,9 @@ ROOT = 5
 FIRST_USER = 16
 # Attribute type codes as plain ints (the library's enum compares ~10x slower).
 _SI, _ATTR_LIST, _DATA, _INDEX_ROOT, _INDEX_ALLOC, _REPARSE = 0x10, 0x20, 0x80, 0x90, 0xA0, 0xC0
-_I30 = "$I30".encode("utf-16-le")            # records below are the file system's own ($MFT ... $Extend)
-_FILETIME_EPOCH = 116_444_736_000_000_000   # 100 ns ticks from 1601 to 1970
-_DOS_NAME = 2              # $FILE_NAME namespace: DOS 8.3 only
+_I30 = "$I30".encode("utf-16-le")  # records below are the file system's own ($MFT ... $Extend)
+_FILETIME_EPOCH = 116_444_736_000_000_000  # 100 ns ticks from 1601 to 1970
+_DOS_NAME = 2  # $FILE_NAME namespace: DOS 8.3 only
 _IN_USE = 0x1
 _ATTR_SYSTEM = 0x4
 _ATTR_REPARSE = 0x400
@@ -54,7 +55,7 @@ _COMPRESSED = 0x1
 _ENCRYPTED = 0x4000
 _TAG_SYMLINK = 0xA000000C
 _TAG_MOUNT_POINT = 0xA0000003
-_MODE = 0o777              # ntfs-3g without "permissions" or a user mapping
+_MODE = 0o777  # ntfs-3g without "permissions" or a user mapping
 #: MFT records kept parsed (a record with its attributes is ~5-10 KB; the
 #: library's default of 4,096 would be 20-40 MB per open tree).
 RECORD_CACHE = 256
@@ -74,29 +75,33 @@ class NtfsTree(FileTree):
         self._fh = PartitionFile(partition, name)
         try:
             self.fs = NTFS(self._fh)
-        except Exception as exc:
-            raise FilesUnavailable(f"the NTFS boot sector or $MFT is damaged ({' '.join(str(exc).split())})") \
-                from None
+        except Exception as exc:  # noqa: BLE001 - the parser raises anything on damage
+            raise FilesUnavailable(
+                f"the NTFS boot sector or $MFT is damaged ({' '.join(str(exc).split())})"
+            ) from None
         mft = self.fs.mft
-        mft.get = lru_cache(RECORD_CACHE)(partial(Mft.get, mft))  # type: ignore[method-assign]
+        # The library re-reads a record on every get; keep a bounded cache of them.
+        mft.get = lru_cache(RECORD_CACHE)(partial(Mft.get, mft))
         self.cluster = self.fs.cluster_size
         self.root = ROOT
         self._record(ROOT)
 
     # ------------------------------------------------------------ records
-    def _record(self, ino: int):  # type: ignore[no-untyped-def]
+    def _record(self, ino: int) -> Any:
         r = self.fs.mft.get(ino)
         if not r.header.Flags & _IN_USE:
-            raise FilesError(self.path_of(ino), f"its MFT record {ino} is not in use (a damaged directory)")
+            raise FilesError(
+                self.path_of(ino), f"its MFT record {ino} is not in use (a damaged directory)"
+            )
         return r
 
-    def _si(self, r):  # type: ignore[no-untyped-def]
+    def _si(self, r: Any) -> Any:
         si = r.attributes[AT.STANDARD_INFORMATION]
         if not si:
             raise FilesError(self.path_of(r.segment), "its MFT record has no $STANDARD_INFORMATION")
         return si[0].attribute.attr
 
-    def _kind(self, ino: int, r) -> tuple[int, bytes | int | None]:  # type: ignore[no-untyped-def]
+    def _kind(self, ino: int, r: Any) -> tuple[int, bytes | int | None]:
         """(S_IFMT type, symlink target or rdev) as ntfs-3g decides it."""
         rp = r.attributes[AT.REPARSE_POINT]
         if rp:
@@ -115,22 +120,23 @@ class NtfsTree(FileTree):
             if size <= 1024:
                 head = self._stream_map(ino, r, "").read(self.partition, 0, size)
                 if head.startswith(b"IntxLNK\x01"):
-                    return st.S_IFLNK, head[8:].decode("utf-16-le", "surrogatepass").encode("utf-8",
-                                                                                          "surrogateescape")
+                    return st.S_IFLNK, head[8:].decode("utf-16-le", "surrogatepass").encode(
+                        "utf-8", "surrogateescape"
+                    )
                 if size == 24 and head[:8] in (b"IntxCHR\x00", b"IntxBLK\x00"):
                     major, minor = struct.unpack_from("<QQ", head, 8)
                     kind = st.S_IFCHR if head[4:7] == b"CHR" else st.S_IFBLK
                     return kind, os.makedev(major, minor)
         return st.S_IFREG, None
 
-    def _data_attrs(self, r, name: str, kind: int = AT.DATA):  # type: ignore[no-untyped-def]
+    def _data_attrs(self, r: Any, name: str, kind: int = AT.DATA) -> Any:
         return r.attributes.find(name, kind)
 
-    def _data_size(self, r, name: str = "") -> int:  # type: ignore[no-untyped-def]
+    def _data_size(self, r: Any, name: str = "") -> int:
         attrs = self._data_attrs(r, name)
         return attrs.size() if attrs else 0
 
-    def _fast_stat(self, ino: int, r) -> FileStat | None:  # type: ignore[no-untyped-def]
+    def _fast_stat(self, ino: int, r: Any) -> FileStat | None:
         """stat from the record's attribute headers with ``struct`` (~30x faster than
         the library's attribute objects); None for the records that need the full
         path (attribute lists, reparse points, Interix candidates)."""
@@ -146,7 +152,7 @@ class NtfsTree(FileTree):
             if kind == 0xFFFFFFFF:
                 break
             if length < 16 or pos + length > end:
-                return None                              # let the library report the damage
+                return None  # let the library report the damage
             nonres, name_len, _name_off, flags = struct.unpack_from("<BBHH", data, pos + 8)
             if kind == _ATTR_LIST or kind == _REPARSE:
                 return None
@@ -164,19 +170,27 @@ class NtfsTree(FileTree):
                 else:
                     resident = True
                     size = struct.unpack_from("<I", data, pos + 16)[0]
-            elif kind == _INDEX_ALLOC and nonres and name_len == 4 and \
-                    data[pos + _name_off:pos + _name_off + 8] == _I30:
+            elif (
+                kind == _INDEX_ALLOC
+                and nonres
+                and name_len == 4
+                and data[pos + _name_off : pos + _name_off + 8] == _I30
+            ):
                 index_alloc, index_size = struct.unpack_from("<qq", data, pos + 40)
             pos += length
         if si is None:
             return None
         times = (_ns(si[3]), _ns(si[1]), _ns(si[2]))
-        if r.header.Flags & 0x2:                          # FILE_NAME_INDEX_PRESENT: a directory
-            return FileStat(st.S_IFDIR | _MODE, ino, 1, 0, 0, index_size, index_alloc // 512, *times)
+        if r.header.Flags & 0x2:  # FILE_NAME_INDEX_PRESENT: a directory
+            return FileStat(
+                st.S_IFDIR | _MODE, ino, 1, 0, 0, index_size, index_alloc // 512, *times
+            )
         if si[4] & _ATTR_SYSTEM and have_data and size <= 1024:
-            return None                                   # maybe an Interix special file
+            return None  # maybe an Interix special file
         blocks = 0 if resident else total // 512
-        return FileStat(st.S_IFREG | _MODE, ino, r.header.ReferenceCount, 0, 0, size, blocks, *times)
+        return FileStat(
+            st.S_IFREG | _MODE, ino, r.header.ReferenceCount, 0, 0, size, blocks, *times
+        )
 
     def _stat(self, ino: int) -> FileStat:
         r = self._record(ino)
@@ -196,20 +210,31 @@ class NtfsTree(FileTree):
         elif kind == st.S_IFLNK:
             size = len(extra) if isinstance(extra, bytes) else 0
         elif kind != st.S_IFREG:
-            size = self._data_size(r)            # ntfs-3g shows the Interix file's size
+            size = self._data_size(r)  # ntfs-3g shows the Interix file's size
         elif kind == st.S_IFREG:
             attrs = self._data_attrs(r, "")
             if attrs:
                 size = attrs.size()
                 h = attrs[0].header
                 if h.resident:
-                    blocks = 0                      # the data is inside the MFT record
+                    blocks = 0  # the data is inside the MFT record
                 elif h.flags & _COMPRESSED:
                     blocks = h.header.Form.Nonresident.TotalAllocated // 512
                 else:
                     blocks = attrs.size(allocated=True) // 512
-        return FileStat(kind | _MODE, ino, nlink, 0, 0, size, blocks, _ns(si.LastAccessTime),
-                        _ns(si.LastModificationTime), _ns(si.LastChangeTime), rdev)
+        return FileStat(
+            kind | _MODE,
+            ino,
+            nlink,
+            0,
+            0,
+            size,
+            blocks,
+            _ns(si.LastAccessTime),
+            _ns(si.LastModificationTime),
+            _ns(si.LastChangeTime),
+            rdev,
+        )
 
     def _readlink(self, ino: int) -> bytes:
         kind, target = self._kind(ino, self._record(ino))
@@ -253,9 +278,9 @@ class NtfsTree(FileTree):
                 ref, length, key_len, flags = struct.unpack_from("<QHHH", data, pos)
                 if length < 16 or pos + length > end:
                     raise FilesError(self.path_of(ino), "its directory index has a damaged entry")
-                if flags & 1:                                  # a child node before this entry
+                if flags & 1:  # a child node before this entry
                     walk(*node(struct.unpack_from("<Q", data, pos + length - 8)[0]), depth + 1)
-                if flags & 2:                                  # the end entry
+                if flags & 2:  # the end entry
                     return
                 key = pos + 16
                 if key_len >= 66:
@@ -263,9 +288,13 @@ class NtfsTree(FileTree):
                     child = ref & 0xFFFFFFFFFFFF
                     if space != _DOS_NAME and child >= FIRST_USER:
                         try:
-                            name = data[key + 66:key + 66 + 2 * name_len].decode("utf-16-le").encode("utf-8")
+                            name = (
+                                data[key + 66 : key + 66 + 2 * name_len]
+                                .decode("utf-16-le")
+                                .encode("utf-8")
+                            )
                         except UnicodeError:
-                            name = b""   # an unpaired UTF-16 surrogate: ntfs-3g skips the entry too
+                            name = b""  # an unpaired UTF-16 surrogate: ntfs-3g skips the entry too
                         if name:
                             out.append((name, child))
                 pos += length
@@ -275,11 +304,18 @@ class NtfsTree(FileTree):
         return out
 
     # ------------------------------------------------------------ data
-    def _stream_map(self, ino: int, r, name: str,  # type: ignore[no-untyped-def]
-                    kind: int = AT.DATA) -> DataMap:
+    def _stream_map(
+        self,
+        ino: int,
+        r: Any,
+        name: str,
+        kind: int = AT.DATA,
+    ) -> DataMap:
         attrs = self._data_attrs(r, name, kind)
+
         def what() -> str:
             return self.path_of(ino) + (f":{name}" if name else "")
+
         if not attrs:
             return DataMap(0, [], what)
         h = attrs[0].header
@@ -288,10 +324,21 @@ class NtfsTree(FileTree):
             data = attrs[0].data()
             return DataMap(size, [Run(0, size, decode=lambda: data)], what)
         if h.flags & _ENCRYPTED:
-            raise FilesError(what(), "is encrypted (EFS); its data cannot be read without Windows' keys", "")
+            raise FilesError(
+                what(), "is encrypted (EFS); its data cannot be read without Windows' keys", ""
+            )
         runs = attrs.dataruns()
-        valid = min(size, max((a.header.header.Form.Nonresident.ValidDataLength for a in attrs
-                               if not a.header.resident and a.header.lowest_vcn == 0), default=size))
+        valid = min(
+            size,
+            max(
+                (
+                    a.header.header.Form.Nonresident.ValidDataLength
+                    for a in attrs
+                    if not a.header.resident and a.header.lowest_vcn == 0
+                ),
+                default=size,
+            ),
+        )
         if h.flags & _COMPRESSED and h.compression_unit:
             out = self._compressed_runs(runs, h.compression_unit, size, (ino, name), what)
         else:
@@ -300,8 +347,14 @@ class NtfsTree(FileTree):
             out = _clip(out, valid)
         return DataMap(size, out, what)
 
-    def _compressed_runs(self, runs: list[tuple[int | None, int]], unit_log: int, size: int,
-                         key: object, what: Callable[[], str]) -> list[Run]:
+    def _compressed_runs(
+        self,
+        runs: list[tuple[int | None, int]],
+        unit_log: int,
+        size: int,
+        key: object,
+        what: Callable[[], str],
+    ) -> list[Run]:
         cs = self.cluster
         per = 1 << unit_log
         unit = per * cs
@@ -327,22 +380,23 @@ class NtfsTree(FileTree):
                 break
             stored = [(lcn, n) for lcn, n in u if lcn is not None]
             if not stored:
-                continue                                   # a sparse unit: a hole
+                continue  # a sparse unit: a hole
             for lcn, n in stored:
                 check_range(part, lcn * cs, n * cs, what)
-            if sum(n for _, n in stored) == per:           # stored whole: not compressed
+            if sum(n for _, n in stored) == per:  # stored whole: not compressed
                 pos = start
                 for lcn, n in stored:
                     out.append(Run(pos, n * cs, lcn * cs))
                     pos += n * cs
                 continue
 
-            def decode(stored=stored, unit=unit) -> bytes:  # type: ignore[no-untyped-def]
+            def decode(stored: Any = stored, unit: Any = unit) -> bytes:
                 raw = b"".join(part.read(lcn * cs, n * cs) for lcn, n in stored)
                 data = lznt1.decompress(io.BytesIO(raw))
                 if len(data) > unit:
                     raise ValueError("a compression unit decodes to more than its size")
-                return data.ljust(unit, b"\0")            # the rest of a short unit is zeros
+                return data.ljust(unit, b"\0")  # the rest of a short unit is zeros
+
             out.append(Run(start, unit, decode=decode, key=(key, k)))
         return out
 
@@ -357,39 +411,47 @@ class NtfsTree(FileTree):
         for n in names:
             m = self._stream_map(ino, r, n)
             m.check(self.partition)
-            out[b"user." + n.encode("utf-8", "surrogatepass")] = m.read(self.partition, 0, m.size,
-                                                                        self._decoded)
+            out[b"user." + n.encode("utf-8", "surrogatepass")] = m.read(
+                self.partition, 0, m.size, self._decoded
+            )
         return out
 
     # ------------------------------------------------------------ describe
     def _describe(self) -> list[tuple[str, str]]:
         bs = self.fs.boot_sector
         total = bs.NumberSectors * self.fs.sector_size
-        rows = [("file system", "ntfs"), ("label", self.fs.volume_name or "(none)"),
-                ("serial number", f"{self.fs.serial:016X}" if self.fs.serial is not None else "?"),
-                ("cluster size", f"{self.cluster:,} bytes"), ("size", f"{total:,} bytes")]
+        rows = [
+            ("file system", "ntfs"),
+            ("label", self.fs.volume_name or "(none)"),
+            ("serial number", f"{self.fs.serial:016X}" if self.fs.serial is not None else "?"),
+            ("cluster size", f"{self.cluster:,} bytes"),
+            ("size", f"{total:,} bytes"),
+        ]
         try:
-            bitmap = self._stream_map(6, self._record(6), "")      # $Bitmap: one bit per cluster
+            bitmap = self._stream_map(6, self._record(6), "")  # $Bitmap: one bit per cluster
             bitmap.check(self.partition)
             data = bitmap.read(self.partition, 0, bitmap.size)
             clusters = total // self.cluster
-            used = sum(bin(b).count("1") for b in data[:clusters // 8]) + \
-                bin(data[clusters // 8] & ((1 << (clusters % 8)) - 1)).count("1") if clusters % 8 else \
-                sum(bin(b).count("1") for b in data[:clusters // 8])
+            used = (
+                sum(bin(b).count("1") for b in data[: clusters // 8])
+                + bin(data[clusters // 8] & ((1 << (clusters % 8)) - 1)).count("1")
+                if clusters % 8
+                else sum(bin(b).count("1") for b in data[: clusters // 8])
+            )
             rows.append(("free space", f"{(clusters - used) * self.cluster:,} bytes"))
         except Exception:  # noqa: BLE001 - free space is a nicety, not a reason to fail
             pass
         return rows
 
 
-def _reparse_target(rp) -> bytes:  # type: ignore[no-untyped-def]
+def _reparse_target(rp: Any) -> bytes:
     name = rp.print_name or rp.substitute_name or ""
     if rp.relative:
         return name.replace("\\", "/").encode("utf-8", "surrogatepass")
     if name.startswith("\\??\\"):
         name = name[4:]
     if len(name) >= 2 and name[1] == ":":
-        name = name[2:]            # a drive letter means nothing inside one volume's tree
+        name = name[2:]  # a drive letter means nothing inside one volume's tree
     return name.replace("\\", "/").encode("utf-8", "surrogatepass")
 
 

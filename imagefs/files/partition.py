@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from imagefs.errors import TruncatedError
 
@@ -35,6 +36,11 @@ class Partition(Protocol):
         """Fill ``dest`` from ``offset``; the count, short only at the end."""
         ...
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+    from imagefs.blockio.partition import VirtualPartition
+
 
 @runtime_checkable
 class StoredMap(Protocol):
@@ -52,12 +58,12 @@ class ImagePartition:
     ``extents`` (a bitmap lookup, no I/O).
     """
 
-    def __init__(self, vp: object) -> None:
+    def __init__(self, vp: VirtualPartition) -> None:
         self._vp = vp
-        self.size: int = vp.size  # type: ignore[attr-defined]
-        self.read = vp.read  # type: ignore[attr-defined]
-        self.read_into = vp.read_into  # type: ignore[attr-defined]
-        self._image = vp.image  # type: ignore[attr-defined]
+        self.size: int = vp.size
+        self.read = vp.read
+        self.read_into = vp.read_into
+        self._image = vp.image
         self._bs: int = self._image.block_size
         self._mapped_end: int = self._image.total_blocks * self._bs
 
@@ -69,16 +75,16 @@ class ImagePartition:
         if offset < first:
             b0 = offset // self._bs
             b1 = -(-first // self._bs)
-            for start, count, stored in self._image.extents(b0, b1 - b0):
+            for start, _count, stored in self._image.extents(b0, b1 - b0):
                 if not stored:
                     return max(offset, start * self._bs)
         return None if end <= self._mapped_end else max(offset, self._mapped_end)
 
     def close(self) -> None:
-        self._vp.close()  # type: ignore[attr-defined]
+        self._vp.close()
 
 
-def image_partition(vp: object) -> ImagePartition:
+def image_partition(vp: VirtualPartition) -> ImagePartition:
     """Wrap a :class:`~imagefs.blockio.VirtualPartition` so trees can check extents."""
     return ImagePartition(vp)
 
@@ -127,7 +133,7 @@ class PartitionFile(io.RawIOBase):
         self._local.pos = pos + len(data)
         return data
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, b: WriteableBuffer) -> int:
         pos = self._pos()
         view = memoryview(b).cast("B")
         n = self.partition.read_into(pos, view) if pos < self.size else 0
@@ -139,7 +145,9 @@ class PartitionFile(io.RawIOBase):
         super().close()
 
 
-def check_range(partition: Partition, offset: int, size: int, what: str | Callable[[], str]) -> None:
+def check_range(
+    partition: Partition, offset: int, size: int, what: str | Callable[[], str]
+) -> None:
     """Raise if ``[offset, offset + size)`` is past the partition's end or not held.
 
     ``what`` names the file for the message (``NAME:/path``, or a function
@@ -151,11 +159,17 @@ def check_range(partition: Partition, offset: int, size: int, what: str | Callab
         return what if isinstance(what, str) else what()
 
     if offset < 0 or offset + size > partition.size:
-        raise FilesError(name(), f"its data lies past the end of the partition (byte {offset + size:,} "
-                         f"of {partition.size:,})")
+        raise FilesError(
+            name(),
+            f"its data lies past the end of the partition (byte {offset + size:,} "
+            f"of {partition.size:,})",
+        )
     if isinstance(partition, StoredMap):
         bad = partition.first_unstored(offset, size)
         if bad is not None:
-            raise TruncatedError(name(), f"its data at partition byte {bad:,} is not in the backup",
-                                 "the backup does not hold these blocks (incomplete or inconsistent "
-                                 "image); copy it again from its origin")
+            raise TruncatedError(
+                name(),
+                f"its data at partition byte {bad:,} is not in the backup",
+                "the backup does not hold these blocks (incomplete or inconsistent "
+                "image); copy it again from its origin",
+            )

@@ -19,15 +19,15 @@ from __future__ import annotations
 import logging
 import stat as st
 import threading
-from functools import partial
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Callable, Generic, Hashable, NamedTuple, TypeVar
+from collections.abc import Callable, Hashable
+from functools import partial
+from typing import Generic, NamedTuple, TypeVar
 
 from imagefs.errors import ImageError
 from imagefs.files.datamap import DataMap, DecodedCache
-from imagefs.files.errors import (FilesError, NoSuchAttribute, NotADirectory,
-                                  NotASymlink)
+from imagefs.files.errors import FilesError, NoSuchAttribute, NotADirectory, NotASymlink
 from imagefs.files.partition import Partition
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,17 @@ MAP_ENTRIES = 256
 class FileStat(NamedTuple):
     """What ``stat`` shows for one inode (times in nanoseconds since the epoch)."""
 
-    mode: int          # type bits (S_IFMT) and permission bits
+    mode: int  # type bits (S_IFMT) and permission bits
     ino: int
     nlink: int
     uid: int
     gid: int
     size: int
-    blocks: int        # allocated space in 512-byte units
+    blocks: int  # allocated space in 512-byte units
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
-    rdev: int = 0      # device number (os.makedev) of device nodes
+    rdev: int = 0  # device number (os.makedev) of device nodes
 
 
 class LRU(Generic[K, V]):
@@ -156,7 +156,7 @@ class FileTree(ABC):
     def _describe(self) -> list[tuple[str, str]]:
         return []
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - an optional hook
         """Release parser resources (not the partition: its owner closes it)."""
 
     # ------------------------------------------------------------ helpers
@@ -199,11 +199,15 @@ class FileTree(ABC):
             except (ImageError, NoSuchAttribute):
                 raise
             except RecursionError:
-                raise FilesError(self.path_of(ino), "its metadata loops (too deeply nested)") from None
+                raise FilesError(
+                    self.path_of(ino), "its metadata loops (too deeply nested)"
+                ) from None
             except Exception as exc:  # the parsers raise anything on damage
                 text = " ".join(str(exc).split()) or type(exc).__name__
                 log.debug("%s: %s", self.path_of(ino), text, exc_info=True)
-                raise FilesError(self.path_of(ino), f"cannot be read ({type(exc).__name__}: {text[:200]})") from None
+                raise FilesError(
+                    self.path_of(ino), f"cannot be read ({type(exc).__name__}: {text[:200]})"
+                ) from None
 
     # ------------------------------------------------------------ public API
     def stat(self, ino: int) -> FileStat:
@@ -267,9 +271,12 @@ class FileTree(ABC):
             return m.read_into(self.partition, offset, dest, self._decoded)
         except ImageError:
             raise
-        except Exception as exc:  # a decoder's error on damaged compressed data
-            raise FilesError(self.path_of(ino), f"its data cannot be decoded ({type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:200]})") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder error on damaged compressed data
+            raise FilesError(
+                self.path_of(ino),
+                f"its data cannot be decoded ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]})",
+            ) from None
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         """``size`` bytes of the file from ``offset`` (holes as zeros; short only at EOF)."""
@@ -313,7 +320,7 @@ class FileTree(ABC):
                 c.clear()
             self._close()
 
-    def __enter__(self) -> "FileTree":
+    def __enter__(self) -> FileTree:
         return self
 
     def __exit__(self, *exc: object) -> None:

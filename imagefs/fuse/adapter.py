@@ -41,10 +41,12 @@ from imagefs.catalog import (
     FileLikeNode,
     LinkNode,
     Node,
+    NoSuchAttribute,
     NotADirectory,
     NotFound,
     OpenFile,
 )
+from imagefs.catalog.nodes import NotReadable
 from imagefs.errors import ImageError
 from imagefs.fuse.library import load_mfusepy
 
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 
 load_mfusepy()                # choose the libfuse first: mfusepy binds it on import
 import mfusepy  # noqa: E402 - must follow the library choice
+
+from imagefs.fuse.access import EXEC, READ, WRITE, Context, permits  # noqa: E402
 
 FuseOSError = mfusepy.FuseOSError
 
@@ -69,6 +73,13 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 def _erofs(*_args: Any, **_kw: Any) -> int:
     raise FuseOSError(errno.EROFS)
+
+
+def _not_implemented(*_args: Any, **_kw: Any) -> Any:
+    raise FuseOSError(errno.ENOSYS)
+
+
+_not_implemented.libfuse_ignore = True  # type: ignore[attr-defined]  # mfusepy's marker
 
 
 def raise_readahead(mountpoint: str, kib: int = MAX_READAHEAD >> 10) -> None:
@@ -124,10 +135,22 @@ class ImageFS(mfusepy.Operations):
     use_ns = True
 
     def __init__(self, catalog: Catalog, on_ready: Callable[[], None] | None = None,
-                 max_read: int | None = None) -> None:
+                 max_read: int | None = None, check_access: bool | None = None,
+                 context: Context | None = None) -> None:
         self.catalog = catalog
         self._on_ready = on_ready
         self._max_read = max_read
+        files = catalog.settings.files
+        #: Without default_permissions (a files view is shown) the adapter
+        #: checks access itself (imagefs.fuse.access).
+        self._check_access = files if check_access is None else check_access
+        self._context: Context = context or mfusepy.fuse_get_context
+        if not files:
+            # No node then carries extended attributes: leave libfuse's
+            # callbacks unset, so the kernel stops asking after one ENOSYS
+            # (an implemented getxattr costs round trips on every ``ls -l``).
+            for name in ("getxattr", "listxattr"):
+                setattr(self, name, _not_implemented)
         #: True once the kernel's INIT arrived: later errors are not mount failures.
         self.started = False
         self._handles: dict[int, _Handle] = {}
@@ -175,13 +198,32 @@ class ImageFS(mfusepy.Operations):
         self.catalog.close()
 
     # ------------------------------------------------------------ lookups
-    def _node(self, path: str) -> Node:
+    def _node(self, path: str, want: int = 0) -> Node:
+        """The node at ``path``; every directory on the way must be searchable.
+
+        ``want`` (READ/EXEC bits) is checked on the node itself.  Checks run
+        only when the adapter enforces access (see imagefs.fuse.access).
+        """
+        check = self._searchable if self._check_access else None
         try:
-            return self.catalog.lookup(path)
+            node = self.catalog.lookup(path, check)
         except NotFound:
             raise FuseOSError(errno.ENOENT) from None
         except NotADirectory:
             raise FuseOSError(errno.ENOTDIR) from None
+        except ImageError:
+            raise FuseOSError(errno.EIO) from None
+        if want and self._check_access:
+            self._require(node, want)
+        return node
+
+    def _searchable(self, directory: Node) -> None:
+        self._require(directory, EXEC)
+
+    def _require(self, node: Node, want: int) -> None:
+        uid, gid, pid = self._context()
+        if not permits(node.access_attr(), want, uid, gid, pid):
+            raise FuseOSError(errno.EACCES)
 
     def _by_handle(self, fh: int) -> _Handle:
         handle = self._handles.get(fh)
@@ -195,14 +237,18 @@ class ImageFS(mfusepy.Operations):
             node = self._by_handle(fh.fh).node
         else:
             node = self._node(path or "/")
-        a = node.attr()
+        try:
+            a = node.attr()
+        except NotFound:
+            raise FuseOSError(errno.ENOENT) from None
+        except ImageError:
+            raise FuseOSError(errno.EIO) from None
         out = {
             "st_mode": a.mode, "st_nlink": a.nlink, "st_size": a.size, "st_blocks": a.blocks,
             "st_blksize": BLKSIZE, "st_uid": a.uid, "st_gid": a.gid,
             "st_mtime": a.mtime_ns, "st_ctime": a.ctime_ns, "st_atime": a.atime_ns,
         }
-        if a.ino:
-            out["st_ino"] = a.ino
+        out["st_ino"] = a.ino or node.number
         if a.rdev:
             out["st_rdev"] = a.rdev
         return out
@@ -217,7 +263,7 @@ class ImageFS(mfusepy.Operations):
             raise FuseOSError(errno.EIO) from None
 
     def opendir(self, path: str) -> int:
-        node = self._node(path)
+        node = self._node(path, READ)
         if not isinstance(node, DirectoryNode):
             raise FuseOSError(errno.ENOTDIR)
         return self._register(_Handle(node))
@@ -233,19 +279,24 @@ class ImageFS(mfusepy.Operations):
         if not isinstance(node, DirectoryNode):
             raise FuseOSError(errno.ENOTDIR)
         try:
-            children = node.children()
+            listing = node.listing()
+        except NotFound:
+            raise FuseOSError(errno.ENOENT) from None
         except ImageError:
             raise FuseOSError(errno.EIO) from None
-        out: list[Any] = [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0)]
-        for name, child in children.items():
-            kind = (stat.S_IFDIR if isinstance(child, DirectoryNode)
-                    else stat.S_IFLNK if isinstance(child, LinkNode) else stat.S_IFREG)
-            out.append((name, kind, 0))
+        # Both keys every time: mfusepy reuses one stat buffer across the
+        # entries.  A type of 0 is DT_UNKNOWN (tools stat the entry; a files
+        # view does not stat while listing); with use_ino an entry numbered 0
+        # would be skipped by getdents.
+        dot = node.attr().ino or node.number
+        out: list[Any] = [(".", {"st_mode": stat.S_IFDIR, "st_ino": dot}, 0),
+                          ("..", {"st_mode": stat.S_IFDIR, "st_ino": 1}, 0)]
+        out += [(name, {"st_mode": kind, "st_ino": ino}, 0) for name, kind, ino in listing]
         return out
 
     def access(self, path: str, amode: int) -> int:
-        self._node(path)
-        if amode & os.W_OK:
+        self._node(path, amode & (READ | EXEC))
+        if amode & WRITE:
             raise FuseOSError(errno.EROFS)
         return 0
 
@@ -265,11 +316,15 @@ class ImageFS(mfusepy.Operations):
     def open(self, path: str, fi: Any) -> int:
         if fi.flags & _WRITE_FLAGS:
             raise FuseOSError(errno.EROFS)
-        node = self._node(path)
+        node = self._node(path, READ)
         if not isinstance(node, FileLikeNode):
             raise FuseOSError(errno.EISDIR if isinstance(node, DirectoryNode) else errno.EINVAL)
         try:
             opened = node.open()           # an image's first open reads its block map, once
+        except NotReadable:
+            raise FuseOSError(errno.EACCES) from None
+        except NotFound:
+            raise FuseOSError(errno.ENOENT) from None
         except ImageError:
             raise FuseOSError(errno.EIO) from None
         except Exception as exc:  # noqa: BLE001 - the FUSE boundary, see _guarded
@@ -334,9 +389,26 @@ class ImageFS(mfusepy.Operations):
             self._handles.pop(fi.fh, None)
         return 0
 
-    # getxattr/listxattr are deliberately not implemented: libfuse answers
-    # ENOSYS once and the kernel stops asking, whereas an implemented
-    # getxattr costs two round trips per file on every ``ls -l``.
+    # Extended attributes: a files view shows the backed-up file system's;
+    # every other node has none.  Without files views these callbacks are
+    # left unset (see __init__).
+    def listxattr(self, path: str) -> list[str]:
+        node = self._node(path)
+        try:
+            return node.listxattr()
+        except ImageError:
+            raise FuseOSError(errno.EIO) from None
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        node = self._node(path)
+        if self._check_access:
+            self._require(node, READ)
+        try:
+            return node.getxattr(name)
+        except NoSuchAttribute:
+            raise FuseOSError(errno.ENODATA) from None
+        except ImageError:
+            raise FuseOSError(errno.EIO) from None
 
     # ------------------------------------------------------------ writes: never
     chmod = chown = create = link = mkdir = mknod = rename = rmdir = _erofs
