@@ -18,6 +18,9 @@ from mount_helpers import data_start, partclone_v2, wait_until, write_partclone
 
 
 def _catalog(root: Path, **kw) -> Catalog:
+    # The crafted images carry no real file system: their files views are
+    # tested in test_mount_files.py; here the naming of images and files.
+    kw.setdefault("files", False)
     settings = Settings(cache_size=8 << 20, **kw)
     return Catalog(settings, str(root), mountpoint="/mnt/images", pool=FdPool(32))
 
@@ -192,7 +195,7 @@ def test_config_sources_and_filters(tmp_path):
     data = (a / "keep.img").read_bytes()
     single.write_bytes(data[:5000])
     single.with_name("sda1.ext4-ptcl-img.ab").write_bytes(data[5000:])
-    settings = Settings(cache_size=1 << 20, sources=[
+    settings = Settings(cache_size=1 << 20, files=False, sources=[
         SourceSpec(path=str(a), exclude=["*.tmp", "old"]),
         SourceSpec(path=str(single), name="laptop-root"),
     ])
@@ -336,3 +339,24 @@ def test_unexpected_read_errors_become_eio_not_efault(tmp_path):
     with pytest.raises(FuseOSError) as err:
         ops.read_into(fi.fh, memoryview(bytearray(4096)), 0)
     assert err.value.errno == errno.EIO
+
+
+def test_files_view_name_follows_the_clash_rule(tmp_path):
+    """VNAME.files is reserved like VNAME.info: a real file of that name moves the image."""
+    write_partclone(tmp_path / "a.img.aa", seed=1)          # a piece set of one
+    write_partclone(tmp_path / "b.img", seed=2)
+    (tmp_path / "b.img.files").write_text("a real file\n")
+    cat = _catalog(tmp_path, files=True)
+    names = _names(cat)
+    assert {"a.img", "a.img.info", "a.img.files"} <= set(names)
+    assert "b.img.files" in names and isinstance(cat.lookup("/b.img.files"), FileNode)
+    assert {"b.img~2", "b.img~2.info", "b.img~2.files"} <= set(names)
+    # The crafted bytes hold no file system: the first access removes the view.
+    view = cat.lookup("/a.img.files")
+    view.attr()                                   # stat alone does not open it
+    with pytest.raises(NotFound):
+        view.listing()
+    with pytest.raises(NotFound):
+        view.attr()
+    assert "files view:                 none:" in \
+        cat.lookup("/a.img.info").entry.info_text().decode()

@@ -89,15 +89,18 @@ class FakeCatalog:
         self.closed = False
         self.settings = Settings()
 
-    def lookup(self, path: str, check=None) -> Node:
+    def resolve(self, path: str):
         node: Node = self.root
+        chain = []
         for part in filter(None, path.split("/")):
             if not isinstance(node, DirectoryNode):
                 raise NotADirectory(path)
-            if check is not None:
-                check(node)
+            chain.append(node.access_key())
             node = node.child(part)
-        return node
+        return node, tuple(chain)
+
+    def lookup(self, path: str) -> Node:
+        return self.resolve(path)[0]
 
     def close(self) -> None:
         self.closed = True
@@ -123,8 +126,10 @@ def test_access_follows_the_nodes_access_attributes():
     assert _errno(fs.open, "/sub/secret", _fi()) == errno.EACCES
     assert fs.getattr("/sub/secret")["st_size"] == 10              # stat is allowed
     fs.open("/good", _fi())                                        # 0444: anyone
-    cat.root.kids["sub"].attr = lambda: _attr(stat.S_IFDIR | 0o700)
-    assert _errno(fs.getattr, "/sub/secret") == errno.EACCES      # no search permission
+    private = FakeDir("/private", {"secret": secret})
+    private.attr = lambda: _attr(stat.S_IFDIR | 0o700)
+    cat.root.kids["private"] = private
+    assert _errno(fs.getattr, "/private/secret") == errno.EACCES  # no search permission
     caller[0] = (0, 0, 1)                                          # root may
     fs.open("/sub/secret", _fi())
 
@@ -231,3 +236,4 @@ def test_opening_a_compressed_image_does_not_build_its_index(factory, tmp_path):
     assert stream.index is not None, "reading the whole partition needs the index"
     fs.release("/" + vname, fi)
     fs.destroy("/")
+

@@ -84,8 +84,11 @@ def test_ls_lR_of_2000_images_reads_no_data_area(big_tree, tmp_path):
         wait_until(lambda: os.path.ismount(mnt) or proc.poll() is not None, timeout=60,
                    what="the mount")
         assert proc.poll() is None, proc.stderr.read().decode()
-        out = subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, text=True,
-                             timeout=300)
+        # Every image also shows VNAME.files (stat'ed by ls -l, which must not
+        # open it); entering those directories is a user opening the file
+        # systems, so the recursion skips them.
+        out = subprocess.run(["ls", "-lR", "-I", "*.files", str(mnt)], capture_output=True,
+                             text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         shown = [line for line in out.stdout.splitlines() if line.endswith("-ptcl-img")]
         assert len(shown) == IMAGES
@@ -93,6 +96,10 @@ def test_ls_lR_of_2000_images_reads_no_data_area(big_tree, tmp_path):
         assert all(line.split()[4] == str(64 * 512) for line in shown)
         infos = [line for line in out.stdout.splitlines() if line.endswith(".info")]
         assert len(infos) == IMAGES
+        views = subprocess.run(f"ls -ld {mnt}/host-*/*.files", shell=True, capture_output=True,
+                               text=True, timeout=300)
+        assert views.returncode == 0, views.stderr
+        assert len(views.stdout.splitlines()) == IMAGES      # stat'ed, not opened
         listed = log.read_text()
         # Now read one virtual partition: the trace must see its data area.
         probe_image = mnt / "host-00" / "sda0.ext4-ptcl-img"

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from imagefs.catalog.attrs import Attr
 from imagefs.catalog.nodes import (
+    AccessKey,
     DirectoryNode,
     FileLikeNode,
     LinkNode,
@@ -84,6 +85,7 @@ class FilesView:
         self._tree: FileTree | None = None
         self._lock = threading.Lock()
         self._logged: set[int] = set()
+        self._access: AccessKey | None = None
         header = entry.header
         self.unavailable = unsupported_reason(header.fs_type if header else None)
 
@@ -117,6 +119,19 @@ class FilesView:
                 log.info("%s: file system opened (%s)", entry.vpath, self._tree.fs_name)
             tree = self._tree
         return tree
+
+    def access_key(self) -> AccessKey:
+        """Who may read and search the whole view: the image's readers.
+
+        The image's read bits also grant search, so whoever may read the
+        image may walk every directory of its file system.
+        """
+        key = self._access
+        if key is None:
+            image = self.entry.image_attr()
+            readable = image.perm & 0o444
+            key = self._access = (readable | readable >> 2, image.uid, image.gid)
+        return key
 
     def ino(self, inode: int) -> int:
         """The mount-wide inode number of ``inode``."""
@@ -173,14 +188,13 @@ class _FilesNode(Node):
         return _attr(self.view, self._st)
 
     def access_attr(self) -> Attr:
-        """Reading is decided by the backup file (see the module docstring).
-
-        The image's read bits also grant search, so whoever may read the
-        image may walk every directory of its file system.
-        """
+        """Reading is decided by the backup file (see the module docstring)."""
         image = self.view.entry.image_attr()
-        readable = image.perm & 0o444
-        return replace(image, mode=stat.S_IFMT(self._st.mode) | readable | readable >> 2)
+        perm, _uid, _gid = self.view.access_key()
+        return replace(image, mode=stat.S_IFMT(self._st.mode) | perm)
+
+    def access_key(self) -> AccessKey:
+        return self.view.access_key()
 
     def _guard(self, exc: ImageError) -> ImageError:
         self.view.damaged(self.inode, exc)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from imagefs.catalog.tree import Catalog
 
 
+#: ``(permission bits, uid, gid)``: what decides who may read or search a node.
+AccessKey = tuple[int, int, int]
+
 #: Node numbers: below 2**48, where files views start theirs (catalog.filesnodes).
 _numbers = itertools.count(1)
 
@@ -77,6 +80,7 @@ class Node:
         self.vpath = vpath              # path inside the mount, "/" for the root
         #: The inode number shown when the node's attributes carry none.
         self.number = next(_numbers)
+        self._access: AccessKey | None = None
 
     def attr(self) -> Attr:
         raise NotImplementedError
@@ -92,6 +96,18 @@ class Node:
     def access_attr(self) -> Attr:
         """The owner and mode that decide who may read this node (its own, by default)."""
         return self.attr()
+
+    def access_key(self) -> AccessKey:
+        """``(permission bits, uid, gid)`` of :meth:`access_attr`, computed once.
+
+        Every node's owner and mode are fixed while mounted (backups are
+        immutable), so the permission check costs no attribute work.
+        """
+        key = self._access
+        if key is None:
+            a = self.access_attr()
+            key = self._access = (a.perm, a.uid, a.gid)
+        return key
 
 
 class DirectoryNode(Node):

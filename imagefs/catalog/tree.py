@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Protocol
 
 from imagefs import codecs
 from imagefs.blockio.opener import OpenContext
 from imagefs.catalog.attrs import AttrPolicy
 from imagefs.catalog.entry import ImageEntry
-from imagefs.catalog.nodes import DirectoryNode, Node, NotADirectory
+from imagefs.catalog.filesnodes import FilesRootNode
+from imagefs.catalog.nodes import AccessKey, DirectoryNode, Node, NotADirectory
 from imagefs.catalog.scan import DirNode
 from imagefs.catalog.scope import Scope
 from imagefs.config.settings import Settings, SourceSpec
@@ -26,6 +28,9 @@ from imagefs.errors import SourceError
 from imagefs.io.fdpool import FdPool, default_fd_pool
 from imagefs.services.cache import BlockCache
 from imagefs.services.indexstore import IndexStore
+
+#: Paths whose resolution is remembered (a node and a few keys each: a few MB).
+PATH_CACHE = 32768
 
 
 class Closable(Protocol):
@@ -56,6 +61,8 @@ class Catalog:
             codecs.configure(threads=settings.codec_threads)   # process-wide
         self._entries: list[Closable] = []
         self._entries_lock = threading.Lock()
+        self._paths: OrderedDict[str, tuple[Node, tuple[AccessKey, ...]]] = OrderedDict()
+        self._paths_lock = threading.Lock()
         specs = [SourceSpec(path=source)] if source is not None else list(settings.sources)
         if not specs:
             raise SourceError("(no source)", "nothing to mount",
@@ -72,30 +79,53 @@ class Catalog:
             self.root = DirNode(self, "/", None, st, None, specs=specs)
 
     # ------------------------------------------------------------ lookup
-    def lookup(self, path: str, check: Callable[[Node], None] | None = None) -> Node:
-        """The node at ``path`` ("/a/b"); raises NotFound or NotADirectory.
+    def lookup(self, path: str) -> Node:
+        """The node at ``path`` ("/a/b"); raises NotFound or NotADirectory."""
+        return self.resolve(path)[0]
 
-        ``check`` is called with every directory the path passes through
-        (the FUSE adapter checks search permission there).
+    def resolve(self, path: str) -> tuple[Node, tuple[AccessKey, ...]]:
+        """The node at ``path`` and the access keys of the directories it passes.
+
+        The FUSE adapter checks search permission against those keys
+        (repeats removed).  Results are remembered (bounded LRU): the tree
+        never changes while mounted, and a FUSE request names a full path,
+        which would otherwise be walked component by component every time.
         """
-        node: Node = self.root
-        for part in path.split("/"):
-            if not part or part == ".":
-                continue
-            if not isinstance(node, DirectoryNode):
+        with self._paths_lock:
+            hit = self._paths.get(path)
+            if hit is not None:
+                self._paths.move_to_end(path)
+                return hit
+        parent_path, _, name = path.rstrip("/").rpartition("/")
+        if not name or name == ".":
+            found: tuple[Node, tuple[AccessKey, ...]] = (self.root, ())
+        else:
+            # A new path is usually a new name in a directory resolved just
+            # before (a listing being stat'ed): one step from the parent.
+            parent, chain = self.resolve(parent_path) if parent_path else (self.root, ())
+            if not isinstance(parent, DirectoryNode):
                 raise NotADirectory(path)
-            if check is not None:
-                check(node)
-            node = node.child(part)
-        return node
+            key = parent.access_key()
+            if key not in chain:
+                chain = (*chain, key)
+            found = (parent.child(name), chain)
+        with self._paths_lock:
+            self._paths[path] = found
+            if len(self._paths) > PATH_CACHE:
+                self._paths.popitem(last=False)
+        return found
 
     def walk(self, node: DirectoryNode | None = None) -> Iterator[Node]:
-        """Every node below ``node`` (default: the root), depth first."""
+        """Every node below ``node`` (default: the root), depth first.
+
+        Files views are yielded but not entered: their content is the
+        backups' file systems, not the catalog's tree.
+        """
         stack: list[Node] = [node or self.root]
         while stack:
             current = stack.pop()
             yield current
-            if isinstance(current, DirectoryNode):
+            if isinstance(current, DirectoryNode) and not isinstance(current, FilesRootNode):
                 stack.extend(reversed(list(current.children().values())))
 
     def inside_sources(self, real: str) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from imagefs.catalog.attrs import Attr
+from imagefs.catalog.nodes import AccessKey
 
 #: Access bits as in access(2).
 READ, WRITE, EXEC = os.R_OK, os.W_OK, os.X_OK
@@ -37,8 +37,8 @@ def supplementary_groups(pid: int) -> frozenset[int]:
     return frozenset()
 
 
-def permits(attr: Attr, want: int, uid: int, gid: int, pid: int) -> bool:
-    """Whether the caller may ``want`` (READ|EXEC bits) the node with ``attr``.
+def permits(key: AccessKey, want: int, uid: int, gid: int, pid: int) -> bool:
+    """Whether the caller may ``want`` (READ|EXEC bits) a node with ``key``.
 
     Root may read and search everything (CAP_DAC_OVERRIDE).  Otherwise the
     owner, group or other bits apply, in that order, as the kernel does;
@@ -46,13 +46,13 @@ def permits(attr: Attr, want: int, uid: int, gid: int, pid: int) -> bool:
     """
     if uid == 0:
         return True
-    perm = attr.perm
-    if uid == attr.uid:
+    perm, owner, group = key
+    if uid == owner:
         bits = perm >> 6
-    elif gid == attr.gid:
+    elif gid == group:
         bits = perm >> 3
     elif ((perm >> 3) & want == want) != (perm & want == want) \
-            and attr.gid in supplementary_groups(pid):
+            and group in supplementary_groups(pid):
         bits = perm >> 3                  # a member: the group bits decide, not the other bits
     else:
         bits = perm

@@ -204,25 +204,27 @@ class ImageFS(mfusepy.Operations):
         ``want`` (READ/EXEC bits) is checked on the node itself.  Checks run
         only when the adapter enforces access (see imagefs.fuse.access).
         """
-        check = self._searchable if self._check_access else None
         try:
-            node = self.catalog.lookup(path, check)
+            node, chain = self.catalog.resolve(path)
         except NotFound:
             raise FuseOSError(errno.ENOENT) from None
         except NotADirectory:
             raise FuseOSError(errno.ENOTDIR) from None
         except ImageError:
             raise FuseOSError(errno.EIO) from None
-        if want and self._check_access:
-            self._require(node, want)
+        if self._check_access:
+            uid, gid, pid = self._context()
+            if uid != 0:
+                for key in chain:
+                    if not permits(key, EXEC, uid, gid, pid):
+                        raise FuseOSError(errno.EACCES)
+                if want and not permits(node.access_key(), want, uid, gid, pid):
+                    raise FuseOSError(errno.EACCES)
         return node
-
-    def _searchable(self, directory: Node) -> None:
-        self._require(directory, EXEC)
 
     def _require(self, node: Node, want: int) -> None:
         uid, gid, pid = self._context()
-        if not permits(node.access_attr(), want, uid, gid, pid):
+        if not permits(node.access_key(), want, uid, gid, pid):
             raise FuseOSError(errno.EACCES)
 
     def _by_handle(self, fh: int) -> _Handle:
@@ -238,11 +240,16 @@ class ImageFS(mfusepy.Operations):
         else:
             node = self._node(path or "/")
         try:
-            a = node.attr()
+            return self._stat(node)
         except NotFound:
             raise FuseOSError(errno.ENOENT) from None
         except ImageError:
             raise FuseOSError(errno.EIO) from None
+
+    @staticmethod
+    def _stat(node: Node) -> dict[str, Any]:
+        """``node``'s attributes as mfusepy's stat dictionary."""
+        a = node.attr()
         out = {
             "st_mode": a.mode, "st_nlink": a.nlink, "st_size": a.size, "st_blocks": a.blocks,
             "st_blksize": BLKSIZE, "st_uid": a.uid, "st_gid": a.gid,
