@@ -32,12 +32,14 @@ pytestmark = [pytest.mark.mount, pytest.mark.root]
 
 #: Compressed and split forms, Clonezilla's way: (label, kind, compressor or None, split bytes)
 VARIANTS = [
-    ("ext4-zstd", "ext4", (["zstd", "-q", "-c", "-T0", "-3"], "zst"), None),
-    ("ext4-gzip", "ext4", (["gzip", "-c", "--fast"], "gz"), None),
-    ("ext4-split", "ext4", None, 3_000_000),
-    ("ntfs-zstd-split", "ntfs", (["zstd", "-q", "-c", "-T0", "-3"], "zst"), 2_000_000),
-    ("ntfs-gzip", "ntfs", (["gzip", "-c", "--fast"], "gz"), None),
-]
+    (f"{kind}-{form}", kind, comp, split)
+    for kind in ("ext4", "xfs", "btrfs", "ntfs", "ntfsclone", "exfat", "fat32")
+    for form, comp, split in (
+        ("zstd", (["zstd", "-q", "-c", "-T0", "-3"], "zst"), None),
+        ("gzip", (["gzip", "-c", "--fast"], "gz"), None),
+        ("split", None, 3_000_000),
+    )
+] + [("ntfs-zstd-split", "ntfs", (["zstd", "-q", "-c", "-T0", "-3"], "zst"), 2_000_000)]
 USER = "imagefs-files"
 
 
