@@ -54,7 +54,8 @@ class Catalog:
             pool = FdPool(settings.max_open_files) if settings.max_open_files else default_fd_pool()
         self.pool = pool
         self.cache = BlockCache(settings.cache_size)
-        self.ctx = OpenContext(pool=pool, index_store=IndexStore(settings.index_dir),
+        self.ctx = OpenContext(pool=pool, index_store=IndexStore(settings.index_dir,
+                                                           settings.index_max),
                                cache=self.cache, progress=False)
         self.attrs = AttrPolicy(settings.uid, settings.gid, settings.umask)
         if settings.codec_threads:
