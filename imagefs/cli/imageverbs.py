@@ -50,7 +50,7 @@ def cmd_version(args: argparse.Namespace) -> int:
     print(f"imagefs {__version__}")
     print(f"python {sys.version.split()[0]}")
     from importlib.metadata import PackageNotFoundError, version
-    for dist in ("mfusepy", "xxhash", "zstandard", "PyYAML", "tqdm"):
+    for dist in ("mfusepy", "xxhash", "PyYAML", "tqdm"):
         try:
             print(f"{dist} {version(dist)}")
         except PackageNotFoundError:
