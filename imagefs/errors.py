@@ -62,6 +62,10 @@ class UnsupportedError(ImageError):
     """A recognised format or variant that imagefs cannot serve (yet)."""
 
 
+class MissingLibraryError(UnsupportedError):
+    """A library this image needs is not installed; the hint names the package."""
+
+
 class ConfigError(Exception):
     """A configuration file or option is invalid; the message names the key."""
 

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Set everything up, then run the whole test suite (real images, real mounts).
-# Run as root: the tests make file systems on loop devices and mount FUSE.
+# Needs root (the tests make file systems on loop devices and mount FUSE):
+# from an ordinary user's shell it asks sudo itself, where there is one.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    exec sudo -- "$0" "$@"
+  fi
+  echo "test: the tests need root (loop devices, mounts) and there is no sudo: su -c $0" >&2
+  exit 1
+fi
 "$here/scripts/setup.sh"
 cd "$here"
 # Test files write only under pytest's temp dir; keep bytecode and linter

@@ -234,7 +234,7 @@ def test_ls_and_index_verbs(tmp_path, capsys):
     (tmp_path / "bad.img").write_bytes(b"partclone-image\0" + b"\xff" * 100)
     args = argparse.Namespace(source=str(tmp_path), config=None, verbose=0, quiet=True,
                               index_dir=str(tmp_path.parent / "idx"))
-    assert ls_main(args) == 1                       # one image is broken
+    assert ls_main(args) == 2                       # one image is broken (exitcodes.IMAGE)
     out = capsys.readouterr().out
     assert "/good.img  partclone 2" in out and "/bad.img" in out and "BROKEN" in out
     (tmp_path / "bad.img").unlink()

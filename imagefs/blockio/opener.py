@@ -9,17 +9,24 @@ verbs, the catalog and the Python API open images the same way:
   (possibly compressed) stream whose first bytes are a volume header; the
   logical stream is volume 0 whole plus every later volume minus its header
   (docs/formats.md 4.1).  The volumes are handed to the format probe, which
-  checks that they belong together.
+  checks that they belong together;
+* a stream no format recognises is raw partition data when its name is a
+  Clonezilla dd name (``DEV.dd-ptcl-img*``, ``DEV.dd-img*``), sized from
+  the partition table saved beside it (:mod:`~imagefs.blockio.rawsize`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from imagefs import codecs
+from imagefs.blockio.rawsize import sidecar_text, table_size
+from imagefs.errors import NotAnImageError
 from imagefs.formats import probe
 from imagefs.formats.base import ImageHeader
 from imagefs.formats.partimage import VOLUME_HEADER
+from imagefs.formats.raw import probe_raw, raw_name
 from imagefs.io.fdpool import FdPool
 from imagefs.io.pieces import SINGLE, VOLUMES, resolve
 from imagefs.io.source import ByteSource, ConcatSource, FileSource, SliceSource
@@ -57,7 +64,22 @@ class OpenedStream:
 
     def probe(self) -> ImageHeader:
         """Parse the image header of the stream (NotAnImageError if it is none)."""
-        return probe(self.stream, self.volumes)
+        try:
+            return probe(self.stream, self.volumes)
+        except NotAnImageError:
+            first = self.info.pieces[0] if self.info.pieces else ""
+            name = raw_name(os.path.basename(first))
+            if name is None or self.volumes is not None or not self.stream.read_at(0, 1):
+                raise
+        directory = os.path.dirname(first)
+        found = table_size(directory, name.device)
+        size, where = found if found else (None, "")
+        header = probe_raw(self.stream, name, size, where)
+        noted = sidecar_text(directory, name.device)
+        if noted:
+            header.add_note(f"Clonezilla noted the partition size as {noted} "
+                            f"({name.device}-size)")
+        return header
 
 
 def decompress(source: ByteSource, ctx: OpenContext) -> ByteSource:

@@ -53,6 +53,8 @@ class ImageEntry:
         self.st = st                    # stat of the first piece (times, owner, mode)
         self.header: ImageHeader | None = None
         self.stream: ByteSource | None = None
+        #: partimage volume sets: each volume's own (decompressed) stream.
+        self.volumes: list[ByteSource] | None = None
         self.stream_info: StreamInfo = StreamInfo(pieces=list(pieces), piece_kind=kind)
         self.error: str | None = None          # broken: the one-line reason
         self.read_error: str | None = None     # a read failed (rest may still be readable)
@@ -70,6 +72,7 @@ class ImageEntry:
         """Read the header; raises NotAnImageError for files that are no image."""
         opened: OpenedStream = open_pieces(self.pieces, self.kind, self.catalog.ctx)
         self.stream, self.stream_info = opened.stream, opened.info
+        self.volumes = list(opened.volumes) if opened.volumes is not None else None
         self.header = opened.probe()
         if self.missing is not None:
             self.fail(self.missing)
@@ -166,15 +169,21 @@ class ImageEntry:
                                          blocks=-(-self.stored_bytes() // 512))
 
     def index_state(self) -> str | None:
-        """The codec index line for ``.info`` (None for uncompressed images)."""
-        fn = getattr(self.stream, "index_state", None)
-        if fn is None:
-            return None
-        try:
-            state: str = fn()
-            return state
-        except Exception as exc:  # noqa: BLE001 - only a description; never fail .info
-            return f"unknown ({exc})"
+        """The codec index line for ``.info`` (None for uncompressed images).
+
+        A partimage volume set is one stream per volume, each with its own
+        index: the line sums them up.
+        """
+        if self.volumes is not None:
+            states = [_state_of(v) for v in self.volumes]
+            known = [s for s in states if s is not None]
+            if not known:
+                return None
+            if len(known) == 1:
+                return known[0]
+            built = sum("not built" not in s for s in known)
+            return (f"{built} of {len(known)} volumes indexed; volume 1: {known[0]}")
+        return _state_of(self.stream)
 
     def info_text(self) -> bytes:
         """The ``.info`` file's content, as of now."""
@@ -186,10 +195,16 @@ class ImageEntry:
                 part.image.check_length()   # free once a compressed stream is indexed
             except ImageError as exc:
                 self.fail(exc, fatal=False)
+        from imagefs.catalog.filesnodes import FILES_SUFFIX  # filesnodes imports this module
+        files = self.files
+        files_view = (vpath + FILES_SUFFIX if files is not None and files.unavailable is None
+                      else None)
         text = render_info(self.header if not self.error else None, self.stream_info,
                            image=part.image if part is not None else None,
                            error=self.error, virtual_path=vpath,
                            index_state=self.index_state(),
+                           root_can_read=self.catalog.root_can_read,
+                           files_view=files_view,
                            extra=self.files.describe() if self.files is not None else ())
         if self.read_error and not self.error:
             text += f"{'read error:':<28}{self.read_error}\n"
@@ -208,3 +223,15 @@ class ImageEntry:
                 self.stream.close()
         except Exception:
             log.debug("closing %s failed", self.vpath, exc_info=True)
+
+
+def _state_of(stream: ByteSource | None) -> str | None:
+    """A stream's codec index line, None for uncompressed ones."""
+    fn = getattr(stream, "index_state", None)
+    if fn is None:
+        return None
+    try:
+        state: str = fn()
+        return state
+    except Exception as exc:  # noqa: BLE001 - only a description; never fail .info
+        return f"unknown ({exc})"

@@ -1,13 +1,17 @@
 """The header dump: the text of ``imagefs info`` and of ``VNAME.info`` files.
 
 One function renders it for good and broken images alike, so the command
-line and the mount always say the same thing.
+line and the mount always say the same thing.  The commands it suggests
+are the ones that work for the reader: a mount an ordinary user made
+without allow_other is unreadable to root, so a loop mount is replaced by
+what works without root.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 from collections.abc import Sequence
 
 from imagefs.blockio.opener import StreamInfo
@@ -27,15 +31,94 @@ _MOUNT_TYPE = {"NTFS": "ntfs-3g", "FAT12": "vfat", "FAT16": "vfat", "FAT32": "vf
                "fat16": "vfat", "fat32": "vfat", "EXFAT": "exfat"}
 
 
+#: Where tools are looked up for the ordinary user's commands: fsck tools
+#: live in /usr/sbin, which is not on an ordinary user's PATH on Debian.
+_TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_EXT = ("EXTFS", "ext2fs", "ext3fs")
+_FAT = ("FAT12", "FAT16", "FAT32", "fat16", "fat32")
+
+
 def _line(label: str, value: object) -> str:
     return f"{label + ':':<28}{value}"
+
+
+def _more(value: str) -> str:
+    """A continuation line under the previous value."""
+    return " " * 28 + value
+
+
+def _tool(command: str) -> str:
+    """``command`` with the full path of its program when that is in an sbin directory."""
+    program, _, rest = command.partition(" ")
+    found = shutil.which(program, path=_TOOL_PATH)
+    if found and "/sbin/" in found:
+        program = found
+    return f"{program} {rest}".rstrip()
+
+
+def _commands(header: ImageHeader, virtual_path: str, root_can_read: bool,
+              files_view: str | None) -> list[str]:
+    """The commands that work on this virtual partition, for whoever reads the .info."""
+    q = shlex.quote(virtual_path)
+    fs = header.fs_type
+    fsck = _FSCK.get(fs)
+    lines = []
+    if files_view:
+        lines.append(_line("its files", f"ls {shlex.quote(files_view.rstrip('/') + '/')}"))
+    if root_can_read:
+        if fsck:
+            lines.append(_line("check it", f"{fsck} {q}"))
+        if fs == "NTFS":
+            lines.append(_line("mount it", f"sudo ntfs-3g -o ro {q} /mnt/point"))
+        elif fs not in ("swap", "LUKS", "BitLocker"):
+            fstype = _MOUNT_TYPE.get(fs)
+            opt = f" -t {fstype}" if fstype else ""
+            lines.append(_line("mount it", f"sudo mount{opt} -o loop,ro {q} /mnt/point"))
+        return lines
+    # Mounted by an ordinary user without allow_other: the kernel lets no one
+    # else in, root included, so a loop mount fails; say what does work.
+    if fsck:
+        lines.append(_line("check it", _tool(f"{fsck} {q}")))
+    if fs in _EXT:
+        lines.append(_line("copy files out", "mkdir -p ~/restore && "
+                           + _tool(f'debugfs -c -R "rdump / $HOME/restore" {q}')))
+    elif fs in _FAT:
+        lines.append(_line("copy files out", f"mkdir -p ~/restore && mcopy -s -i {q} ::/ "
+                           "~/restore"))
+    elif fs == "NTFS":
+        lines.append(_line("list its files", f"ntfsls -R {q}"))
+        lines.append(_line("copy a file out", f"ntfscat {q} /PATH/IN/NTFS > FILE"))
+    if shutil.which("udisksctl"):
+        lines.append(_line("loop device", f"udisksctl loop-setup -r -f {q}"))
+        lines.append(_more("(then mount /dev/loopN from the file manager, or "
+                           "udisksctl mount -b /dev/loopN)"))
+    lines.append(_line("mount it", "root cannot read this mount: it was made without "
+                       "-o allow_other."))
+    lines.append(_more("To loop-mount: unmount (fusermount3 -u MOUNTPOINT), mount again "
+                       "with -o allow_other"))
+    lines.append(_more("(needs the line user_allow_other in /etc/fuse.conf), then:"))
+    if fs == "NTFS":
+        lines.append(_more(f"sudo ntfs-3g -o ro {q} /mnt/point"))
+    else:
+        fstype = _MOUNT_TYPE.get(fs)
+        opt = f" -t {fstype}" if fstype else ""
+        lines.append(_more(f"sudo mount{opt} -o loop,ro {q} /mnt/point"))
+    return lines
 
 
 def render_info(header: ImageHeader | None, stream: StreamInfo | None, *,
                 image: BlockImage | None = None, error: str | None = None,
                 virtual_path: str | None = None, index_state: str | None = None,
+                root_can_read: bool = True, files_view: str | None = None,
                 extra: Sequence[tuple[str, str]] = ()) -> str:
-    """Human-readable description of one image (``error`` for broken ones)."""
+    """Human-readable description of one image (``error`` for broken ones).
+
+    ``root_can_read`` is False for a mount an ordinary user made without
+    allow_other: then the commands shown are those that work for that user
+    (no loop mount).  ``files_view`` is the path of ``VNAME.files/`` when
+    the image has one; ``extra`` are more (label, value) lines (the files
+    view's file system facts).
+    """
     lines = [f"imagefs {__version__} image information"]
     if stream is not None:
         pieces = stream.pieces
@@ -53,9 +136,15 @@ def render_info(header: ImageHeader | None, stream: StreamInfo | None, *,
         lines.append("The virtual partition of this image is not readable.")
         return "\n".join(lines) + "\n"
     assert header is not None
+    if header.format_name == "raw":
+        lines.append(_line("format", f"raw partition data ({header.format_version})"))
+        lines.append(_line("content", header.fs_type or "unknown (no file system recognised)"))
+    else:
+        lines += [
+            _line("format", f"{header.format_name} (image format {header.format_version})"),
+            _line("file system", header.fs_type or "unknown"),
+        ]
     lines += [
-        _line("format", f"{header.format_name} (image format {header.format_version})"),
-        _line("file system", header.fs_type or "unknown"),
         _line("device size", human_size(header.device_size)),
         _line("block size", f"{header.block_size} bytes"),
         _line("total blocks", header.total_blocks),
@@ -74,16 +163,7 @@ def render_info(header: ImageHeader | None, stream: StreamInfo | None, *,
     else:
         lines.append(_line("status", "ok"))
     if virtual_path:
-        q = shlex.quote(virtual_path)
-        fsck = _FSCK.get(header.fs_type)
-        if fsck:
-            lines.append(_line("check it", f"{fsck} {q}"))
-        if header.fs_type == "NTFS":
-            lines.append(_line("mount it", f"ntfs-3g -o ro {q} /mnt/point"))
-        else:
-            fstype = _MOUNT_TYPE.get(header.fs_type)
-            opt = f" -t {fstype}" if fstype else ""
-            lines.append(_line("mount it", f"sudo mount{opt} -o loop,ro {q} /mnt/point"))
+        lines += _commands(header, virtual_path, root_can_read, files_view)
     for label, value in extra:
         lines.append(_line(label, value))
     return "\n".join(lines) + "\n"

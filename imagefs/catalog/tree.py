@@ -54,9 +54,13 @@ class Catalog:
             pool = FdPool(settings.max_open_files) if settings.max_open_files else default_fd_pool()
         self.pool = pool
         self.cache = BlockCache(settings.cache_size)
-        self.ctx = OpenContext(pool=pool, index_store=IndexStore(settings.index_dir),
+        self.ctx = OpenContext(pool=pool, index_store=IndexStore(settings.index_dir,
+                                                           settings.index_max),
                                cache=self.cache, progress=False)
         self.attrs = AttrPolicy(settings.uid, settings.gid, settings.umask)
+        #: Whether root can read this mount: FUSE lets no other user in, root
+        #: included, unless allow_other (the .info commands depend on it).
+        self.root_can_read = bool(settings.allow_other) or os.geteuid() == 0
         if settings.codec_threads:
             codecs.configure(threads=settings.codec_threads)   # process-wide
         self._entries: list[Closable] = []

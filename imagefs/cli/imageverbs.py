@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from imagefs.cli import exitcodes
 from imagefs.version import __version__
 
 
@@ -21,7 +22,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     header, stream = open_image_header(args.image, ctx)
     image = header.open(ctx.index_store) if args.full else None
     sys.stdout.write(render_info(header, stream, image=image))
-    return 0
+    # The text says what is wrong; the status lets scripts know without reading it.
+    return exitcodes.IMAGE if header.damage else exitcodes.OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -48,7 +50,7 @@ def cmd_version(args: argparse.Namespace) -> int:
     print(f"imagefs {__version__}")
     print(f"python {sys.version.split()[0]}")
     from importlib.metadata import PackageNotFoundError, version
-    for dist in ("mfusepy", "xxhash", "zstandard", "PyYAML", "tqdm"):
+    for dist in ("mfusepy", "xxhash", "PyYAML", "tqdm"):
         try:
             print(f"{dist} {version(dist)}")
         except PackageNotFoundError:

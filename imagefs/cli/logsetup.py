@@ -51,6 +51,10 @@ def setup(level: int, *, foreground: bool, log_file: str | None = None) -> None:
     else:
         handler = logging.NullHandler()
     root.addHandler(handler)
+    # Long passes (index builds) always say that they run, how far they are
+    # and when they end, unless only errors are wanted (services/progress.py).
+    progress = logging.getLogger("imagefs.progress")
+    progress.setLevel(logging.INFO if level <= logging.WARNING else level)
     # mfusepy logs through its own logger ("fuse"); keep its noise at our level.
     fuse_log = logging.getLogger("fuse")
     fuse_log.handlers = [handler]

@@ -1,16 +1,14 @@
 """``imagefs SOURCE MOUNTPOINT [-o OPTS] [-f] [-c CONFIG] [-v|-q]``: the mount.
 
 Also the mount helper form: ``mount -t fuse.imagefs SRC MNT -o ro,...`` and
-fstab lines make ``mount.fuse3`` run ``imagefs SRC MNT -o OPTS``.  So the
-``-o`` list mixes three kinds of keys (see :func:`split_options`): imagefs's
-own (``config=``, ``cache_size=`` ...), ones only fstab tools care about
-(``nofail``, ``noauto``, ``x-*`` ... dropped) and libfuse's (passed on).
+fstab lines make ``mount.fuse3`` run ``imagefs SRC MNT -o OPTS``; the
+``-o`` list is sorted by :mod:`imagefs.cli.mountopts`.
 
 Like sshfs, the command returns once the mount is live: it forks, the child
 mounts and reports through a pipe when FUSE's ``init`` has run (or what went
-wrong), and the parent exits with the child's verdict.  ``-f`` keeps
-everything in the foreground; SIGINT/SIGTERM then unmount cleanly (libfuse's
-own handlers end the session loop).
+wrong, with its exit status), and the parent exits with the child's
+verdict.  ``-f`` keeps everything in the foreground; SIGINT/SIGTERM then
+unmount cleanly (libfuse's own handlers end the session loop).
 """
 
 from __future__ import annotations
@@ -23,105 +21,31 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from imagefs.cli import exitcodes
 from imagefs.cli.logsetup import level_for
 from imagefs.cli.logsetup import setup as setup_logging
-from imagefs.config import OVERRIDE_KEYS, Settings, apply_overrides, load_config
+from imagefs.cli.mountopts import Options, split_options
+from imagefs.config import Settings, apply_overrides, load_config
 from imagefs.errors import ConfigError, ImageError
-from imagefs.version import __version__
 
 log = logging.getLogger(__name__)
 
-#: Options only fstab, mount(8), systemd or autofs care about.
-DROPPED = frozenset({"nofail", "noauto", "auto", "user", "users", "nouser", "owner",
-                     "group", "_netdev", "defaults", "ro", "rw", "loop", "bg", "fg"})
-DROPPED_PREFIXES = ("x-", "comment=", "x-systemd", "helper=")
 #: What fstab's first field may say when the configuration lists the sources.
 PLACEHOLDER_SOURCES = frozenset({"none", "imagefs"})
-#: Flags imagefs handles itself rather than libfuse.
-OWN_FLAGS = frozenset({"nonempty", "foreground", "debug"})
 
-USAGE = """\
-usage: imagefs SOURCE MOUNTPOINT [-o OPT[,OPT...]] [-f] [-c CONFIG.yaml] [-v|-q]
-       imagefs MOUNTPOINT -c CONFIG.yaml        (sources listed in the configuration)
-       imagefs {info,verify,ls,index,version} ...   (see imagefs --help)
-"""
+USAGE = "imagefs SOURCE MOUNTPOINT [-o OPT[,OPT...]] [-f] [-c CONFIG.yaml] [-v|-q]"
+
+__all__ = ["MountError", "Options", "Plan", "main", "plan", "run", "split_options"]
 
 
 class MountError(Exception):
-    """A problem that stops the mount: one line for the user, exit status 1."""
+    """A problem that stops the mount: one line for the user and its exit status."""
 
-
-@dataclass
-class Options:
-    """The split ``-o`` list."""
-
-    own: dict[str, str] = field(default_factory=dict)     # imagefs settings
-    flags: set[str] = field(default_factory=set)          # imagefs flags (nonempty ...)
-    fuse: dict[str, object] = field(default_factory=dict)  # passed to libfuse
-    dropped: list[str] = field(default_factory=list)
-    config: str | None = None
-
-
-def split_options(values: Sequence[str]) -> Options:
-    """Sort ``-o`` values (each a comma list) into imagefs / dropped / libfuse keys."""
-    out = Options()
-    for value in values:
-        for item in _split_commas(value):
-            if not item:
-                continue
-            key, eq, val = item.partition("=")
-            if key == "config":
-                out.config = val
-            elif item == "nofiles":           # the same as files=no
-                out.own["files"] = "no"
-            elif key in OVERRIDE_KEYS:
-                out.own[key] = val
-                if key == "allow_other":
-                    out.fuse["allow_other"] = True
-            elif item in DROPPED or key in DROPPED or item.startswith(DROPPED_PREFIXES):
-                out.dropped.append(item)
-            elif key in OWN_FLAGS and not eq:
-                out.flags.add(key)
-            else:
-                out.fuse[key] = val if eq else True
-    return out
-
-
-def _split_commas(value: str) -> list[str]:
-    """Split on commas not escaped with a backslash (libfuse's own convention)."""
-    items, cur, escaped = [], [], False
-    for ch in value:
-        if escaped:
-            cur.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ",":
-            items.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    items.append("".join(cur))
-    return [i.strip() for i in items]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagefs", usage=USAGE, add_help=True,
-                                description="Mount a tree of partition backup images read-only.")
-    p.add_argument("paths", nargs="*", metavar="SOURCE MOUNTPOINT")
-    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                   help="mount options: config=, cache_size=, index_dir=, uid=, gid=, umask=, "
-                        "allow_other, log=, log_level=, and libfuse options")
-    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("-d", "--debug", action="store_true", help="libfuse debug output (implies -f)")
-    p.add_argument("-s", "--single-thread", action="store_true", help="single-threaded FUSE loop")
-    p.add_argument("-c", "--config", help="YAML configuration file")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("-V", "--version", action="version", version=f"imagefs {__version__}")
-    return p
+    def __init__(self, message: str, code: int = exitcodes.USAGE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -140,12 +64,20 @@ class Plan:
     nonempty: bool = False
 
 
-def plan(argv: Sequence[str]) -> Plan:
-    """Parse and check the command line; raises MountError/ConfigError with one line."""
-    args = build_parser().parse_args(list(argv))
+def plan(args: argparse.Namespace | Sequence[str]) -> Plan:
+    """Check the parsed command line; raises MountError/ConfigError with one line.
+
+    ``args`` is the mount verb's namespace (or its argument list, parsed here).
+    """
+    if not isinstance(args, argparse.Namespace):
+        from imagefs.cli.main import parse
+        from imagefs.cli.verbs import MOUNT
+        args = parse(MOUNT, args)
     opts = split_options(args.options)
     config = args.config or opts.config
     settings = load_config(config) if config else Settings()
+    if args.index_dir:
+        settings.index_dir = os.path.abspath(os.path.expanduser(args.index_dir))
     apply_overrides(settings, opts.own)
     if len(args.paths) == 2:
         source, mountpoint = args.paths
@@ -154,27 +86,31 @@ def plan(argv: Sequence[str]) -> Plan:
     elif len(args.paths) == 1 and settings.sources:
         source, mountpoint = None, args.paths[0]
     elif len(args.paths) == 1:
-        raise MountError("give SOURCE and MOUNTPOINT (or list sources in a -c CONFIG file)")
+        raise MountError("give SOURCE and MOUNTPOINT (or list sources in a -c CONFIG file); "
+                         "see imagefs --help")
     elif not args.paths:
-        raise MountError(USAGE.splitlines()[0])
+        raise MountError(f"usage: {USAGE}")
     else:
-        raise MountError("too many arguments; " + USAGE.splitlines()[0])
+        raise MountError(f"too many arguments; usage: {USAGE}")
     if source is not None:
+        given = source
         source = os.path.abspath(os.path.expanduser(source))
         if not os.path.exists(source):
-            raise MountError(f"{source}: no such file or directory; give the directory "
-                             "holding the backups")
+            nor = "" if "/" in given else " (nor a command: see imagefs --help)"
+            raise MountError(f"{source}: no such file or directory{nor}; give the directory "
+                             "holding the backups", exitcodes.IMAGE)
     else:
         for spec in settings.sources:
             if not os.path.exists(spec.path):
                 raise MountError(f"{spec.path}: no such file or directory (listed in "
-                                 f"{settings.config_path})")
+                                 f"{settings.config_path})", exitcodes.IMAGE)
     mountpoint = os.path.abspath(os.path.expanduser(mountpoint))
     check_mountpoint(mountpoint, "nonempty" in opts.flags)
-    check_fuse(settings.allow_other or "allow_other" in opts.fuse)
-    if settings.allow_other:
-        opts.fuse["allow_other"] = True
+    check_fuse(settings.allow_other)
     fuse = dict(opts.fuse)
+    fuse.pop("allow_other", None)           # only the parsed setting decides
+    if settings.allow_other:
+        fuse["allow_other"] = True
     fuse.setdefault("fsname", (source or settings.config_path or "imagefs").replace(",", "_"))
     fuse.setdefault("subtype", "imagefs")
     fuse["ro"] = True
@@ -205,8 +141,10 @@ def check_mountpoint(mountpoint: str, nonempty_ok: bool) -> None:
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:     # a FUSE process died without unmounting
             raise MountError(f"{mountpoint}: a dead FUSE mount is still there; unmount it "
-                             f"first with: fusermount3 -u {mountpoint}") from None
-        raise MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}") from None
+                             f"first with: fusermount3 -u {mountpoint}",
+                             exitcodes.ENVIRONMENT) from None
+        raise MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}",
+                         exitcodes.ENVIRONMENT) from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"{mountpoint}: mount point is not a directory")
     try:
@@ -214,8 +152,10 @@ def check_mountpoint(mountpoint: str, nonempty_ok: bool) -> None:
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:     # a FUSE process died without unmounting
             raise MountError(f"{mountpoint}: a dead FUSE mount is still there; unmount it "
-                             f"first with: fusermount3 -u {mountpoint}") from None
-        raise MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}") from None
+                             f"first with: fusermount3 -u {mountpoint}",
+                             exitcodes.ENVIRONMENT) from None
+        raise MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}",
+                         exitcodes.ENVIRONMENT) from None
     if entries and not nonempty_ok:
         raise MountError(f"{mountpoint}: mount point is not empty; use an empty directory "
                          "(or -o nonempty to hide its contents)")
@@ -225,20 +165,22 @@ def check_fuse(allow_other: bool) -> None:
     """FUSE must be usable; say what to install or configure when it is not."""
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: FUSE is unavailable; install it with "
-                         "apt-get install fuse3 (and load the module: modprobe fuse)")
+                         "apt-get install fuse3 (and load the module: modprobe fuse)",
+                         exitcodes.ENVIRONMENT)
     if os.geteuid() != 0:
         if not os.access("/dev/fuse", os.R_OK | os.W_OK):
             raise MountError("/dev/fuse is not accessible to you; FUSE needs it readable "
-                             "and writable (apt-get install fuse3 sets that up)")
+                             "and writable (apt-get install fuse3 sets that up)",
+                             exitcodes.ENVIRONMENT)
         if allow_other and not _user_allow_other():
             raise MountError("allow_other is refused: FUSE allows it for ordinary users only "
                              "with the line user_allow_other in /etc/fuse.conf; add it or "
-                             "drop allow_other")
+                             "drop allow_other", exitcodes.ENVIRONMENT)
     try:
         from imagefs.fuse.library import choose_library
         if choose_library() is None:
             raise MountError("libfuse is not installed: FUSE is unavailable; install it with "
-                             "apt-get install fuse3")
+                             "apt-get install fuse3", exitcodes.ENVIRONMENT)
     except ImportError:  # pragma: no cover
         pass
 
@@ -278,7 +220,7 @@ def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
             log.info("session ended (%s)", exc)
             return
         raise MountError(f"{p.mountpoint}: mounting failed (libfuse error {exc}); "
-                         "see the message above") from None
+                         "see the message above", exitcodes.ENVIRONMENT) from None
     finally:
         catalog.close()
 
@@ -302,6 +244,8 @@ class StderrFilter:
         os.dup2(write_fd, 2)
         os.close(write_fd)
         self._reader = os.fdopen(read_fd, "rb")
+        #: libfuse rejected an option: the mount failed for a usage reason.
+        self.unknown_option = False
         self._thread = threading.Thread(target=self._pump, name="imagefs-stderr", daemon=True)
         self._thread.start()
 
@@ -309,6 +253,8 @@ class StderrFilter:
         for line in self._reader:
             if line.startswith(_LIBFUSE_NOISE):
                 continue
+            if b"unknown option" in line:
+                self.unknown_option = True
             target = self._target
             if target >= 0:
                 try:
@@ -337,10 +283,16 @@ def _foreground(p: Plan) -> int:
     errors = None if p.debug else StderrFilter()   # -d shows libfuse's output unfiltered
     try:
         run_fuse(p, on_ready=lambda: log.info("mounted %s", p.mountpoint))
+    except MountError as exc:
+        if errors is not None:
+            errors.close()              # drains libfuse's lines first
+            if errors.unknown_option:
+                exc.code = exitcodes.USAGE
+        raise
     finally:
         if errors is not None:
             errors.close()
-    return 0
+    return exitcodes.OK
 
 
 def _background(p: Plan) -> int:
@@ -353,7 +305,7 @@ def _background(p: Plan) -> int:
     # Child: its own session, so the shell's terminal and signals leave it alone.
     os.close(read_fd)
     os.setsid()
-    status = 1
+    status = exitcodes.ENVIRONMENT
     try:
         setup_logging(level_for(p.verbose, p.quiet, p.settings.log_level), foreground=False,
                       log_file=p.settings.log_file)
@@ -370,11 +322,14 @@ def _background(p: Plan) -> int:
 
         try:
             run_fuse(p, on_ready=ready)
-            status = 0
+            status = exitcodes.OK
         except (MountError, ImageError, ConfigError, OSError) as exc:
+            status = exitcodes.code_for(exc)
             if not reported:
-                errors.close()
-                os.write(write_fd, f"ERR {exc}\n".encode("utf-8", "replace"))
+                errors.close()          # drains libfuse's lines first
+                if errors.unknown_option:
+                    status = exitcodes.USAGE
+                os.write(write_fd, f"ERR {status} {exc}\n".encode("utf-8", "replace"))
             log.error("%s", exc)
     except BaseException:
         log.exception("imagefs mount process failed")
@@ -388,14 +343,15 @@ def _await_child(pid: int, read_fd: int, p: Plan) -> int:
         chunks.append(pipe.read())
     message = b"".join(chunks).decode("utf-8", "replace").strip()
     if message.startswith("OK"):
-        return 0
+        return exitcodes.OK
     _, status = os.waitpid(pid, 0)
     if message.startswith("ERR "):
-        print(f"imagefs: {message[4:]}", file=sys.stderr)
-    else:
-        print(f"imagefs: {p.mountpoint}: mounting failed (exit status "
-              f"{os.waitstatus_to_exitcode(status)}); see the message above", file=sys.stderr)
-    return 1
+        code, _, text = message[4:].partition(" ")
+        print(f"imagefs: {text}", file=sys.stderr)
+        return int(code) if code.isdigit() else exitcodes.ENVIRONMENT
+    print(f"imagefs: {p.mountpoint}: mounting failed (exit status "
+          f"{os.waitstatus_to_exitcode(status)}); see the message above", file=sys.stderr)
+    return exitcodes.ENVIRONMENT
 
 
 def _detach_stdio() -> None:
@@ -410,16 +366,22 @@ def _detach_stdio() -> None:
     os.chdir("/")
 
 
+def run(args: argparse.Namespace) -> int:
+    """The mount verb: plan, then mount in the foreground or background."""
+    p = plan(args)
+    return _foreground(p) if p.foreground else _background(p)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``imagefs SOURCE MOUNTPOINT ...`` without the dispatcher (same errors and codes)."""
+    from imagefs.cli.main import parse
+    from imagefs.cli.main import run as run_verb
+    from imagefs.cli.verbs import MOUNT, UsageError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"})
     try:
-        p = plan(argv)
-        return _foreground(p) if p.foreground else _background(p)
-    except (MountError, ConfigError, ImageError) as exc:
-        if verbose > 1:
-            log.exception("details")
+        args = parse(MOUNT, argv)
+    except UsageError as exc:
         print(f"imagefs: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        return exitcodes.USAGE
+    return run_verb(MOUNT, args)

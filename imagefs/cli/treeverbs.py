@@ -4,7 +4,8 @@ Both see exactly what a mount of TREE would show, because they walk the
 same :class:`~imagefs.catalog.Catalog`.  ``ls`` reads headers only;
 ``index`` opens every image (bitmaps, ntfsclone run lists) and builds the
 seek index of every compressed one, persisting what can be persisted, so
-that the first read after mounting is fast.
+that the first read after mounting is fast.  ``index --prune`` removes the
+indexes whose backups are gone or changed instead.
 """
 
 from __future__ import annotations
@@ -17,17 +18,29 @@ import time
 
 from imagefs.catalog import Catalog, ImageEntry, InfoNode
 from imagefs.catalog.disknodes import DiskEntry, DiskInfoNode
-from imagefs.config import Settings, load_config
-from imagefs.errors import ImageError
+from imagefs.cli import exitcodes
+from imagefs.cli.mountopts import split_options
+from imagefs.config import Settings, apply_overrides, load_config
+from imagefs.errors import ConfigError, ImageError
+from imagefs.services import indexprune
+from imagefs.services.indexstore import default_index_dir
 from imagefs.services.units import human_size
 
 log = logging.getLogger(__name__)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_config(args.config) if getattr(args, "config", None) else Settings()
+    """Settings from -c CONFIG, --index-dir and -o (the mount's own keys only)."""
+    opts = split_options(getattr(args, "options", []))
+    config = getattr(args, "config", None) or opts.config
+    settings = load_config(config) if config else Settings()
     if getattr(args, "index_dir", None):
-        settings.index_dir = os.path.abspath(args.index_dir)
+        settings.index_dir = os.path.abspath(os.path.expanduser(args.index_dir))
+    if opts.fuse:
+        key = next(iter(opts.fuse))
+        raise ConfigError(f"-o {key}: not an imagefs option (libfuse options apply to the "
+                          "mount only)")
+    apply_overrides(settings, opts.own)
     return settings
 
 
@@ -36,7 +49,10 @@ def _catalog(args: argparse.Namespace, progress: bool = False) -> Catalog:
     if source is not None and not os.path.exists(source):
         raise ImageError(source, "no such file or directory",
                          "give the directory holding the backups")
-    catalog = Catalog(_settings(args), os.path.abspath(source) if source else None)
+    settings = _settings(args)
+    if source is None and not settings.sources:
+        raise ConfigError("give a TREE, or list sources in a -c CONFIG file")
+    catalog = Catalog(settings, os.path.abspath(source) if source else None)
     catalog.ctx.progress = progress
     return catalog
 
@@ -91,7 +107,7 @@ def _describe_disk(disk: DiskEntry) -> str:
 
 
 def ls_main(args: argparse.Namespace) -> int:
-    """Print each image's and disk's virtual path and what it is; exit 1 if any is broken."""
+    """Print each image's and disk's virtual path and what it is; exit 2 if any is broken."""
     catalog = _catalog(args)
     try:
         entries = _images(catalog, getattr(args, "verbose", 0))
@@ -106,13 +122,15 @@ def ls_main(args: argparse.Namespace) -> int:
         if not getattr(args, "quiet", False):
             disks_text = f", {len(disks)} disk{'s' if len(disks) != 1 else ''}" if disks else ""
             print(f"{len(entries)} images{disks_text}, {broken} broken", file=sys.stderr)
-        return 1 if broken else 0
+        return exitcodes.IMAGE if broken else exitcodes.OK
     finally:
         catalog.close()
 
 
 def index_main(args: argparse.Namespace) -> int:
-    """Open every image and build its indexes now; exit 1 if any fails."""
+    """Open every image and build its indexes now; exit 2 if any fails."""
+    if getattr(args, "prune", False):
+        return prune_main(args)
     catalog = _catalog(args, progress=not getattr(args, "quiet", False))
     failed = 0
     try:
@@ -134,10 +152,9 @@ def index_main(args: argparse.Namespace) -> int:
                 continue
             state = entry.index_state() or "no compression index needed"
             print(f"{entry.vpath}: ready in {time.monotonic() - start:.1f} s ({state})")
-        return 1 if failed else 0
+        return exitcodes.IMAGE if failed else exitcodes.OK
     finally:
         catalog.close()
-
 
 
 def disk_info(path: str, settings: Settings | None = None) -> list[str] | None:
@@ -158,3 +175,21 @@ def disk_info(path: str, settings: Settings | None = None) -> list[str] | None:
     finally:
         catalog.close()
     return texts or None
+
+
+def prune_main(args: argparse.Namespace) -> int:
+    """Remove the indexes whose backups are gone or changed (below TREE when given)."""
+    settings = _settings(args)
+    directory = settings.index_dir or default_index_dir()
+    tree = getattr(args, "source", None)
+    if tree is not None and not os.path.isdir(tree):
+        raise ImageError(tree, "no such directory", "give the directory holding the backups")
+    removed = indexprune.prune(directory, os.path.abspath(tree) if tree else None)
+    for item in removed:
+        print(f"removed {item.path} ({human_size(item.size)}): {item.reason}")
+    freed = sum(item.size for item in removed)
+    if not getattr(args, "quiet", False):
+        print(f"{len(removed)} removed, {human_size(freed)} freed; {directory} now holds "
+              f"{human_size(indexprune.usage(directory))}", file=sys.stderr)
+    return exitcodes.OK
+

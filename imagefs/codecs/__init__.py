@@ -42,7 +42,6 @@ decompresses them.
 
 from __future__ import annotations
 
-import importlib
 import lzma
 import zlib
 from typing import Any
@@ -119,23 +118,38 @@ def configure(*, threads: int | None = None, zstd_spacing: int | None = None) ->
 
 
 def codec_versions() -> dict[str, str]:
-    """Versions of the codec libraries (for ``imagefs version``)."""
+    """Versions of the codec libraries and of the C libraries that really decode.
+
+    zstd is decoded by two bindings (codecs/zstd.py): python-zstandard for
+    the index pass and whole-span reads, pyzstd for header probes and
+    streamed spans; each brings its own libzstd, so both are named.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from imagefs.codecs.lzop import library_version
+
     out: dict[str, str] = {}
-    for name, attr in (("rapidgzip", "__version__"), ("pyzstd", "__version__"),
-                       ("lz4", "__version__"), ("lzo", "LZO_VERSION_STRING")):
+    for dist in ("rapidgzip", "lz4"):
         try:
-            module = importlib.import_module(name)
-        except ImportError:
-            out[name] = "missing"
-            continue
-        value = getattr(module, attr, "installed")
-        out[name] = value.decode() if isinstance(value, bytes) else str(value)
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "missing"
+    try:
+        import zstandard
+
+        libzstd = ".".join(map(str, zstandard.ZSTD_VERSION))
+        out["zstandard"] = (f"{version('zstandard')} (libzstd {libzstd}, {zstandard.backend}; "
+                            "decodes the index pass and span reads)")
+    except (ImportError, PackageNotFoundError):
+        out["zstandard"] = "missing"
     try:
         import pyzstd
 
-        out["libzstd"] = pyzstd.zstd_version
-    except ImportError:
-        pass
+        out["pyzstd"] = (f"{version('pyzstd')} (libzstd {pyzstd.zstd_version}; decodes header "
+                         "probes and streamed spans)")
+    except (ImportError, PackageNotFoundError):
+        out["pyzstd"] = "missing"
+    out["lzo"] = library_version()
     out["zlib"] = zlib.ZLIB_RUNTIME_VERSION
-    out["liblzma"] = "stdlib" if lzma else "missing"
+    out["liblzma"] = "stdlib lzma module" if lzma else "missing"
     return out

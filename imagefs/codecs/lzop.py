@@ -4,6 +4,10 @@ Every lzop block is independent (LZO1X, 256 KiB of output) and its header
 gives both lengths, so the index needs no decompression: one walk over the
 headers.  Spans group blocks to about 1 MiB; each block's stored checksum
 of its output (Adler-32 or CRC-32) is checked whenever it is decoded.
+
+LZO1X itself comes from lzallright (wheels, no compiler needed) or, where
+that is missing (Python 3.10), python-lzo; without either an lzop image is
+shown broken with the package to install (:class:`_Lzo1x`).
 """
 
 from __future__ import annotations
@@ -11,14 +15,13 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable, Generator, Iterator
-from types import ModuleType
 from typing import Any
 
 from imagefs.codecs.adapters import StreamCursor
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
-from imagefs.errors import UnsupportedError
+from imagefs.errors import MissingLibraryError, UnsupportedError
 from imagefs.io.source import ByteSource
 from imagefs.services.units import human
 
@@ -30,13 +33,59 @@ SPAN_TARGET = 1 << 20
 MAX_BLOCK = 64 << 20
 
 
-def _lzo() -> ModuleType:
-    try:
-        import lzo
-    except ImportError:
-        raise UnsupportedError("lzop", "the python-lzo module is not installed",
-                               "pip install python-lzo, or decompress with lzop -dc") from None
-    return lzo
+class _Lzo1x:
+    """LZO1X block decompression from whichever library is installed.
+
+    lzallright (Rust, ships wheels for CPython >= 3.11: ``pip install``
+    needs no compiler) is preferred; python-lzo (C, an sdist needing gcc and
+    liblzo2-dev, the only choice on Python 3.10) is the fallback.
+    """
+
+    def __init__(self) -> None:
+        self.name = ""
+        self._decompress: Callable[[bytes, int], bytes] | None = None
+
+    def load(self, src: ByteSource) -> Callable[[bytes, int], bytes]:
+        if self._decompress is not None:
+            return self._decompress
+        try:
+            from lzallright import LZOCompressor
+
+            def lzallright_decompress(data: bytes, ulen: int) -> bytes:
+                out: bytes = LZOCompressor.decompress(data, output_size_hint=ulen)
+                return out
+
+            self._decompress, self.name = lzallright_decompress, "lzallright"
+        except ImportError:
+            try:
+                import lzo
+
+                def python_lzo_decompress(data: bytes, ulen: int) -> bytes:
+                    out: bytes = lzo.decompress(data, False, ulen)
+                    return out
+
+                self._decompress, self.name = python_lzo_decompress, "python-lzo"
+            except ImportError:
+                raise MissingLibraryError(
+                    src.name, "lzop images need an LZO library, and none is installed",
+                    "pip install lzallright (Python 3.11 and later; python-lzo on 3.10, "
+                    "which needs gcc and liblzo2-dev), or decompress with lzop -dc") from None
+        return self._decompress
+
+
+#: The one LZO1X decoder of the process (chosen on first use).
+LZO1X = _Lzo1x()
+
+
+def library_version() -> str:
+    """Which LZO library decodes, and its version (for ``imagefs version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+    for dist in ("lzallright", "python-lzo"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "missing (pip install lzallright)"
 
 
 class LzopSource(CodecSource):
@@ -149,11 +198,10 @@ def _decode(src: ByteSource, data: bytes, ulen: int, clen: int, dsum: list[Any] 
     if clen == ulen:
         out = bytes(data)                   # stored block
     else:
+        decompress = LZO1X.load(src)
         try:
-            out = _lzo().decompress(data, False, ulen)
-        except Exception as exc:  # python-lzo raises lzo.error
-            if isinstance(exc, UnsupportedError):
-                raise
+            out = decompress(data, ulen)
+        except Exception as exc:  # noqa: BLE001 - lzo.error, lzallright.LZOError ...: damage
             raise corrupt(src, f"lzop block at byte {data_off} is damaged ({exc})") from None
     if len(out) != ulen:
         raise corrupt(src, f"lzop block at byte {data_off} decoded to {len(out)} bytes "

@@ -81,7 +81,11 @@ class CodecSource:
 
     def cheap_size(self) -> int | None:
         index = self._index
-        return None if index is None else index.size
+        if index is not None:
+            return index.size
+        # A stream short enough to be read to its end from the start knows
+        # its size without an index.
+        return self._seq.eof_size
 
     def backing_files(self) -> list[str] | None:
         return self.source.backing_files()
@@ -160,6 +164,10 @@ class CodecSource:
         """One line for ``.info``: what the index is and where it came from."""
         index = self._index
         if index is None:
+            end = self._seq.eof_size
+            if end is not None:
+                return (f"{self.codec}: none needed, the whole stream ({end} bytes) is read "
+                        "from its start")
             return f"{self.codec}: index not built yet"
         return f"{self.codec} {self._describe(index)}, {self._origin}"
 

@@ -48,7 +48,8 @@ def _mapping(value: object, where: str, allowed: dict[str, str]) -> dict[str, An
     return value
 
 
-_TOP = {"sources": "list", "cache_size": "size", "index_dir": "path", "mount": "mapping",
+_TOP = {"sources": "list", "cache_size": "size", "index_dir": "path", "index_max": "size",
+        "mount": "mapping",
         "codecs": "mapping", "logging": "mapping", "max_open_files": "number"}
 _SOURCE = {"path": "path", "name": "text", "include": "globs", "exclude": "globs"}
 _MOUNT = {"allow_other": "bool", "uid": "number", "gid": "number", "umask": "octal",
@@ -92,6 +93,8 @@ def settings_from_dict(data: object, origin: str = "<config>",
             if not isinstance(top["index_dir"], str):
                 raise ConfigError("index_dir: expected a directory path")
             settings.index_dir = os.path.join(base_dir, os.path.expanduser(top["index_dir"]))
+        if "index_max" in top:
+            settings.index_max = parse_size(top["index_max"], "index_max") or None
         if "max_open_files" in top:
             settings.max_open_files = parse_int(top["max_open_files"], "max_open_files", 16)
         mount = _mapping(top.get("mount"), "mount", _MOUNT)
@@ -149,6 +152,7 @@ def load_config(path: str) -> Settings:
 _OVERRIDES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "cache_size": ("cache_size", lambda v, w: parse_size(v, w)),
     "index_dir": ("index_dir", lambda v, w: os.path.abspath(os.path.expanduser(v))),
+    "index_max": ("index_max", lambda v, w: parse_size(v, w) or None),
     "uid": ("uid", lambda v, w: parse_int(v, w)),
     "gid": ("gid", lambda v, w: parse_int(v, w)),
     "umask": ("umask", lambda v, w: parse_umask(v, w)),

@@ -39,6 +39,7 @@ class Settings:
     sources: list[SourceSpec] = field(default_factory=list)
     cache_size: int = DEFAULT_CACHE_SIZE
     index_dir: str | None = None
+    index_max: int | None = None            # size cap of the index directory; None: none
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
@@ -83,6 +84,7 @@ def parse_umask(value: object, where: str = "umask") -> int:
 
 
 def parse_bool(value: object, where: str) -> bool:
+    """yes/no, true/false, on/off, 1/0 (any case) or a YAML bool; anything else is refused."""
     if isinstance(value, bool):
         return value
     text = str(value).lower()
@@ -90,7 +92,8 @@ def parse_bool(value: object, where: str) -> bool:
         return True
     if text in ("0", "no", "false", "off"):
         return False
-    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    raise ConfigError(f"{where}: expected yes or no (also true/false, on/off, 1/0), "
+                      f"got {value!r}")
 
 
 def parse_int(value: object, where: str, minimum: int = 0) -> int:

@@ -19,6 +19,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
+from imagefs.services import indexprune
+
 log = logging.getLogger(__name__)
 
 _MAGIC = b"IMAGEFS-INDEX\x00\x01\x00"   # 16 bytes; last byte pair = container version
@@ -30,29 +32,51 @@ def default_index_dir() -> str:
     return os.path.join(base, "imagefs")
 
 
+#: One backup file as an index key sees it: (absolute path, size, mtime in ns).
+FileStat = tuple[str, int, int]
+
+
+def file_stats(paths: Iterable[str]) -> list[FileStat]:
+    """(absolute path, size, mtime_ns) of each file (OSError if one is missing)."""
+    out = []
+    for path in paths:
+        st = os.stat(path)
+        out.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def key_from_stats(kind: str, stats: Iterable[FileStat], extra: str = "") -> str:
+    """The hex key of :func:`source_key` from stats taken already."""
+    h = hashlib.sha256()
+    h.update(kind.encode())
+    h.update(b"\0")
+    h.update(extra.encode())
+    for path, size, mtime_ns in stats:
+        h.update(b"\0")
+        h.update(path.encode("utf-8", "surrogateescape"))
+        h.update(f"\0{size}\0{mtime_ns}".encode())
+    return h.hexdigest()
+
+
 def source_key(kind: str, paths: Iterable[str], extra: str = "") -> str:
     """A hex key for an index of ``kind`` over the files ``paths``.
 
     Includes each file's absolute path, size and mtime (ns), so the key
     changes whenever a piece is replaced, appended to or touched.
     """
-    h = hashlib.sha256()
-    h.update(kind.encode())
-    h.update(b"\0")
-    h.update(extra.encode())
-    for path in paths:
-        st = os.stat(path)
-        h.update(b"\0")
-        h.update(os.path.abspath(path).encode("utf-8", "surrogateescape"))
-        h.update(f"\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return h.hexdigest()
+    return key_from_stats(kind, file_stats(paths), extra)
 
 
 class IndexStore:
-    """Load and save index payloads (bytes) by key in one directory."""
+    """Load and save index payloads (bytes) by key in one directory.
 
-    def __init__(self, directory: str | None = None) -> None:
+    ``max_bytes`` caps the directory: after a save, the least recently used
+    indexes are removed until it fits (:mod:`~imagefs.services.indexprune`).
+    """
+
+    def __init__(self, directory: str | None = None, max_bytes: int | None = None) -> None:
         self.directory = directory or default_index_dir()
+        self.max_bytes = max_bytes
 
     def path_for(self, kind: str, key: str) -> str:
         return os.path.join(self.directory, f"{kind}-{key[:40]}.idx")
@@ -75,15 +99,21 @@ class IndexStore:
                     raise ValueError("wrong payload length")
                 if zlib.crc32(payload) != crc:
                     raise ValueError("payload checksum mismatch")
-                return payload
+            _touch(path)
+            return payload
         except FileNotFoundError:
             return None
         except (OSError, ValueError, struct.error) as exc:
             log.warning("index %s is unusable (%s); rebuilding it", path, exc)
             return None
 
-    def save(self, kind: str, key: str, payload: bytes) -> str | None:
-        """Atomically write ``payload``; returns the path, or None if not writable."""
+    def save(self, kind: str, key: str, payload: bytes,
+             sources: list[FileStat] | None = None) -> str | None:
+        """Atomically write ``payload``; returns the path, or None if not writable.
+
+        ``sources`` (the files the index describes) are recorded beside it,
+        so that ``imagefs index --prune`` can tell when they are gone.
+        """
         path = self.path_for(kind, key)
         try:
             os.makedirs(self.directory, exist_ok=True)
@@ -94,17 +124,30 @@ class IndexStore:
                                          zlib.crc32(payload)))
                     f.write(payload)
                 os.replace(tmp, path)
+                if sources:
+                    indexprune.write_record(path, kind, sources)
             except BaseException:
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
                 raise
-            return path
         except OSError as exc:
             log.warning("cannot save index in %s (%s); it will be rebuilt next time",
                         self.directory, exc)
             return None
+        if self.max_bytes:
+            indexprune.evict(self.directory, self.max_bytes, keep=path)
+        return path
+
+
+def _touch(path: str) -> None:
+    """Mark an index as just used (the size cap removes the least recently used)."""
+    indexprune.mark_in_use(path)
+    try:
+        os.utime(path)
+    except OSError:
+        pass                   # a read-only index directory still serves
 
 
 _T = TypeVar("_T")
@@ -126,9 +169,11 @@ class PersistedIndex(Generic[_T]):
         self.kind = kind
         self.name = name or (paths[0] if paths else kind)
         self.key: str | None = None
+        self._files: list[FileStat] | None = None
         if store is not None and paths:
             try:
-                self.key = source_key(kind, paths, extra)
+                self._files = file_stats(paths)
+                self.key = key_from_stats(kind, self._files, extra)
             except OSError as exc:
                 log.warning("%s: cannot stat the files for the index key (%s); the index is "
                             "kept in memory only", self.name, exc)
@@ -163,4 +208,4 @@ class PersistedIndex(Generic[_T]):
         """Write ``payload`` atomically; the path, or None if not persisted."""
         if self.store is None or self.key is None:
             return None
-        return self.store.save(self.kind, self.key, payload)
+        return self.store.save(self.kind, self.key, payload, self._files)

@@ -1,0 +1,217 @@
+"""Keeping the index directory small: source records, pruning, the size cap.
+
+Every saved index ``KIND-KEY.idx`` gets a record ``KIND-KEY.src`` beside it
+(JSON: the backup files it describes with their size and mtime), because
+the key itself is a one-way hash.  From the records:
+
+* :func:`prune` removes the indexes whose backups are gone or changed (a
+  changed backup gets a new key and a new index; the old one would stay
+  forever) -- ``imagefs index --prune [TREE]``;
+* :func:`evict` keeps the directory under a size cap (``-o index_max=``)
+  by removing the least recently used indexes first (a load touches the
+  file's mtime).
+
+Neither ever removes an index this process has loaded or saved: a mount
+reads the large parts of a loaded index lazily from its file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+RECORD_SUFFIX = ".src"
+INDEX_SUFFIX = ".idx"
+#: A temporary file of an interrupted save is removed after this long (a
+#: save in progress is younger: an index of a 1 TB image is written in seconds).
+STALE_TEMP_SECONDS = 3600
+
+_in_use: set[str] = set()
+_in_use_lock = threading.Lock()
+
+
+def mark_in_use(path: str) -> None:
+    """This process reads ``path``: never evict or prune it."""
+    with _in_use_lock:
+        _in_use.add(os.path.abspath(path))
+
+
+def _is_in_use(path: str) -> bool:
+    with _in_use_lock:
+        return os.path.abspath(path) in _in_use
+
+
+def record_path(index_path: str) -> str:
+    return index_path[:-len(INDEX_SUFFIX)] + RECORD_SUFFIX
+
+
+def write_record(index_path: str, kind: str,
+                 files: Iterable[tuple[str, int, int]]) -> None:
+    """Record which files ``index_path`` describes (atomically; errors are logged)."""
+    mark_in_use(index_path)
+    record = {"version": 1, "kind": kind, "files": [list(f) for f in files]}
+    path = record_path(index_path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot record the sources of %s (%s); --prune will not know them",
+                    index_path, exc)
+
+
+def read_record(index_path: str) -> list[tuple[str, int, int]] | None:
+    """The files an index describes, or None when it has no (valid) record."""
+    try:
+        with open(record_path(index_path), encoding="utf-8") as f:
+            data = json.load(f)
+        return [(str(p), int(s), int(m)) for p, s, m in data["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Removed:
+    """One index removed (or, in a dry run, to be removed), and why."""
+
+    path: str
+    reason: str
+    size: int
+
+
+def _entries(directory: str) -> list[os.DirEntry[str]]:
+    try:
+        return [e for e in os.scandir(directory) if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _size(index_path: str) -> int:
+    total = 0
+    for p in (index_path, record_path(index_path)):
+        try:
+            total += os.stat(p).st_size
+        except OSError:
+            pass
+    return total
+
+
+def _remove(index_path: str) -> None:
+    for p in (index_path, record_path(index_path)):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def why_stale(files: list[tuple[str, int, int]]) -> str | None:
+    """Why an index over ``files`` can no longer serve (None: it still can)."""
+    for path, size, mtime_ns in files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"{path} is gone"
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
+            return f"{path} changed"
+    return None
+
+
+def _under(path: str, tree: str) -> bool:
+    tree = tree.rstrip("/") + "/"
+    return path.startswith(tree)
+
+
+def prune(directory: str, tree: str | None = None, dry_run: bool = False) -> list[Removed]:
+    """Remove the indexes whose backups are gone or changed.
+
+    With ``tree`` only indexes of backups below it are looked at (and an
+    index without a record is kept: nothing says where its backups are);
+    without, every index of the directory, recordless ones included (they
+    are rebuilt, with a record, on next use).  Leftovers of interrupted
+    saves and records without their index go too.
+    """
+    real_tree = os.path.realpath(tree) if tree else None
+    removed: list[Removed] = []
+    now = time.time()
+    names = {e.name for e in _entries(directory)}
+    for entry in sorted(_entries(directory), key=lambda e: e.name):
+        path = entry.path
+        if entry.name.startswith(".tmp-"):
+            if real_tree is None and now - entry.stat().st_mtime > STALE_TEMP_SECONDS:
+                removed.append(Removed(path, "left over by an interrupted save",
+                                       entry.stat().st_size))
+                if not dry_run:
+                    _remove_plain(path)
+            continue
+        if entry.name.endswith(RECORD_SUFFIX):
+            index_name = entry.name[:-len(RECORD_SUFFIX)] + INDEX_SUFFIX
+            if real_tree is None and index_name not in names:
+                removed.append(Removed(path, "record of an index that is gone",
+                                       entry.stat().st_size))
+                if not dry_run:
+                    _remove_plain(path)
+            continue
+        if not entry.name.endswith(INDEX_SUFFIX) or _is_in_use(path):
+            continue
+        files = read_record(path)
+        if files is None:
+            if real_tree is not None:
+                continue
+            reason: str | None = "no record of its backups (written by an older imagefs)"
+        else:
+            if real_tree is not None and not any(_under(os.path.realpath(f[0]), real_tree)
+                                                 or _under(f[0], real_tree) for f in files):
+                continue
+            reason = why_stale(files)
+        if reason is not None:
+            removed.append(Removed(path, reason, _size(path)))
+            if not dry_run:
+                _remove(path)
+    return removed
+
+
+def _remove_plain(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def usage(directory: str) -> int:
+    """Bytes the index directory holds (indexes and records)."""
+    return sum(e.stat().st_size for e in _entries(directory)
+               if e.name.endswith((INDEX_SUFFIX, RECORD_SUFFIX)))
+
+
+def evict(directory: str, max_bytes: int, keep: str | None = None) -> list[Removed]:
+    """Remove least recently used indexes until the directory fits ``max_bytes``.
+
+    ``keep`` (the index just saved) and indexes in use by this process stay,
+    even if the cap cannot be met without them.
+    """
+    entries = [e for e in _entries(directory) if e.name.endswith(INDEX_SUFFIX)]
+    total = usage(directory)
+    removed: list[Removed] = []
+    if total <= max_bytes:
+        return removed
+    keep_abs = os.path.abspath(keep) if keep else None
+    for entry in sorted(entries, key=lambda e: e.stat().st_mtime_ns):
+        if total <= max_bytes:
+            break
+        path = entry.path
+        if os.path.abspath(path) == keep_abs or _is_in_use(path):
+            continue
+        size = _size(path)
+        _remove(path)
+        total -= size
+        removed.append(Removed(path, "least recently used (index_max)", size))
+        log.info("index %s removed to stay under the index_max of %d bytes", path, max_bytes)
+    return removed

@@ -1,0 +1,165 @@
+"""The index directory: long builds are logged, stale indexes pruned, a size cap kept.
+
+Indexes are built by the real ``imagefs index`` over real compressed
+images (the bundled samples, copied so that the test may touch them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagefs.services import indexprune
+from imagefs.services.progress import _LogProgress
+from mount_helpers import IMAGEFS
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "backups"
+
+
+def _index(tree: Path, idx: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(IMAGEFS + ["index", str(tree), "--index-dir", str(idx), *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def tree(tmp_path) -> Path:
+    dest = tmp_path / "backups"
+    shutil.copytree(SAMPLES, dest)
+    return dest
+
+
+def _indexes(idx: Path) -> list[Path]:
+    return sorted(idx.glob("*.idx"))
+
+
+def test_each_index_records_its_backups(tree, tmp_path):
+    idx = tmp_path / "idx"
+    assert _index(tree, idx).returncode == 0
+    files = _indexes(idx)
+    assert files, "the compressed samples must leave indexes"
+    for path in files:
+        record = indexprune.read_record(str(path))
+        assert record and all(p.startswith(str(tree)) for p, _, _ in record), record
+
+
+def test_prune_removes_indexes_of_changed_and_gone_backups(tree, tmp_path):
+    idx = tmp_path / "idx"
+    assert _index(tree, idx).returncode == 0
+    before = _indexes(idx)
+    gz = tree / "2026-11-01-img" / "sda2.vfat-ptcl-img.gz"
+    os.utime(gz, ns=(1, 1))                                  # touched: a new key
+    assert _index(tree, idx).returncode == 0
+    assert len(_indexes(idx)) == len(before) + 1             # the old one stays behind
+    proc = _index(tree, idx, "--prune")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{gz} changed" in proc.stdout and proc.stdout.count("removed ") == 1
+    assert len(_indexes(idx)) == len(before)
+    (tree / "2026-11-01-img" / "sda3.ntfs-img.gz").unlink()
+    proc = _index(tree, idx, "--prune")
+    gone = [ln for ln in proc.stdout.splitlines() if ln.startswith("removed ")]
+    # Its gzip seek index and its ntfsclone run list both describe the file.
+    assert gone and all("sda3.ntfs-img.gz is gone" in ln for ln in gone), proc.stdout
+    assert len(_indexes(idx)) == len(before) - len(gone)
+    assert not list(idx.glob("*.src")) or all(
+        (idx / (p.stem + ".idx")).exists() for p in idx.glob("*.src"))
+
+
+def test_prune_with_a_tree_leaves_other_trees_alone(tree, tmp_path):
+    idx = tmp_path / "idx"
+    other = tmp_path / "other"
+    shutil.copytree(SAMPLES, other)
+    assert _index(tree, idx).returncode == 0 and _index(other, idx).returncode == 0
+    for gz in other.rglob("*.gz"):
+        gz.unlink()
+    for gz in tree.rglob("*.gz"):
+        gz.unlink()
+    proc = subprocess.run(IMAGEFS + ["index", "--prune", str(tree), "--index-dir", str(idx)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert str(tree) in proc.stdout and str(other) not in proc.stdout
+
+
+def test_index_max_evicts_the_least_recently_used(tree, tmp_path):
+    idx = tmp_path / "idx"
+    assert _index(tree, idx).returncode == 0
+    files = _indexes(idx)
+    assert len(files) >= 2
+    sizes = {p: p.stat().st_size + Path(indexprune.record_path(str(p))).stat().st_size
+             for p in files}
+    oldest = files[0]
+    for n, p in enumerate(files):
+        os.utime(p, ns=(n * 10**9, n * 10**9))              # files[0] least recently used
+    cap = sum(sizes.values()) - 1
+    removed = indexprune.evict(str(idx), cap)
+    assert [r.path for r in removed] == [str(oldest)]
+    assert not oldest.exists() and indexprune.usage(str(idx)) <= cap
+    # Through the option: another run, capped below one index, evicts what
+    # earlier runs left; its own indexes (in use by it) stay.
+    other = tmp_path / "other"
+    shutil.copytree(SAMPLES, other)
+    left = set(_indexes(idx))
+    proc = _index(other, idx, "-o", "index_max=1")
+    assert proc.returncode == 0, proc.stderr
+    now = set(_indexes(idx))
+    assert not (left & now) and now, (left, now)
+
+
+def test_an_index_in_use_is_never_evicted(tmp_path):
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    a, b = idx / "codec-x-a.idx", idx / "codec-x-b.idx"
+    a.write_bytes(b"a" * 1000)
+    b.write_bytes(b"b" * 1000)
+    os.utime(a, ns=(1, 1))
+    indexprune.mark_in_use(str(a))
+    assert indexprune.evict(str(idx), 10, keep=str(b)) == []
+    assert a.exists() and b.exists()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_long_pass_logs_start_progress_and_end(caplog):
+    clock = _Clock()
+    caplog.set_level(logging.INFO, logger="imagefs.progress")
+    p = _LogProgress(100_000_000, "indexing big.gz", clock=clock)
+    clock.now += 0.5
+    p.update(10_000_000)
+    assert not caplog.records                       # under a second: nothing
+    clock.now += 1.0
+    p.update(10_000_000)
+    clock.now += 5.0
+    p.update(30_000_000)
+    p.close()
+    text = [r.getMessage() for r in caplog.records]
+    assert text[0] == "indexing big.gz: started, 100 MB to read"
+    assert text[1].startswith("indexing big.gz: 50% (") and "s left)" in text[1]
+    assert text[2].startswith("indexing big.gz: done in 6.5 s")
+
+
+def test_a_short_pass_logs_nothing(caplog):
+    clock = _Clock()
+    caplog.set_level(logging.INFO, logger="imagefs.progress")
+    p = _LogProgress(1000, "indexing small.gz", clock=clock)
+    clock.now += 0.2
+    p.update(1000)
+    p.close()
+    assert not caplog.records
+
+
+def test_the_log_setup_lets_progress_through_at_the_default_level():
+    from imagefs.cli.logsetup import setup
+    setup(logging.WARNING, foreground=True)
+    assert logging.getLogger("imagefs.progress").isEnabledFor(logging.INFO)
+    setup(logging.ERROR, foreground=True)             # -q
+    assert not logging.getLogger("imagefs.progress").isEnabledFor(logging.INFO)
