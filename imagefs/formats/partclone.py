@@ -25,6 +25,7 @@ from imagefs.errors import (
 from imagefs.formats.base import BitmapImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
 from imagefs.formats.checksums import pc_crc32, pc_crc32_v1_block, xxhash_module
+from imagefs.formats.groupsums import PartcloneCrc, PartcloneV1Crc, PartcloneXxh
 from imagefs.formats.layout import GroupedLayout
 from imagefs.io.source import ByteSource
 from imagefs.services.indexstore import IndexStore
@@ -253,6 +254,12 @@ class PartcloneImage(BitmapImage):
             self.bitmap = RankedBitmap(b"\xff" * ((total + 7) // 8), total)
         self.layout = GroupedLayout(src, header.data_start, header.block_size,
                                     header.blocks_per_checksum, header.checksum_size)
+        mode = header.checksum_mode
+        if mode == CHECKSUM_CRC32:
+            self.attach_checker(PartcloneCrc(header.endian, header.reseed))
+        elif mode in (CHECKSUM_XXH64, CHECKSUM_XXH128):
+            self.attach_checker(PartcloneXxh(64 if mode == CHECKSUM_XXH64 else 128,
+                                             header.endian, header.reseed))
         self.check_length()
 
     def check_length(self) -> None:
@@ -407,6 +414,7 @@ class PartcloneV1Image(BitmapImage):
             header.add_note(f"the header says {header.used_blocks} used blocks; the "
                             f"bitmap holds {used}")
         self.layout = GroupedLayout(src, header.data_start, bs, 1, header.crc_size)
+        self.attach_checker(PartcloneV1Crc(bs), label="stored block")
         self.check_length()
 
     def check_length(self) -> None:
