@@ -58,6 +58,10 @@ class SourceError(ImageError):
     """A piece is missing, unreadable or the piece set is incomplete."""
 
 
+class SourceChangedError(SourceError):
+    """A backing file changed (size, mtime or inode) after it was opened."""
+
+
 class UnsupportedError(ImageError):
     """A recognised format or variant that imagefs cannot serve (yet)."""
 
