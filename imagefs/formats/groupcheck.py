@@ -161,7 +161,7 @@ class GroupChecker:
             for g in todo:
                 error = self._bad.get(g)
                 if error is not None:
-                    raise error
+                    raise _copy(error)
         return todo
 
     # ------------------------------------------------------------ reads
@@ -247,7 +247,7 @@ class GroupChecker:
             self._mark(good)
         if bad:
             errors = [self._fail(g) for g in bad]
-            raise errors[0]
+            raise _copy(errors[0])
 
     def _advance(self, target: int) -> None:
         """Hash a running digest forward, in order, until ``target`` is checked."""
@@ -285,7 +285,13 @@ class GroupChecker:
                         self._mark(good)
                         self._frontier = g + 1
                         self._broken_at = g
-                        raise self._fail(g)
+                        raise _copy(self._fail(g))
                     good.append(g)
                 self._mark(good)
                 self._frontier = first + count
+
+
+def _copy(error: ChecksumError) -> ChecksumError:
+    """A fresh instance to raise: re-raising one instance grows its traceback."""
+    return ChecksumError(error.path, error.problem, error.hint,
+                         image_offset=error.image_offset, block=error.block)

@@ -44,6 +44,9 @@ MAX_BLOCK_SIZE = 64 << 20       # partclone's own limit
 #: Refuse bitmaps that would not fit a sane amount of memory (2**40 blocks =
 #: 128 GiB of bitmap: no real file system comes near; a corrupt count does).
 MAX_TOTAL_BLOCKS = 1 << 40
+#: 1 EiB: no partition comes near; a size of 2**63 or more cannot even be a
+#: file size (st_size is signed), so a header claiming it is damaged.
+MAX_DEVICE = 1 << 60
 
 _SCAN = 4 << 20                  # verify reads in chunks of about this size
 
@@ -148,6 +151,9 @@ class PartcloneV2Header(ImageHeader):
                               CORRUPT_HINT)
         if total > MAX_TOTAL_BLOCKS:
             raise FormatError(name, f"partclone block count {total} is absurd", CORRUPT_HINT)
+        if device_size > MAX_DEVICE:
+            raise FormatError(name, f"partclone device size {device_size} is absurd",
+                              CORRUPT_HINT)
         if used > total:
             raise FormatError(name, f"partclone header claims {used} used of {total} "
                               "blocks", CORRUPT_HINT)
@@ -363,6 +369,9 @@ class PartcloneV1Header(ImageHeader):
                               CORRUPT_HINT)
         if total > MAX_TOTAL_BLOCKS // 8:
             raise FormatError(name, f"partclone block count {total} is absurd", CORRUPT_HINT)
+        if device_size > MAX_DEVICE:
+            raise FormatError(name, f"partclone device size {device_size} is absurd",
+                              CORRUPT_HINT)
         if total * block_size > device_size:
             raise FormatError(name, f"{total} blocks of {block_size} bytes exceed the "
                               f"device size {device_size}", CORRUPT_HINT)
