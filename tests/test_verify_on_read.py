@@ -19,7 +19,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from imagefs.blockio import VirtualPartition
 from imagefs.errors import ChecksumError
 from imagefs.formats import probe

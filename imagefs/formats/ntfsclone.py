@@ -413,7 +413,7 @@ class NtfscloneImage(BlockImage):
     def _run_holding(self, idx: int, c: int) -> tuple[int, int, int]:
         """(first cluster, count, record offset) of run ``idx``, which must hold cluster ``c``."""
         r = self.runs
-        if idx < 0 or c >= r.firsts[idx] + r.counts[idx]:
+        if not 0 <= idx < len(r.firsts) or c >= r.firsts[idx] + r.counts[idx]:
             if c >= r.known_clusters:
                 raise TruncatedError(self.header.source.name, f"cluster {c} lies past the end "
                                      "of the truncated record stream", TRUNCATED_HINT)
