@@ -278,3 +278,36 @@ def test_threads_never_see_wrong_bytes(factory, tmp_path):
         t.join()
     assert not errors and not wrong
     assert image.layout.checker is not None and image.layout.checker.damaged == len(bad)
+
+
+# ------------------------------------------------------------------ the setting
+
+def test_verify_setting_from_yaml_and_options():
+    from imagefs.config import apply_overrides, settings_from_dict
+    from imagefs.errors import ConfigError
+    assert settings_from_dict({}).verify is True
+    assert settings_from_dict({"verify": False}).verify is False
+    assert settings_from_dict({"mount": {"verify": "off"}}).verify is False
+    assert apply_overrides(settings_from_dict({}), {"verify": "off"}).verify is False
+    assert apply_overrides(settings_from_dict({"verify": False}), {"verify": "on"}).verify
+    with pytest.raises(ConfigError, match="verify"):
+        settings_from_dict({"verify": True, "mount": {"verify": False}})
+    with pytest.raises(ConfigError, match="verify"):
+        settings_from_dict({"mount": {"verify": "maybe"}})
+
+
+def test_the_catalog_applies_the_setting(factory, tmp_path):
+    from imagefs.catalog import Catalog
+    from imagefs.config import Settings
+    img = factory.partclone("ext4")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.img").write_bytes(img.path.read_bytes())
+    for verify in (True, False):
+        catalog = Catalog(Settings(verify=verify, index_dir=str(tmp_path / "idx")), str(src))
+        try:
+            entry = next(e for e in (getattr(n, "entry", None) for n in catalog.walk()) if e)
+            checker = entry.partition().image.layout.checker
+            assert checker is not None and checker.enabled is verify
+        finally:
+            catalog.close()
