@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from imagefs.errors import ImageError, NotAnImageError
+from imagefs.errors import FormatError, NotAnImageError, TruncatedError
 from imagefs.formats.base import BlockImage, ImageHeader
 from imagefs.io.source import ByteSource
 
@@ -65,14 +65,15 @@ def probe(source: ByteSource, volumes: Sequence[ByteSource] | None = None) -> Im
     """
     try:
         head = source.read_at(0, PROBE_BYTES)
-    except (ImageError, OSError) as exc:
+    except (TruncatedError, FormatError) as exc:
+        # Only data problems: a missing codec library (UnsupportedError) or
+        # an unreadable file (SourceError) stay what they are.
         if _decompressed(source):
             # The first bytes cannot even be decompressed: nothing shows an
             # image magic, so this is not an image (a cut-short log.gz, a
             # tar.gz cut into pieces), whatever the codec found wrong.
-            problem = exc.problem if isinstance(exc, ImageError) else str(exc)
             raise NotAnImageError(source.name, "not a partclone, ntfsclone or partimage "
-                                  f"image (its content cannot be decompressed: {problem})",
+                                  f"image (its content cannot be decompressed: {exc.problem})",
                                   "check that this is the file you meant") from None
         raise
     entry = detect(head)
