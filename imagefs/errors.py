@@ -8,6 +8,12 @@ to errno values.  Nothing below the CLI prints tracebacks to users.
 
 from __future__ import annotations
 
+import re
+
+#: Line breaks (and the indentation around them) inside a message: a library's
+#: multi-line text embedded in a problem must not break the one-line rule.
+_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+
 
 class ImageError(Exception):
     """A backup image (or one of its pieces) cannot be read as claimed.
@@ -18,8 +24,8 @@ class ImageError(Exception):
 
     def __init__(self, path: str, problem: str, hint: str = "") -> None:
         self.path = str(path)
-        self.problem = problem
-        self.hint = hint
+        self.problem = _BREAKS.sub(" ", problem).strip()
+        self.hint = _BREAKS.sub(" ", hint).strip()
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
@@ -56,6 +62,10 @@ class ChecksumError(ImageError):
 
 class SourceError(ImageError):
     """A piece is missing, unreadable or the piece set is incomplete."""
+
+
+class SourceChangedError(SourceError):
+    """A backing file changed (size, mtime or inode) after it was opened."""
 
 
 class UnsupportedError(ImageError):

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from imagefs.errors import SourceError, TruncatedError
+from imagefs.errors import SourceChangedError, SourceError, TruncatedError
 from imagefs.io import ConcatSource, FdPool, FileSource, MemorySource, SliceSource
 from imagefs.io.pieces import collect_piece_set, next_auto_suffix, next_fixed_suffix
 from imagefs.blockio.opener import open_path
@@ -36,13 +36,15 @@ def test_file_source_reads_without_a_shared_cursor(tmp_path):
     assert src.read_at(len(data), 10) == b""
 
 
-def test_file_that_shrinks_is_truncation(tmp_path):
+def test_file_that_shrinks_has_changed(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"x" * 10_000)
     src = FileSource(p)
     os.truncate(p, 5000)
-    with pytest.raises(TruncatedError):
+    with pytest.raises(SourceChangedError, match="changed since mounted: size 10000 -> 5000"):
         src.read_at(4000, 3000)
+    with pytest.raises(SourceChangedError):          # and stays so
+        src.read_at(0, 10)
 
 
 def test_fd_pool_stays_bounded(tmp_path):
@@ -131,7 +133,7 @@ def test_read_into_past_the_end_raises_and_never_half_fills_silently(tmp_path):
     with pytest.raises(TruncatedError):
         src.read_into(9_000, [memoryview(bytearray(2_000))])
     os.truncate(tmp_path / "f", 5_000)                      # shrank after opening
-    with pytest.raises(TruncatedError):
+    with pytest.raises(SourceChangedError):
         src.read_into(4_000, [memoryview(bytearray(3_000))])
     with pytest.raises(TruncatedError):
         read_into(MemorySource(b"z" * 10), 5, [memoryview(bytearray(6))])

@@ -418,6 +418,13 @@ def test_truncated_data_area_raises_on_read_and_verify():
     assert image.truncated
     stored = [k for k in range(400) if image.bitmap.is_set(k)]
     vp = VirtualPartition(image)
+    # Verify on read: the chunk the cut falls in cannot be checked, so none of
+    # it is served; the complete chunk before it is.
+    assert vp.read(stored[10] * 1024, 1024) == part[stored[10] * 1024:stored[10] * 1024 + 1024]
+    with pytest.raises(TruncatedError, match="cut.img"):
+        vp.read(stored[99] * 1024, 1024)
+    # Unchecked (-o verify=off), every byte that survives is served.
+    image.set_verify(False)
     assert vp.read(stored[99] * 1024, 1024) == part[stored[99] * 1024:stored[100] * 1024]
     # The 10 bytes of block 101 that survive are served; the next one is not.
     first = stored[100] * 1024

@@ -28,7 +28,7 @@ from imagefs.formats.base import ImageHeader
 from imagefs.formats.partimage import VOLUME_HEADER
 from imagefs.formats.raw import probe_raw, raw_name
 from imagefs.io.fdpool import FdPool
-from imagefs.io.pieces import SINGLE, VOLUMES, resolve
+from imagefs.io.pieces import SINGLE, SPLIT, VOLUMES, resolve, split_size_problem
 from imagefs.io.source import ByteSource, ConcatSource, FileSource, SliceSource
 from imagefs.services.cache import BlockCache
 from imagefs.services.indexstore import IndexStore
@@ -51,6 +51,8 @@ class StreamInfo:
     pieces: list[str] = field(default_factory=list)
     piece_kind: str = SINGLE              # SINGLE, SPLIT or VOLUMES (imagefs.io.pieces)
     codec: str | None = None              # compression, None if plain
+    #: Problems of the storage itself (a piece of the wrong size), one sentence each.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +105,12 @@ def open_pieces(pieces: list[str], kind: str, ctx: OpenContext | None = None,
         stream: ByteSource = parts[0] if len(parts) == 1 else ConcatSource(parts, name=pieces[0])
         return OpenedStream(stream, info, volumes)
     raw: ByteSource = files[0] if len(files) == 1 else ConcatSource(files, name=pieces[0])
+    if kind == SPLIT:
+        problem = split_size_problem(info.pieces, [f.size for f in files])
+        if problem is not None:
+            # Serve the sound part only: past it every byte sits at the wrong offset.
+            raw = SliceSource(raw, 0, problem.consistent, name=pieces[0])
+            info.notes.append(problem.text)
     stream = decompress(raw, ctx)
     info.codec = getattr(stream, "codec", None)
     return OpenedStream(stream, info)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 from imagefs.blockio.opener import OpenedStream, StreamInfo, open_pieces
 from imagefs.blockio.partition import VirtualPartition
 from imagefs.catalog.infotext import render_info
-from imagefs.errors import ImageError, SourceError
+from imagefs.errors import ChecksumError, ImageError, SourceChangedError, SourceError
 from imagefs.formats.base import ImageHeader
 from imagefs.io.source import ByteSource
 
@@ -76,10 +76,18 @@ class ImageEntry:
         self.header = opened.probe()
         if self.missing is not None:
             self.fail(self.missing)
+        for note in self.stream_info.notes:      # e.g. a piece of the wrong size
+            log.warning("%s: %s", self.pieces[0], note)
 
-    def fail(self, exc: BaseException, *, fatal: bool = True) -> None:
-        """Remember a problem; it is logged once, here, not on every read."""
+    def fail(self, exc: BaseException, *, fatal: bool = True, logged: bool = False) -> None:
+        """Remember a problem; it is logged once, here, not on every read.
+
+        ``logged``: the layer that raised it has logged it already (a bad
+        checksum group is logged by its checker, once per group).
+        """
         text = exc.problem if isinstance(exc, ImageError) else str(exc)
+        if isinstance(exc, SourceError) and exc.path != self.pieces[0]:
+            text = f"{exc.path}: {text}"         # name the piece concerned
         if isinstance(exc, ImageError) and exc.hint:
             text += f"; {exc.hint}"
         with self._lock:
@@ -89,7 +97,7 @@ class ImageEntry:
             else:
                 first = self.read_error is None
                 self.read_error = text
-        if first:
+        if first and not logged:
             log.error("%s: %s", self.pieces[0], text)
 
     # -------------------------------------------------------------- reading
@@ -103,19 +111,20 @@ class ImageEntry:
         Raises ImageError when the image is (or turns out to be) broken.
         """
         part = self._partition
-        if part is not None:
+        if part is not None and self.error is None:
             return part
         with self._open_lock:
             with self._lock:
                 part = self._partition
                 error = self.error
-            if part is not None:
+            if part is not None and error is None:
                 return part
             if error is not None or self.header is None:
                 raise SourceError(self.pieces[0], error or "image is not readable")
             header = self.header
             try:
                 image = header.open(self.catalog.ctx.index_store)
+                image.set_verify(self.catalog.settings.verify)
                 part = VirtualPartition(image, self.catalog.cache)
             except ImageError as exc:
                 self.fail(exc)
@@ -141,9 +150,14 @@ class ImageEntry:
         """Run a read; its first ImageError marks the image damaged (logged once)."""
         try:
             return read(self.partition())
+        except SourceChangedError as exc:
+            # The backup changed under the mount: nothing more is read from it.
+            if self.error is None:
+                self.fail(exc)
+            raise
         except ImageError as exc:
             if self.error is None:
-                self.fail(exc, fatal=False)
+                self.fail(exc, fatal=False, logged=isinstance(exc, ChecksumError))
             raise
 
     # ----------------------------------------------------------- describing

@@ -128,6 +128,8 @@ def render_info(header: ImageHeader | None, stream: StreamInfo | None, *,
             lines.append(_line("source", f"{len(pieces)} pieces ({stream.piece_kind}), "
                                f"{pieces[0]} .. {os.path.basename(pieces[-1])}"))
         lines.append(_line("compression", stream.codec or "none"))
+        for note in stream.notes:
+            lines.append(_line("pieces", note))
         if stream.codec:
             lines.append(_line("index", index_state or "not built yet (built on first read)"))
     if error:

@@ -50,10 +50,11 @@ def _mapping(value: object, where: str, allowed: dict[str, str]) -> dict[str, An
 
 _TOP = {"sources": "list", "cache_size": "size", "index_dir": "path", "index_max": "size",
         "mount": "mapping",
-        "codecs": "mapping", "logging": "mapping", "max_open_files": "number"}
+        "codecs": "mapping", "logging": "mapping", "max_open_files": "number",
+        "verify": "bool"}
 _SOURCE = {"path": "path", "name": "text", "include": "globs", "exclude": "globs"}
 _MOUNT = {"allow_other": "bool", "uid": "number", "gid": "number", "umask": "octal",
-          "files": "bool"}
+          "files": "bool", "verify": "bool"}
 _CODECS = {"threads": "number"}
 _LOGGING = {"level": "text", "file": "path"}
 
@@ -107,6 +108,11 @@ def settings_from_dict(data: object, origin: str = "<config>",
                 setattr(settings, key, parse_int(mount[key], f"mount.{key}"))
         if "umask" in mount:
             settings.umask = parse_umask(mount["umask"], "mount.umask")
+        if "verify" in top and "verify" in mount:
+            raise ConfigError("verify: given both at the top level and under mount; keep one")
+        for where, section in (("verify", top), ("mount.verify", mount)):
+            if "verify" in section:
+                settings.verify = parse_bool(section["verify"], where)
         codecs = _mapping(top.get("codecs"), "codecs", _CODECS)
         if "threads" in codecs:
             settings.codec_threads = parse_int(codecs["threads"], "codecs.threads")
@@ -162,6 +168,7 @@ _OVERRIDES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "codec_threads": ("codec_threads", lambda v, w: parse_int(v, w)),
     "max_open_files": ("max_open_files", lambda v, w: parse_int(v, w, 16)),
     "files": ("files", lambda v, w: True if v == "" else parse_bool(v, w)),
+    "verify": ("verify", lambda v, w: True if v == "" else parse_bool(v, w)),
 }
 
 

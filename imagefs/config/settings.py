@@ -47,6 +47,8 @@ class Settings:
     codec_threads: int = 0                  # 0: let each codec choose
     files: bool = True                      # VNAME.files/ views (-o nofiles turns them off)
     max_open_files: int | None = None       # descriptor pool bound; None: from RLIMIT_NOFILE
+    #: Check each checksum group of an image on its first read (EIO if bad).
+    verify: bool = True
     log_level: str = "warning"
     log_file: str | None = None             # background logging target; None: syslog
     config_path: str | None = None          # where these settings came from

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from imagefs.errors import NotAnImageError
+from imagefs.errors import FormatError, NotAnImageError, TruncatedError
 from imagefs.formats.base import BlockImage, ImageHeader
 from imagefs.io.source import ByteSource
 
@@ -63,7 +63,19 @@ def probe(source: ByteSource, volumes: Sequence[ByteSource] | None = None) -> Im
     ``volumes`` are given when the opener built ``source`` from partimage
     volumes stored separately (each volume whole, its header included).
     """
-    head = source.read_at(0, PROBE_BYTES)
+    try:
+        head = source.read_at(0, PROBE_BYTES)
+    except (TruncatedError, FormatError) as exc:
+        # Only data problems: a missing codec library (UnsupportedError) or
+        # an unreadable file (SourceError) stay what they are.
+        if _decompressed(source):
+            # The first bytes cannot even be decompressed: nothing shows an
+            # image magic, so this is not an image (a cut-short log.gz, a
+            # tar.gz cut into pieces), whatever the codec found wrong.
+            raise NotAnImageError(source.name, "not a partclone, ntfsclone or partimage "
+                                  f"image (its content cannot be decompressed: {exc.problem})",
+                                  "check that this is the file you meant") from None
+        raise
     entry = detect(head)
     if entry is None:
         if not head:
@@ -72,6 +84,11 @@ def probe(source: ByteSource, volumes: Sequence[ByteSource] | None = None) -> Im
         raise NotAnImageError(source.name, "not a partclone, ntfsclone or partimage image",
                               "check that this is the file you meant")
     return entry.parse(source, volumes)
+
+
+def _decompressed(source: ByteSource) -> bool:
+    """Whether ``source`` is a decompressed stream (it names its codec)."""
+    return getattr(source, "codec", None) is not None
 
 
 __all__ = ["BlockImage", "ImageHeader", "FormatEntry", "detect", "probe", "registry"]

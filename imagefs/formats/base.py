@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from imagefs.formats.groupcheck import GroupChecker
+from imagefs.formats.groupsums import GroupSum
 from imagefs.io.source import ByteSource
 from imagefs.services.indexstore import IndexStore
 
@@ -141,6 +143,9 @@ class BlockImage(ABC):
     def verify(self, progress: Progress | None = None) -> None:
         """Check every checksum; raise ChecksumError naming the first bad place."""
 
+    def set_verify(self, enabled: bool) -> None:  # noqa: B027 - optional, no-op by default
+        """Turn verify on read on or off (formats without checksums ignore it)."""
+
     def stats(self) -> dict[str, object]:
         """Numbers for ``.info`` once the map is built (may be empty)."""
         return {}
@@ -162,6 +167,45 @@ class BitmapImage(BlockImage):
     @property
     def stored_blocks(self) -> int:
         return self.bitmap.count
+
+    # -- verify on read (imagefs.formats.groupcheck) ---------------------------
+    def attach_checker(self, algo: GroupSum, label: str = "block group",
+                       last_has_record: bool = True) -> None:
+        """Check the layout's groups with ``algo`` on their first read (on by default)."""
+        layout = self.layout
+        data_bytes = self.bitmap.count * self.block_size
+        if not layout.group or not data_bytes:
+            return
+        layout.checker = GroupChecker(layout, data_bytes, algo,
+                                      lambda g: self.describe_group(g, label),
+                                      self._on_damage, last_has_record)
+
+    def set_verify(self, enabled: bool) -> None:
+        if self.layout.checker is not None:
+            self.layout.checker.enabled = enabled
+
+    def describe_group(self, group: int, label: str) -> str:
+        """A checksum group for messages: its partition byte range and image offset."""
+        layout = self.layout
+        checker = layout.checker
+        assert checker is not None
+        bs = self.block_size
+        first = group * checker.group_bytes
+        last = min(first + checker.group_bytes, checker.data_bytes) - 1
+        a = self.bitmap.select(first // bs) * bs + first % bs
+        b = self.bitmap.select(last // bs) * bs + last % bs
+        return (f"{label} {group} (partition bytes {a}-{b}, "
+                f"{self.image_place(layout.data_start + group * layout.stride)})")
+
+    def image_place(self, offset: int) -> str:
+        """Name an offset of the image stream in messages."""
+        return f"image byte {offset}"
+
+    def _on_damage(self, summary: str, note: str) -> None:
+        """A checksum group turned out bad: the image is readable only in part."""
+        self.header.damage = summary
+        if note:
+            self.header.add_note(note)
 
     def extents(self, first: int, count: int) -> list[tuple[int, int, bool]]:
         return self.bitmap.extents(first, count)

@@ -10,19 +10,27 @@ shape shifted by one byte).  All are: the ``r``-th stored block is at
 so a run of consecutive stored blocks is one contiguous byte range of the
 source, read with one ``read_at`` and then stripped of the trailers, or
 scattered with one ``read_into`` whose trailer iovecs land in scratch space.
+
+When the trailers are checksums, a :class:`~imagefs.formats.groupcheck.GroupChecker`
+(``checker``) checks each group on its first read (verify on read).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imagefs.errors import TRUNCATED_HINT, TruncatedError
 from imagefs.io.source import ByteSource, read_into
+
+if TYPE_CHECKING:
+    from imagefs.formats.groupcheck import GroupChecker
 
 
 class GroupedLayout:
     """Maps stored-block ranks to source offsets and reads runs of them."""
 
     __slots__ = ("source", "data_start", "block_size", "group", "trailer", "_stride",
-                 "_scratch")
+                 "_scratch", "checker")
 
     def __init__(self, source: ByteSource, data_start: int, block_size: int,
                  group: int = 0, trailer: int = 0) -> None:
@@ -36,6 +44,29 @@ class GroupedLayout:
         # Where read_into drops the trailers.  Shared by all threads: the
         # bytes written there are never read.
         self._scratch = memoryview(bytearray(self.trailer))
+        #: Checks the trailers' checksums on first read (None: no checks).
+        self.checker: GroupChecker | None = None
+
+    @property
+    def stride(self) -> int:
+        """Source bytes of one whole group: its data and its trailer."""
+        return self._stride
+
+    def data_offset(self, pos: int) -> int:
+        """Source offset of data byte ``pos`` (``rank * block_size + offset in the block``)."""
+        if not self.group:
+            return self.data_start + pos
+        group, within = divmod(pos, self.group * self.block_size)
+        return self.data_start + group * self._stride + within
+
+    def read_raw(self, start: int, length: int) -> bytes:
+        """``length`` source bytes at ``start`` (data and trailers); TruncatedError if short."""
+        raw = self.source.read_at(start, length)
+        if len(raw) < length:
+            raise TruncatedError(self.source.name, f"data area ends at byte "
+                                 f"{start + len(raw)}, before byte {start + length}",
+                                 TRUNCATED_HINT)
+        return raw
 
     def offset(self, rank: int) -> int:
         """Source offset of the stored block of rank ``rank``."""
@@ -46,6 +77,11 @@ class GroupedLayout:
     def read_ranks(self, rank: int, count: int) -> bytes:
         """Data of stored blocks ``rank .. rank + count - 1``, trailers removed."""
         bs = self.block_size
+        checker = self.checker
+        if checker is not None and checker.enabled and not checker.complete and count > 0:
+            buf = bytearray(count * bs)
+            self.read_into(rank * bs, memoryview(buf))
+            return bytes(buf)
         start = self.offset(rank)
         length = self.offset(rank + count - 1) + bs - start
         raw = self.source.read_at(start, length)
@@ -84,6 +120,10 @@ class GroupedLayout:
         if not self.group:
             read_into(self.source, self.data_start + pos, (dest,))
             return
+        checker = self.checker
+        if (checker is not None and checker.enabled and not checker.complete and n
+                and checker.read_into(pos, dest)):
+            return                              # read and checked by the checker
         group_bytes = self.group * self.block_size
         group, within = divmod(pos, group_bytes)
         start = self.data_start + group * self._stride + within

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import logging
 import struct
-import sys
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
-from operator import lt
 from typing import Literal
 
 from imagefs.errors import (
@@ -32,6 +30,7 @@ from imagefs.errors import (
 )
 from imagefs.formats.base import BlockImage, ImageHeader, Progress
 from imagefs.formats.layout import GroupedLayout
+from imagefs.formats.ntfsruns import INDEX_HEAD, RunList
 from imagefs.io.source import ByteSource
 from imagefs.services.indexstore import IndexStore, PersistedIndex
 from imagefs.services.progress import progress_bar
@@ -53,8 +52,7 @@ MAX_HEADER_OFFSET = 1 << 20                 # future headers may grow, not by me
 SCAN_CHUNK = 4 << 20
 
 INDEX_KIND = "ntfsclone"
-_INDEX_MAGIC = b"NCRUNS\x00\x01"
-_INDEX_HEAD = struct.Struct("<8sIQqQQQ")    # magic, cs, device, nr, runs, stored, end
+_INDEX_HEAD = INDEX_HEAD          # the persisted run list's header (tests craft bad ones)
 
 #: How many full stream walks this process did (tests check that a second
 #: open loads the persisted index instead of walking again).
@@ -137,6 +135,10 @@ class NtfscloneHeader(ImageHeader):
         if inuse > nr + 1:
             raise FormatError(name, f"ntfsclone header claims {inuse} clusters in use of "
                               f"{nr}", CORRUPT_HINT)
+        size = source.cheap_size()
+        if size is not None and size < data_start:
+            raise TruncatedError(name, f"ntfsclone header is truncated ({size} of "
+                                 f"{data_start} bytes)", TRUNCATED_HINT)
         header = cls(source=source, format_name="ntfsclone", format_version=f"{major}.{minor}",
                      fs_type="NTFS", device_size=device, block_size=cs,
                      total_blocks=-(-device // cs), used_blocks=inuse,
@@ -168,61 +170,6 @@ class NtfscloneHeader(ImageHeader):
 
 
 # --------------------------------------------------------------------------- walk
-
-@dataclass
-class RunList:
-    """Where the stored clusters are: maximal runs of NEXT records."""
-
-    firsts: array          # first cluster of each run ('q')
-    counts: array          # clusters in each run ('q')
-    offsets: array         # stream offset of the run's first NEXT byte ('q')
-    stored: int            # NEXT records in total
-    end: int               # stream offset after the last complete record
-    known_clusters: int    # clusters whose state the walk established
-    truncated: bool        # the stream ended before the last record
-
-    def to_bytes(self, h: NtfscloneHeader) -> bytes:
-        arrays = [self.firsts, self.counts, self.offsets]
-        if sys.byteorder != "little":
-            arrays = [array("q", a) for a in arrays]
-            for a in arrays:
-                a.byteswap()
-        head = _INDEX_HEAD.pack(_INDEX_MAGIC, h.block_size, h.device_size, h.nr_clusters,
-                                len(self.firsts), self.stored, self.end)
-        return head + b"".join(a.tobytes() for a in arrays)
-
-    @classmethod
-    def from_bytes(cls, payload: bytes, h: NtfscloneHeader,
-                   source_size: int | None) -> RunList:
-        """Parse and sanity-check a persisted run list (ValueError if unusable)."""
-        magic, cs, device, nr, nruns, stored, end = _INDEX_HEAD.unpack_from(payload)
-        if magic != _INDEX_MAGIC or (cs, device, nr) != (h.block_size, h.device_size,
-                                                          h.nr_clusters):
-            raise ValueError("index belongs to another header")
-        if len(payload) != _INDEX_HEAD.size + 24 * nruns or (
-                source_size is not None and end > source_size):
-            raise ValueError("index has the wrong length")
-        arrays = []
-        for i in range(3):
-            a = array("q")
-            start = _INDEX_HEAD.size + 8 * nruns * i
-            a.frombytes(payload[start:start + 8 * nruns])
-            if sys.byteorder != "little":
-                a.byteswap()
-            arrays.append(a)
-        firsts, counts, offsets = arrays
-        # Bounds and order, checked with C-level iteration (builtins and map
-        # over the arrays): a run list of a million runs loads in ~0.2 s.
-        # The container's CRC already rules out damage; this rules out an
-        # index from a buggy or foreign writer.
-        if nruns and (min(counts) <= 0 or sum(counts) != stored or firsts[0] < 0
-                      or offsets[0] < h.data_start
-                      or firsts[-1] + counts[-1] > -(-device // cs)):
-            raise ValueError("index run counts or bounds are inconsistent")
-        if not (all(map(lt, firsts, firsts[1:])) and all(map(lt, offsets, offsets[1:]))):
-            raise ValueError("index runs are not in order")
-        return cls(firsts, counts, offsets, stored, end, -(-device // cs), False)
-
 
 def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunList:
     """Walk the record stream once and return its run list.
@@ -319,7 +266,7 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
         counts.append(pos - run_first)
         offsets.append(run_off)
     truncated = False
-    if off > size:
+    if off > size and run_first >= 0 and counts:
         # A run of NEXT records was counted past EOF: its last record's data
         # is cut off (every earlier record ends where a later command byte
         # was seen), so drop that one record.
@@ -329,6 +276,10 @@ def walk_records(h: NtfscloneHeader, progress: Progress | None = None) -> RunLis
         counts[-1] -= 1
         if counts[-1] == 0:
             del firsts[-1], counts[-1], offsets[-1]
+    elif off > size:
+        # The records start past the end of the file: nothing is stored.
+        truncated = True
+        off = size
     elif pos <= last and not (off == size and pos == nr):
         # EOF exactly at cluster nr is legal: version 10.0 saved no record
         # for the backup boot sector.
@@ -462,7 +413,7 @@ class NtfscloneImage(BlockImage):
     def _run_holding(self, idx: int, c: int) -> tuple[int, int, int]:
         """(first cluster, count, record offset) of run ``idx``, which must hold cluster ``c``."""
         r = self.runs
-        if idx < 0 or c >= r.firsts[idx] + r.counts[idx]:
+        if not 0 <= idx < len(r.firsts) or c >= r.firsts[idx] + r.counts[idx]:
             if c >= r.known_clusters:
                 raise TruncatedError(self.header.source.name, f"cluster {c} lies past the end "
                                      "of the truncated record stream", TRUNCATED_HINT)

@@ -25,6 +25,7 @@ from imagefs.errors import (
 from imagefs.formats.base import BitmapImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
 from imagefs.formats.checksums import pc_crc32, pc_crc32_v1_block, xxhash_module
+from imagefs.formats.groupsums import PartcloneCrc, PartcloneV1Crc, PartcloneXxh
 from imagefs.formats.layout import GroupedLayout
 from imagefs.io.source import ByteSource
 from imagefs.services.indexstore import IndexStore
@@ -43,6 +44,9 @@ MAX_BLOCK_SIZE = 64 << 20       # partclone's own limit
 #: Refuse bitmaps that would not fit a sane amount of memory (2**40 blocks =
 #: 128 GiB of bitmap: no real file system comes near; a corrupt count does).
 MAX_TOTAL_BLOCKS = 1 << 40
+#: 1 EiB: no partition comes near; a size of 2**63 or more cannot even be a
+#: file size (st_size is signed), so a header claiming it is damaged.
+MAX_DEVICE = 1 << 60
 
 _SCAN = 4 << 20                  # verify reads in chunks of about this size
 
@@ -147,6 +151,9 @@ class PartcloneV2Header(ImageHeader):
                               CORRUPT_HINT)
         if total > MAX_TOTAL_BLOCKS:
             raise FormatError(name, f"partclone block count {total} is absurd", CORRUPT_HINT)
+        if device_size > MAX_DEVICE:
+            raise FormatError(name, f"partclone device size {device_size} is absurd",
+                              CORRUPT_HINT)
         if used > total:
             raise FormatError(name, f"partclone header claims {used} used of {total} "
                               "blocks", CORRUPT_HINT)
@@ -253,6 +260,12 @@ class PartcloneImage(BitmapImage):
             self.bitmap = RankedBitmap(b"\xff" * ((total + 7) // 8), total)
         self.layout = GroupedLayout(src, header.data_start, header.block_size,
                                     header.blocks_per_checksum, header.checksum_size)
+        mode = header.checksum_mode
+        if mode == CHECKSUM_CRC32:
+            self.attach_checker(PartcloneCrc(header.endian, header.reseed))
+        elif mode in (CHECKSUM_XXH64, CHECKSUM_XXH128):
+            self.attach_checker(PartcloneXxh(64 if mode == CHECKSUM_XXH64 else 128,
+                                             header.endian, header.reseed))
         self.check_length()
 
     def check_length(self) -> None:
@@ -356,6 +369,9 @@ class PartcloneV1Header(ImageHeader):
                               CORRUPT_HINT)
         if total > MAX_TOTAL_BLOCKS // 8:
             raise FormatError(name, f"partclone block count {total} is absurd", CORRUPT_HINT)
+        if device_size > MAX_DEVICE:
+            raise FormatError(name, f"partclone device size {device_size} is absurd",
+                              CORRUPT_HINT)
         if total * block_size > device_size:
             raise FormatError(name, f"{total} blocks of {block_size} bytes exceed the "
                               f"device size {device_size}", CORRUPT_HINT)
@@ -407,6 +423,7 @@ class PartcloneV1Image(BitmapImage):
             header.add_note(f"the header says {header.used_blocks} used blocks; the "
                             f"bitmap holds {used}")
         self.layout = GroupedLayout(src, header.data_start, bs, 1, header.crc_size)
+        self.attach_checker(PartcloneV1Crc(bs), label="stored block")
         self.check_length()
 
     def check_length(self) -> None:

@@ -21,7 +21,6 @@ partition size from the main header.
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,7 +34,8 @@ from imagefs.errors import (
 )
 from imagefs.formats.base import BitmapImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
-from imagefs.formats.checksums import sum32_signed, sum64_unsigned
+from imagefs.formats.checksums import crc32, sum32_signed, sum64_unsigned
+from imagefs.formats.groupsums import PartimageChk
 from imagefs.formats.layout import GroupedLayout
 from imagefs.io.source import ByteSource
 from imagefs.services.indexstore import IndexStore
@@ -292,6 +292,8 @@ class PartimageImage(BitmapImage):
         # 16-byte CHK record after every 65536 of them.  It serves every
         # block size, also those that do not divide 64 KiB.
         self.layout = GroupedLayout(src, header.data_start, 1, CHK_DATA, CHK_SIZE)
+        # No CHK record follows a final partial chunk: its data cannot be checked.
+        self.attach_checker(PartimageChk(CHK_MAGIC), label="data chunk", last_has_record=False)
         self._check_volumes()
         self._length_checked = False
         #: The stream is shorter than its layout (known once its length is free to know).
@@ -359,6 +361,9 @@ class PartimageImage(BitmapImage):
         return TruncatedError(self.header.path, f"the data of partition blocks {first} to "
                               f"{last} lie past the end of the image", TRUNCATED_HINT)
 
+    def image_place(self, offset: int) -> str:
+        return self.where(offset)
+
     def _volume_count(self) -> int:
         """How many partimage volumes the stream is made of (1 for a single stream)."""
         return max(1, len(self.header.volumes))
@@ -411,7 +416,7 @@ class PartimageImage(BitmapImage):
             for g in range(full):
                 at = g * group
                 rec = mv[at + CHK_DATA:at + group]
-                if rec[:4] != CHK_MAGIC or zlib.crc32(mv[at:at + CHK_DATA]) != \
+                if rec[:4] != CHK_MAGIC or crc32(mv[at:at + CHK_DATA]) != \
                         struct.unpack_from("<I", rec, 4)[0]:
                     self._bad_chunk(chunk_no, done, pos + at, rec[:4] != CHK_MAGIC)
                 chunk_no += 1

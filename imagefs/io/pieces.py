@@ -235,3 +235,41 @@ def piece_sets(names: Iterable[str]) -> list[PieceSet]:
             if pset is not None:
                 out.append(pset)
     return out
+
+
+@dataclass
+class SizeProblem:
+    """A split set whose piece sizes break split's rule, and how much of it is sound."""
+
+    consistent: int            # stream bytes that are where they belong
+    text: str                  # one sentence for .info and the log
+
+
+def split_size_problem(paths: list[str], sizes: list[int]) -> SizeProblem | None:
+    """Check split's rule: every piece but the last has the same size.
+
+    The common size is the most frequent one among the pieces but the last
+    (the larger on a tie: a piece cut short is the likelier damage).  The
+    stream is sound up to the first piece that breaks the rule: to its end
+    when it is short (cut or emptied), to the common size when it is long;
+    every byte after that sits at the wrong offset.  A last piece of any
+    size, and swapped or duplicated pieces of the right size, cannot be
+    told from sizes: the image's length and checksums catch those.
+    """
+    if len(sizes) < 2:
+        return None
+    body = sizes[:-1]
+    counts: dict[int, int] = {}
+    for n in body:
+        counts[n] = counts.get(n, 0) + 1
+    common = max(counts, key=lambda n: (counts[n], n))
+    pos = 0
+    for i, n in enumerate(body):
+        if n != common:
+            keep = pos + min(n, common)
+            what = "is empty" if n == 0 else f"has {n} bytes"
+            return SizeProblem(keep, f"piece {os.path.basename(paths[i])} {what} where "
+                               f"the set's other pieces have {common} (only the last may "
+                               f"differ): the stream is read up to byte {keep} only")
+        pos += n
+    return None

@@ -25,8 +25,9 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from imagefs.errors import TRUNCATED_HINT, SourceError, TruncatedError
+from imagefs.errors import TRUNCATED_HINT, SourceChangedError, SourceError, TruncatedError
 from imagefs.io.fdpool import FdPool, default_fd_pool
+from imagefs.io.identity import CHANGED_HINT, Identity, describe_change, identity_of, not_a_file
 from imagefs.io.scatter import preadv_fully, read_into, split_views
 
 
@@ -59,8 +60,13 @@ class ByteSource(Protocol):
 class FileSource:
     """One regular file read with pread through a shared :class:`FdPool`.
 
-    The size is taken once at construction: backups are immutable, and a file
-    that shrinks afterwards shows up as a TruncatedError on read.
+    The size and identity (device, inode, size, mtime) are taken once at
+    construction: backups are immutable.  Every read then checks that the
+    path still names that same, unchanged file (:mod:`imagefs.io.identity`);
+    after a change every read raises SourceChangedError, so no read returns
+    bytes of the changed file or a mix of old and new bytes.  ``size``, when
+    given, is the size the caller saw (a directory listing): a file that no
+    longer has it has changed already.
     """
 
     def __init__(self, path: str | os.PathLike, pool: FdPool | None = None,
@@ -68,13 +74,41 @@ class FileSource:
         self.path = os.fspath(path)
         self.name = self.path
         self._pool = pool or default_fd_pool()
-        if size is None:
-            try:
-                size = os.stat(self.path).st_size
-            except OSError as exc:
-                raise SourceError(self.path, f"cannot read: {exc.strerror}",
-                                  "check that the file exists and is readable") from None
-        self._size = size
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise SourceError(self.path, f"cannot read: {exc.strerror}",
+                              "check that the file exists and is readable") from None
+        wrong = not_a_file(self.path, st)
+        if wrong is not None:
+            raise wrong
+        self._identity: Identity = identity_of(st)
+        self._changed: SourceChangedError | None = None
+        if size is not None and size != st.st_size:
+            self._changed = self._change_error(st)
+        self._size = st.st_size if size is None else size
+
+    def _change_error(self, st: os.stat_result | None) -> SourceChangedError:
+        return SourceChangedError(self.path, "changed since mounted: "
+                                  + describe_change(self._identity, st), CHANGED_HINT)
+
+    def _raise_changed(self) -> None:
+        known = self._changed
+        assert known is not None
+        # A fresh exception each time: re-raising one instance grows its traceback.
+        raise SourceChangedError(self.path, known.problem, known.hint)
+
+    def check_unchanged(self) -> None:
+        """Raise SourceChangedError if the path no longer names the file first opened."""
+        if self._changed is not None:
+            self._raise_changed()
+        try:
+            st: os.stat_result | None = os.stat(self.path)
+        except OSError:
+            st = None
+        if st is None or identity_of(st) != self._identity:
+            self._changed = self._change_error(st)
+            self._raise_changed()
 
     @property
     def size(self) -> int:
@@ -83,6 +117,8 @@ class FileSource:
     def read_at(self, offset: int, size: int) -> bytes:
         if offset < 0 or size < 0:
             raise ValueError("negative offset or size")
+        if self._changed is not None:
+            self._raise_changed()
         size = min(size, self._size - offset)
         if size <= 0:
             return b""
@@ -105,6 +141,7 @@ class FileSource:
                               "check the disk holding the backup") from None
         finally:
             self._pool.release(self.path, fd)
+        self.check_unchanged()          # after the read: what was read is the file opened
         if len(data) < size:
             raise TruncatedError(self.path, f"file ended at byte {offset + len(data)} "
                                  f"but was {self._size} bytes when opened", TRUNCATED_HINT)
@@ -114,6 +151,8 @@ class FileSource:
         """Scatter ``[offset, offset + total)`` into ``views`` with preadv."""
         if offset < 0:
             raise ValueError("negative offset")
+        if self._changed is not None:
+            self._raise_changed()
         total = sum(map(len, views))
         if offset + total > self._size:
             raise TruncatedError(self.path, f"ends at byte {self._size}, before byte "
@@ -126,6 +165,7 @@ class FileSource:
                               "check the disk holding the backup") from None
         finally:
             self._pool.release(self.path, fd)
+        self.check_unchanged()          # after the read: what landed is the file opened
         if got < total:
             raise TruncatedError(self.path, f"file ended at byte {offset + got} "
                                  f"but was {self._size} bytes when opened", TRUNCATED_HINT)

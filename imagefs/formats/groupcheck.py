@@ -1,0 +1,297 @@
+"""Verify on read: each checksum group is checked on its first read, once.
+
+A :class:`GroupChecker` sits on a :class:`~imagefs.formats.layout.GroupedLayout`
+whose groups carry a checksum record (:mod:`~imagefs.formats.groupsums`).
+It keeps one bit per group: set once the group matched its record (or has
+no record to check, like partimage's final partial chunk), so later reads
+of that group cost one bit test.  A group that does not match is remembered
+with its error: every read touching it answers that error (EIO through
+FUSE), the header is marked damaged, and nothing of it is ever served.
+
+The zero-copy read path stays: a read's data is still scattered by one
+``preadv`` straight into the caller's buffer.  When the read touches
+unverified groups the same ``preadv`` is widened to whole groups - the
+parts of a group outside the caller's range land in scratch space, and so
+do the checksum records (for running-register sums also the record before
+the first group) - and the sums are computed over what landed in the
+buffer and the scratch before the read returns.  A read covering whole
+groups is thus checked in place; a small read of an unverified group reads
+its whole group once.
+
+Running digests (partclone XXH without reseed) can only be checked from the
+first group on: the first read past the checked prefix hashes forward from
+there, once, under ``_seq_lock`` (other images are not held up); a mismatch
+makes that group and every later one unreadable, since no later digest can
+be trusted without the earlier data.
+
+Threading: ``_lock`` guards the bits, the bad-group table and the damage
+notes (bookkeeping only; sums are computed outside it).  Two threads may
+check the same group at once: both compute, both set the same bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from imagefs.errors import CORRUPT_HINT, ChecksumError
+from imagefs.formats.groupsums import GroupSum
+from imagefs.io.scatter import read_into
+
+if TYPE_CHECKING:
+    from imagefs.formats.layout import GroupedLayout
+
+log = logging.getLogger(__name__)
+
+#: Scratch space kept per thread for widened reads: 4 MiB covers two 1 MiB
+#: groups (partclone's default bpc 256 at 4 KiB blocks) with room to spare.
+#: Larger needs (Clonezilla's 10 MiB groups) get a one-off anonymous map,
+#: whose zero pages cost nothing until the read lands in them.
+SCRATCH_KEEP = 4 << 20
+#: A running-digest catch-up reads about this much per read call.
+SEQ_CHUNK = 4 << 20
+#: Damaged groups listed one by one in .info notes; the rest are counted.
+MAX_NOTES = 8
+
+_tls = threading.local()
+
+
+def _scratch(size: int) -> memoryview:
+    """Writable scratch of at least ``size`` bytes, private to this thread."""
+    if size > SCRATCH_KEEP:
+        return memoryview(mmap.mmap(-1, size))
+    buf: bytearray | None = getattr(_tls, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = bytearray(max(size, 64 << 10))
+        _tls.buf = buf
+    return memoryview(buf)
+
+
+class GroupChecker:
+    """Remembers which groups of a layout were checked; checks the others on read.
+
+    ``data_bytes`` is the layout's data length (stored blocks x block size),
+    ``describe(group)`` names a group for messages (its partition bytes and
+    image offset), ``on_damage(summary, note)`` is told about each bad group.
+    ``last_has_record``: whether a final partial group is followed by a
+    record (partclone: yes; partimage: no record after a partial chunk).
+    """
+
+    def __init__(self, layout: GroupedLayout, data_bytes: int, algo: GroupSum,
+                 describe: Callable[[int], str],
+                 on_damage: Callable[[str, str], None] | None = None,
+                 last_has_record: bool = True) -> None:
+        self.layout = layout
+        self.algo = algo
+        self.data_bytes = data_bytes
+        self.group_bytes = layout.group * layout.block_size
+        self.groups = -(-data_bytes // self.group_bytes) if self.group_bytes else 0
+        self.describe = describe
+        self._on_damage = on_damage
+        self.enabled = True
+        self._bits = bytearray((self.groups + 7) // 8)
+        self._done = 0
+        self.complete = self.groups == 0
+        self._bad: dict[int, ChecksumError] = {}
+        self._lock = threading.Lock()
+        self._seq_lock = threading.Lock()
+        self._frontier = 0                  # sequential sums: groups checked in order
+        self._state: Any = None             # ... and the digest state after them
+        self._broken_at: int | None = None  # ... and the group where they stopped matching
+        self._last_has_record = last_has_record
+        if not last_has_record and data_bytes % max(self.group_bytes, 1):
+            self._mark([self.groups - 1])    # nothing to check there
+
+    # ------------------------------------------------------------ state
+    @property
+    def checked(self) -> int:
+        """How many groups are known good (or have nothing to check)."""
+        return self._done
+
+    @property
+    def damaged(self) -> int:
+        return len(self._bad)
+
+    def _mark(self, groups: list[int]) -> None:
+        with self._lock:
+            bits = self._bits
+            for g in groups:
+                byte, bit = g >> 3, 1 << (g & 7)
+                if not bits[byte] & bit:
+                    bits[byte] |= bit
+                    self._done += 1
+            if self._done >= self.groups:
+                self.complete = True
+
+    def _fail(self, group: int, reason: str = "does not match") -> ChecksumError:
+        """Remember ``group`` as bad (once) and return its error."""
+        with self._lock:
+            known = self._bad.get(group)
+            if known is not None:
+                return known
+            where = self.describe(group)
+            layout = self.layout
+            offset = layout.data_start + group * layout.stride
+            error = ChecksumError(layout.source.name, f"{self.algo.name} of {where} {reason}; "
+                                  "reads there fail", CORRUPT_HINT, image_offset=offset)
+            self._bad[group] = error
+            count = len(self._bad)
+        log.error("%s: %s", layout.source.name, error.problem)
+        if self._on_damage is not None:
+            first = next(iter(self._bad.values()))
+            summary = first.problem
+            if count > 1:
+                summary += f" (and {count - 1} more damaged group{'s' if count > 2 else ''})"
+            self._on_damage(summary, error.problem if count <= MAX_NOTES else "")
+        return error
+
+    def pending(self, g0: int, g1: int) -> list[int]:
+        """The groups in ``[g0, g1]`` still to check; raises a known bad group's error."""
+        bits = self._bits
+        width = g1 - g0 + 1
+        x = int.from_bytes(bits[g0 >> 3:(g1 >> 3) + 1], "little") >> (g0 & 7)
+        mask = (1 << width) - 1
+        if x & mask == mask:
+            return []
+        todo = [g0 + i for i in range(width) if not (x >> i) & 1]
+        if self._bad:
+            for g in todo:
+                error = self._bad.get(g)
+                if error is not None:
+                    raise _copy(error)
+        return todo
+
+    # ------------------------------------------------------------ reads
+    def read_into(self, pos: int, dest: memoryview) -> bool:
+        """Serve a layout read that touches unchecked groups; False if none are.
+
+        On False the layout does its plain scatter read (every group the read
+        touches is known good).  Raises ChecksumError for a bad group.
+        """
+        gb = self.group_bytes
+        g0 = pos // gb
+        g1 = min((pos + len(dest) - 1) // gb, self.groups - 1)
+        todo = self.pending(g0, g1)
+        if not todo:
+            return False
+        if self.algo.sequential:
+            self._advance(todo[-1])
+            return False
+        self._verified_read(pos, dest, g0, g1, todo)
+        return True
+
+    def _has_record(self, group: int) -> bool:
+        return group < self.groups - 1 or self.data_bytes % self.group_bytes == 0 \
+            or self._last_has_record
+
+    def _verified_read(self, pos: int, dest: memoryview, g0: int, g1: int,
+                       todo: list[int]) -> None:
+        """One scatter read widened to the unchecked groups, then their sums."""
+        layout = self.layout
+        gb = self.group_bytes
+        tr = layout.trailer
+        end = pos + len(dest)
+        wanted = set(todo)
+        lo = g0 * gb if g0 in wanted else pos
+        hi = min((g1 + 1) * gb, self.data_bytes) if g1 in wanted else end
+        scratch = _scratch((pos - lo) + max(0, hi - end) + tr * (g1 - g0 + 2))
+        used = 0
+
+        def take(size: int) -> memoryview:
+            nonlocal used
+            view = scratch[used:used + size]
+            used += size
+            return view
+
+        start = layout.data_offset(lo)
+        views: list[memoryview] = []
+        prev: memoryview | None = None
+        if self.algo.needs_prev and g0 in wanted and g0 > 0:
+            prev = take(tr)                  # the record just before group g0's data
+            views.append(prev)
+            start -= tr
+        pieces: dict[int, list[memoryview]] = {g: [] for g in todo}
+        records: dict[int, memoryview] = {}
+        for g in range(g0, g1 + 1):
+            a = max(g * gb, lo)
+            b = min((g + 1) * gb, self.data_bytes, hi)
+            mine = pieces.get(g)
+            parts: list[memoryview] = []
+            if a < pos:
+                parts.append(take(min(b, pos) - a))
+            x, y = max(a, pos), min(b, end)
+            if x < y:
+                parts.append(dest[x - pos:y - pos])
+            if b > end:
+                parts.append(take(b - max(a, end)))
+            views += parts
+            if mine is not None:
+                mine += parts
+            if g < g1 or (mine is not None and self._has_record(g)):
+                record = take(tr)
+                views.append(record)
+                records[g] = record
+        read_into(layout.source, start, views)
+        good: list[int] = []
+        bad: list[int] = []
+        for g in range(g0, g1 + 1):
+            if g in wanted:
+                before = prev if self.algo.needs_prev and g > 0 else None
+                ok = g in records and self.algo.check(g, pieces[g], records[g], before)
+                (good if ok else bad).append(g)
+            prev = records.get(g)
+        if good:
+            self._mark(good)
+        if bad:
+            errors = [self._fail(g) for g in bad]
+            raise _copy(errors[0])
+
+    def _advance(self, target: int) -> None:
+        """Hash a running digest forward, in order, until ``target`` is checked."""
+        layout = self.layout
+        gb = self.group_bytes
+        tr = layout.trailer
+        per_read = max(1, SEQ_CHUNK // layout.stride)
+        with self._seq_lock:
+            while self._frontier <= target:
+                first = self._frontier
+                broken = self._broken_at
+                if broken is not None:
+                    # Not recorded as damaged itself: only its check is impossible.
+                    raise ChecksumError(
+                        layout.source.name, f"{self.algo.name} of {self.describe(target)} "
+                        f"cannot be checked: the running checksum stopped matching at group "
+                        f"{broken}", "mount with -o verify=off to read it unchecked",
+                        image_offset=layout.data_start + target * layout.stride)
+                if self._state is None:
+                    self._state = self.algo.fresh()
+                count = min(per_read, self.groups - first)
+                data_end = min((first + count) * gb, self.data_bytes)
+                start = layout.data_offset(first * gb)
+                length = (data_end - first * gb) + count * tr
+                raw = layout.read_raw(start, length)
+                mv = memoryview(raw)
+                off = 0
+                good: list[int] = []
+                for g in range(first, first + count):
+                    n = min(gb, self.data_bytes - g * gb)
+                    self._state.update(mv[off:off + n])
+                    ok = self.algo.digest(self._state) == bytes(mv[off + n:off + n + tr])
+                    off += n + tr
+                    if not ok:
+                        self._mark(good)
+                        self._frontier = g + 1
+                        self._broken_at = g
+                        raise _copy(self._fail(g))
+                    good.append(g)
+                self._mark(good)
+                self._frontier = first + count
+
+
+def _copy(error: ChecksumError) -> ChecksumError:
+    """A fresh instance to raise: re-raising one instance grows its traceback."""
+    return ChecksumError(error.path, error.problem, error.hint,
+                         image_offset=error.image_offset, block=error.block)

@@ -1,0 +1,313 @@
+"""Verify on read: every checksum group is checked on its first read, once.
+
+Real images from the Factory (partclone CRC32 with and without reseed, other
+bpc values, Clonezilla's 10 MiB groups, the real partclone 0.2.x samples,
+partimage CHK records); XXH modes are re-encoded from a real CRC32 image
+(Debian's partclone 0.3.23 cannot write them).  Only the corruption itself
+is hand-made: a flipped byte in a group's data or in its stored checksum.
+A read touching a bad group fails, every other read equals the ground
+truth, and the image's header names the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import lzma
+import random
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+from imagefs.blockio import VirtualPartition
+from imagefs.errors import ChecksumError
+from imagefs.formats import probe
+from imagefs.formats.base import BitmapImage
+from imagefs.formats.checksums import pc_crc32
+from imagefs.io import FileSource, MemorySource
+from imagefs.services.cache import BlockCache
+
+DATA = Path(__file__).parent / "data"
+
+
+def _open(path: Path, cache: bool = True) -> tuple[BitmapImage, VirtualPartition]:
+    image = probe(FileSource(str(path))).open()
+    assert isinstance(image, BitmapImage)
+    return image, VirtualPartition(image, BlockCache(8 << 20) if cache else None)
+
+
+def _recode_xxh(src: bytes, mode: int, reseed: bool, bpc: int) -> bytes:
+    """A real CRC32 partclone image re-encoded with XXH checksums (hand-made)."""
+    import xxhash
+
+    header = probe(MemorySource(src))
+    image = header.open()
+    bs = header.block_size
+    used = image.stored_blocks
+    data = image.layout.read_ranks(0, used)
+    size = {0x30: 8, 0x31: 16}[mode]
+    algo = xxhash.xxh64 if mode == 0x30 else xxhash.xxh3_128
+    head = bytearray(src[:header.data_start])
+    struct.pack_into("<HHIB", head, 96, mode, size, bpc, 1 if reseed else 0)
+    struct.pack_into("<I", head, 106, pc_crc32(bytes(head[:106])))
+    out = [bytes(head)]
+    state = algo()
+    for g in range(0, used, bpc):
+        chunk = data[g * bs:min(used, g + bpc) * bs]
+        if reseed:
+            state = algo()
+        state.update(chunk)
+        out += [chunk, state.intdigest().to_bytes(size, "little")]
+    return b"".join(out)
+
+
+def _flip(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def _group_of_block(image: BitmapImage, block: int) -> int | None:
+    """The checksum group holding a partition block's data (None: not stored)."""
+    if not image.bitmap.is_set(block):
+        return None
+    checker = image.layout.checker
+    assert checker is not None
+    return image.bitmap.rank(block) * image.block_size // checker.group_bytes
+
+
+def _expect_only(image: BitmapImage, vp: VirtualPartition, truth: bytes, bad: set[int],
+                 step: int | None = None) -> None:
+    """Each block-sized read fails iff its data lies in a bad group, else equals the truth."""
+    bs = step or image.block_size
+    for off in range(0, vp.size, bs):
+        block = off // image.block_size
+        group = _group_of_block(image, block) if block < image.total_blocks else None
+        if group in bad:
+            with pytest.raises(ChecksumError):
+                vp.read(off, bs)
+        else:
+            assert vp.read(off, bs) == truth[off:off + bs], f"wrong bytes at {off}"
+
+
+# ------------------------------------------------------------------ good images
+
+@pytest.mark.parametrize("args", [(), ("-K",), ("-k", "100"), ("-z", "10485760")],
+                         ids=["crc32", "crc32-noreseed", "bpc100", "clonezilla-bpc2560"])
+def test_good_images_read_exactly_and_every_group_gets_checked(factory, args):
+    img = factory.partclone("ext4", args)
+    truth = img.ground_truth.read_bytes()
+    image, vp = _open(img.path)
+    checker = image.layout.checker
+    assert checker is not None and checker.enabled and checker.checked == 0
+    rng = random.Random(7)
+    for _ in range(300):                      # small reads first: whole groups get checked
+        off = rng.randrange(vp.size)
+        n = rng.choice([1, 512, 4096, 70_000])
+        assert vp.read(off, n) == truth[off:off + n]
+    assert vp.read(0, vp.size) == truth
+    assert checker.complete and checker.checked == checker.groups
+    assert image.header.damage is None
+
+
+def test_a_small_read_checks_its_whole_group_once(factory):
+    img = factory.partclone("ext4")
+    image, vp = _open(img.path, cache=False)
+    checker = image.layout.checker
+    assert checker is not None
+    block = next(b for b in range(image.total_blocks) if image.bitmap.is_set(b)
+                 and image.bitmap.rank(b) % image.header.blocks_per_checksum == 77)
+    vp.read(block * image.block_size + 100, 10)
+    assert checker.checked == 1
+    group = _group_of_block(image, block)
+    assert group is not None and checker.pending(group, group) == []
+    vp.read(block * image.block_size + 200, 10)
+    assert checker.checked == 1
+
+
+def test_no_checksums_means_no_checker(factory):
+    image, vp = _open(factory.partclone("ext4", ("-a0",)).path)
+    assert image.layout.checker is None
+
+
+# ------------------------------------------------------------------ corruption
+
+def _corrupt_copy(img_path: Path, tmp_path: Path, name: str) -> Path:
+    out = tmp_path / name
+    out.write_bytes(img_path.read_bytes())
+    return out
+
+
+@pytest.mark.parametrize("args", [(), ("-K",)], ids=["reseed", "noreseed"])
+def test_flipped_data_fails_only_its_group(factory, tmp_path, caplog, args):
+    img = factory.partclone("ext4", args)
+    truth = img.ground_truth.read_bytes()
+    path = _corrupt_copy(img.path, tmp_path, "flip.img")
+    image, _ = _open(img.path)
+    checker = image.layout.checker
+    assert checker is not None
+    bad = checker.groups // 2
+    _flip(path, image.layout.data_offset(bad * checker.group_bytes + 1234))
+    image, vp = _open(path)
+    with caplog.at_level(logging.ERROR):
+        _expect_only(image, vp, truth, {bad})
+        _expect_only(image, vp, truth, {bad})            # the second time from the bit table
+    damage = image.header.damage or ""
+    assert f"group {bad} " in damage and "partition bytes" in damage and "image byte" in damage
+    logged = [r for r in caplog.records if f"group {bad} " in r.getMessage()]
+    assert len(logged) == 1, "a bad group is logged once"
+
+
+def test_flipped_running_crc_record_fails_its_group_and_the_next(factory, tmp_path):
+    """Without reseed a group starts from the previous record: a bad record fails two groups."""
+    img = factory.partclone("ext4", ("-K",))
+    truth = img.ground_truth.read_bytes()
+    path = _corrupt_copy(img.path, tmp_path, "record.img")
+    image, _ = _open(img.path)
+    checker = image.layout.checker
+    assert checker is not None
+    bad = 3
+    _flip(path, image.layout.data_offset(bad * checker.group_bytes) + checker.group_bytes + 1)
+    image, vp = _open(path)
+    _expect_only(image, vp, truth, {bad, bad + 1})
+
+
+@pytest.mark.parametrize("mode,reseed", [(0x30, True), (0x31, True), (0x30, False),
+                                         (0x31, False)])
+def test_xxh_modes(factory, tmp_path, mode, reseed):
+    img = factory.partclone("ext4")
+    truth = img.ground_truth.read_bytes()
+    path = tmp_path / "xxh.img"
+    path.write_bytes(_recode_xxh(img.path.read_bytes(), mode, reseed, 111))
+    image, vp = _open(path)
+    checker = image.layout.checker
+    assert checker is not None and checker.algo.sequential is (not reseed)
+    assert vp.read(0, vp.size) == truth and checker.complete
+    bad = checker.groups // 2
+    _flip(path, image.layout.data_offset(bad * checker.group_bytes + 99))
+    image, vp = _open(path)
+    # A running digest cannot be trusted after a damaged group: those reads fail too.
+    failing = {bad} if reseed else set(range(bad, checker.groups))
+    _expect_only(image, vp, truth, failing)
+    # Reads far behind the damage still work after it was found.
+    assert vp.read(0, 4096) == truth[:4096]
+
+
+def test_partclone_v1_register_is_checked(tmp_path):
+    path = tmp_path / "v1.img"
+    path.write_bytes(lzma.decompress((DATA / "partclone-v1" / "ext4-4k.v1.img.xz").read_bytes()))
+    truth = lzma.decompress((DATA / "partclone-v1" / "ext4-4k.raw.xz").read_bytes())
+    image, vp = _open(path)
+    checker = image.layout.checker
+    assert checker is not None
+    stored = [b for b in range(image.total_blocks) if image.bitmap.is_set(b)]
+    truth_stored = bytearray(truth)        # the raw source with unstored blocks zeroed
+    bs = image.block_size
+    for b in range(image.total_blocks):
+        if not image.bitmap.is_set(b):
+            truth_stored[b * bs:(b + 1) * bs] = bytes(bs)
+    assert vp.read(0, vp.size) == bytes(truth_stored)[:vp.size] and checker.complete
+    victim = stored[len(stored) // 2]
+    rank = image.bitmap.rank(victim)
+    _flip(path, image.layout.data_offset(rank * bs))          # the block's first byte
+    image, vp = _open(path)
+    _expect_only(image, vp, bytes(truth_stored), {rank})
+
+
+def test_partimage_chk_records(factory, tmp_path):
+    from realimages_partimage import partimage_image
+    img = partimage_image(factory, "ext3")
+    truth = img.ground_truth.read_bytes()
+    image, vp = _open(img.path)
+    checker = image.layout.checker
+    assert checker is not None and checker.group_bytes == 65536
+    assert vp.read(0, vp.size) == truth and checker.complete
+    path = _corrupt_copy(img.path, tmp_path, "pi.img")
+    bad = checker.groups // 3
+    _flip(path, image.layout.data_offset(bad * 65536 + 4000))
+    image, vp = _open(path)
+    _expect_only(image, vp, truth, {bad})
+    assert "data chunk" in (image.header.damage or "")
+
+
+def test_verify_off_serves_the_stored_bytes(factory, tmp_path):
+    img = factory.partclone("ext4")
+    path = _corrupt_copy(img.path, tmp_path, "off.img")
+    image, _ = _open(img.path)
+    _flip(path, image.layout.data_offset(5000))
+    image, vp = _open(path)
+    image.set_verify(False)
+    block = image.bitmap.select(5000 // image.block_size)
+    data = vp.read(block * image.block_size, image.block_size)
+    assert data != img.ground_truth.read_bytes()[block * image.block_size:][:len(data)]
+
+
+def test_threads_never_see_wrong_bytes(factory, tmp_path):
+    img = factory.partclone("ext4", ("-k", "100"))
+    truth = img.ground_truth.read_bytes()
+    path = _corrupt_copy(img.path, tmp_path, "threads.img")
+    image, _ = _open(img.path)
+    checker = image.layout.checker
+    assert checker is not None
+    bad = {5, 17}
+    for g in bad:
+        _flip(path, image.layout.data_offset(g * checker.group_bytes + 10))
+    image, vp = _open(path, cache=False)
+    wrong: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(400):
+                off = rng.randrange(vp.size)
+                n = rng.choice([512, 4096, 100_000, 1 << 20])
+                try:
+                    got = vp.read(off, n)
+                except ChecksumError:
+                    continue
+                if got != truth[off:off + n]:
+                    wrong.append(off)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not wrong
+    assert image.layout.checker is not None and image.layout.checker.damaged == len(bad)
+
+
+# ------------------------------------------------------------------ the setting
+
+def test_verify_setting_from_yaml_and_options():
+    from imagefs.config import apply_overrides, settings_from_dict
+    from imagefs.errors import ConfigError
+    assert settings_from_dict({}).verify is True
+    assert settings_from_dict({"verify": False}).verify is False
+    assert settings_from_dict({"mount": {"verify": "off"}}).verify is False
+    assert apply_overrides(settings_from_dict({}), {"verify": "off"}).verify is False
+    assert apply_overrides(settings_from_dict({"verify": False}), {"verify": "on"}).verify
+    with pytest.raises(ConfigError, match="verify"):
+        settings_from_dict({"verify": True, "mount": {"verify": False}})
+    with pytest.raises(ConfigError, match="verify"):
+        settings_from_dict({"mount": {"verify": "maybe"}})
+
+
+def test_the_catalog_applies_the_setting(factory, tmp_path):
+    from imagefs.catalog import Catalog
+    from imagefs.config import Settings
+    img = factory.partclone("ext4")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.img").write_bytes(img.path.read_bytes())
+    for verify in (True, False):
+        catalog = Catalog(Settings(verify=verify, index_dir=str(tmp_path / "idx")), str(src))
+        try:
+            entry = next(e for e in (getattr(n, "entry", None) for n in catalog.walk()) if e)
+            checker = entry.partition().image.layout.checker
+            assert checker is not None and checker.enabled is verify
+        finally:
+            catalog.close()
