@@ -20,6 +20,7 @@ import lz4.block
 import xxhash
 
 from imagefs.codecs.adapters import StreamCursor
+from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
@@ -108,7 +109,8 @@ class Lz4Source(CodecSource):
             if event[0] == "block":
                 yield event[5]
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        update = build.update
         starts, meta, blobs = [0], [], []
         out_pos = 0
         frames = blocks = 0

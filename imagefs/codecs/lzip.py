@@ -16,9 +16,10 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
+from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
@@ -123,7 +124,8 @@ class LzipSource(CodecSource):
                 raise corrupt(src, f"lzip member at byte {pos} fails its CRC or size check")
             pos += msize
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        update = build.update
         members = self._members()
         update(self.source.size)
         starts, meta = [0], []

@@ -33,6 +33,7 @@ import rapidgzip
 
 from imagefs.codecs import tuning
 from imagefs.codecs.adapters import SourceReader
+from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
@@ -177,7 +178,8 @@ class _RapidSource(CodecSource):
             raise
         return dec
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        update = build.update
         threads = tuning.INDEX_THREADS
         options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
         dec = rapidgzip.RapidgzipFile(SourceReader(self.source, update), parallelization=threads,

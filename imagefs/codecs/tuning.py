@@ -24,6 +24,9 @@ PREFETCH = _CPUS > 1
 PREFETCH_DEPTH = max(1, min(8, _CPUS))
 #: Threads rapidgzip uses for its index pass.
 INDEX_THREADS = _CPUS
+#: Index passes running at once over all streams (each keeps one core busy;
+#: ``imagefs index TREE`` starts all and they queue for these slots).
+BUILD_SLOTS = _CPUS
 
 _lock = threading.Lock()
 _prefetch_pool: ThreadPoolExecutor | None = None
@@ -32,11 +35,12 @@ _default_cache: BlockCache | None = None
 
 def set_threads(n: int) -> None:
     """CPU threads for index passes and prefetching; 1 disables prefetching, 0 = one per CPU."""
-    global PREFETCH, PREFETCH_DEPTH, INDEX_THREADS, _prefetch_pool
+    global PREFETCH, PREFETCH_DEPTH, INDEX_THREADS, BUILD_SLOTS, _prefetch_pool
     n = n if n > 0 else _CPUS
     PREFETCH = n > 1
     PREFETCH_DEPTH = max(1, min(8, n))
     INDEX_THREADS = n
+    BUILD_SLOTS = n
     with _lock:
         old, _prefetch_pool = _prefetch_pool, None
     if old is not None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 
+from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
@@ -94,7 +95,8 @@ class XzSource(CodecSource):
         if not dec.eof:
             raise truncated(src, "xz stream ends before its footer")
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        update = build.update
         src = self.source
         streams = []
         end = src.size
