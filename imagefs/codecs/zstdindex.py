@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import pyzstd
 import zstandard
 
+from imagefs.codecs.adapters import ChunkReader
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.spans import PieceHasher
@@ -51,14 +52,11 @@ from imagefs.codecs.zstdframe import (
     synth_header,
 )
 from imagefs.errors import UnsupportedError
-from imagefs.io.scatter import read_into
 from imagefs.io.source import ByteSource
 
 if TYPE_CHECKING:
     from imagefs.codecs.building import IndexBuild
 
-#: Compressed bytes read per pread (the pass keeps one such chunk).
-READ_CHUNK = 8 << 20
 #: Compressed bytes fed to the decoder per call: large enough that Python
 #: costs nothing per byte, small enough that each output (a few MiB) stays
 #: in reused heap memory instead of fresh pages.
@@ -88,49 +86,6 @@ def _snapshot_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-class _Compressed:
-    """The compressed stream read in large chunks, addressed by absolute offset."""
-
-    __slots__ = ("src", "total", "base", "buf", "view", "update", "reported")
-
-    def __init__(self, src: ByteSource, build: IndexBuild) -> None:
-        self.src = src
-        self.total = src.size
-        self.base = 0
-        self.buf: bytes | bytearray = b""
-        self.view = memoryview(self.buf)
-        self.update = build.update
-        self.reported = 0                  # compressed bytes told to progress
-
-    def have(self, pos: int, n: int) -> bool:
-        """Whether ``[pos, pos + n)`` is in the chunk now held."""
-        return self.base <= pos and pos + n <= self.base + len(self.view)
-
-    def load(self, pos: int, n: int) -> None:
-        """Hold a chunk starting at ``pos`` with at least ``n`` bytes (fewer at the end).
-
-        The chunk is read into one reused buffer: a fresh 8 MiB object per
-        read cost page faults on every byte (10% of the pass).
-        """
-        size = min(max(READ_CHUNK, n), self.total - pos)
-        if size <= 0:
-            self.buf, self.view, self.base = b"", memoryview(b""), pos
-            return
-        if len(self.buf) < size or not isinstance(self.buf, bytearray):
-            self.view.release()
-            self.buf = bytearray(max(size, READ_CHUNK))
-        self.view = memoryview(self.buf)[:size]
-        read_into(self.src, pos, [self.view])
-        self.base = pos
-        end = pos + size
-        if end > self.reported:
-            self.update(end - self.reported)
-            self.reported = end
-
-    def get(self, pos: int, n: int) -> memoryview:
-        return self.view[pos - self.base:pos - self.base + n]
-
-
 class _Pass:
     """The state of one pass (see the module docstring)."""
 
@@ -138,7 +93,7 @@ class _Pass:
         self.src = src
         self.build = build
         self.spacing = spacing
-        self.comp = _Compressed(src, build)
+        self.comp = ChunkReader(src, build.update)
         self.loaded_to = 0                 # compressed bytes reported to progress
         self.out_pos = 0
         self.starts: list[int] = [0]
@@ -200,13 +155,7 @@ class _Pass:
     # -- input ------------------------------------------------------------------
 
     def need(self, pos: int, n: int, what: str) -> memoryview:
-        comp = self.comp
-        if not comp.have(pos, n):
-            comp.load(pos, n)
-            if not comp.have(pos, n):
-                raise truncated(self.src, f"compressed stream ends inside {what} at byte "
-                                f"{comp.base + len(comp.view)}")
-        return comp.get(pos, n)
+        return self.comp.need(pos, n, what)
 
     def feed(self, dec: Any, start: int, end: int) -> None:
         """Decode compressed ``[start, end)`` (all within the held chunk)."""
