@@ -36,11 +36,6 @@ from imagefs.services.units import human
 
 log = logging.getLogger("imagefs.codecs")
 
-#: Publish a new partial index at most every this many decoded bytes (each
-#: publication copies the span table; readers only wait for coverage).
-PUBLISH_EVERY = 8 << 20
-
-
 class BuildCancelled(Exception):
     """Raised inside a build's progress callback once it was cancelled."""
 
@@ -89,7 +84,6 @@ class IndexBuild:
         self._sum_base: list[int] = [0]
         self.blobs: list[bytes] = []
         self._partial: SeekIndex | None = None
-        self._published = 0
         self._thread: threading.Thread | None = None
         #: Observers of progress (the ``index`` verb's overall bar): told
         #: the compressed bytes of each update.
@@ -166,23 +160,27 @@ class IndexBuild:
             if sums is not None:
                 self._sums.extend(sums)
             self._sum_base.append(len(self._sums))
-            if end - self._published >= PUBLISH_EVERY:
-                self._publish_locked()
+            self._cond.notify_all()
 
     def flush(self) -> None:
-        """Publish everything committed so far (end of a frame)."""
+        """Everything committed so far may be read (end of a frame)."""
         with self._cond:
+            self._cond.notify_all()
+
+    def _partial_locked(self, end: int) -> SeekIndex | None:
+        """The partial index if the committed part covers ``end`` (made on demand:
+        each one copies the span table, so only when a reader needs a newer one)."""
+        if self._starts[-1] < end:
+            return None
+        if self._partial is None or self._partial.size < end:
             self._publish_locked()
+        return self._partial
 
     def _publish_locked(self) -> None:
-        if self._starts[-1] == self._published:
-            return
         sums = list(self._sums) if self._sums else None
         self._partial = SeekIndex(self._starts[-1], list(self._starts), list(self._meta),
                                   self.blobs, {"partial": True}, sums=sums,
                                   sum_base=list(self._sum_base) if sums else None)
-        self._published = self._starts[-1]
-        self._cond.notify_all()
 
     # -- readers ------------------------------------------------------------------
 
@@ -195,8 +193,8 @@ class IndexBuild:
                     return self.index
                 if self.error is not None:
                     raise self.error
-                partial = self._partial
-                if partial is not None and partial.size >= end:
+                partial = self._partial_locked(end)
+                if partial is not None:
                     return partial
                 self._cond.wait()
 
@@ -205,13 +203,12 @@ class IndexBuild:
         with self._cond:
             if self.index is not None:
                 return self.index
-            partial = self._partial
-            return partial if partial is not None and partial.size >= end else None
+            return self._partial_locked(end)
 
     def state(self, codec: str) -> str:
         """The progress line for ``.info``: percent, rate, time left, readable part."""
         with self._cond:
-            done, started, partial = self.done, self.started, self._partial
+            done, started, readable = self.done, self.started, self._starts[-1]
         if started is None:
             return f"{codec}: index build queued (other images are being indexed)"
         elapsed = max(time.monotonic() - started, 1e-3)
@@ -219,8 +216,8 @@ class IndexBuild:
         left = (self.total - done) / rate if rate > 0 else 0.0
         text = (f"{codec}: building the index, {100.0 * done / self.total:.0f}% "
                 f"({rate / 1e6:.0f} MB/s compressed, {left:.0f} s left)")
-        if partial is not None:
-            text += f"; the first {human(partial.size)} are readable now"
+        if readable:
+            text += f"; the first {human(readable)} are readable now"
         return text
 
 

@@ -87,8 +87,10 @@ def _constant(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
 
-class _Mismatch(Exception):
-    """A decoded piece differs from the sum the index pass recorded."""
+class SpanMismatch(Exception):
+    """A decoded piece differs from the sum the index pass recorded (or a codec's
+    decoder started at a restart point it cannot trust failed): the span decoder
+    asks the codec for another way, else it is damage."""
 
 
 class SpanDecoder:
@@ -135,7 +137,7 @@ class SpanDecoder:
         for _attempt in range(MAX_FALLBACKS + 1):
             try:
                 return self._load_once(index, i, k)
-            except _Mismatch:
+            except SpanMismatch:
                 cursors.drop(self._owner)      # parked decoders of the old way
                 if self._on_mismatch is None or not self._on_mismatch(index, i):
                     break
@@ -160,7 +162,7 @@ class SpanDecoder:
                                   f"bytes than its index says ({span_len})")
                 want_sum = index.piece_sum(i, cur.k)
                 if want_sum is not None and piece_sum(data) != want_sum:
-                    raise _Mismatch()         # never served: see _load
+                    raise SpanMismatch()         # never served: see _load
                 if cur.k == k:
                     result = data
                 else:

@@ -31,7 +31,7 @@ from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
-from imagefs.codecs.spans import SUB_CHUNK
+from imagefs.codecs.spans import SUB_CHUNK, SpanMismatch
 from imagefs.codecs.zstdframe import (
     MAX_WINDOW,
     SKIPPABLE_MAGIC,
@@ -229,6 +229,9 @@ class ZstdSource(CodecSource):
                     produced += len(out)
                     yield out
         except _ZstdError as exc:
+            if origin[0] == "r":
+                # Perhaps a point that does not fit its span: try an earlier one.
+                raise SpanMismatch() from None
             raise corrupt(src, f"zstd span {i} does not decode ({exc})") from None
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
