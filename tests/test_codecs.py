@@ -616,7 +616,7 @@ def test_index_build_with_a_progress_bar(streams: Streams, name: str, capsys) ->
 
 def test_rapidgzip_decoders_are_bounded_over_all_sources(streams: Streams) -> None:
     """Each rapidgzip decoder keeps its own chunk cache: few live at once."""
-    from imagefs.codecs import rapid
+    from imagefs.codecs import rapidpool as rapid
 
     before = rapid._total                # decoders of other tests' sources, if any
     sources = [build_index(FileSource(streams.path(name)), cache=BlockCache(4 << 20))

@@ -52,15 +52,21 @@ class Lz4Source(CodecSource):
         src = self.source
         cur = StreamCursor(src, 0, update)
         total = src.size
+        frames = 0
         while cur.pos < total:
             frame_c = cur.pos
+            if frames and total - frame_c < 4:
+                return                         # a few trailing bytes
             (magic,) = struct.unpack("<I", cur.need(4, "a frame magic"))
             if magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC:
                 (length,) = struct.unpack("<I", cur.need(4, "a skippable frame"))
                 cur.need(length, "a skippable frame")
                 continue
             if magic != FRAME_MAGIC:
+                if frames:
+                    return                     # trailing bytes after the last frame
                 raise corrupt(src, f"no lz4 frame at compressed byte {frame_c}")
+            frames += 1
             flg, bd = cur.need(2, "a frame header")
             if flg >> 6 != 1:
                 raise corrupt(src, f"lz4 frame at byte {frame_c} has unknown version {flg >> 6}")
