@@ -211,3 +211,27 @@ def test_a_piece_that_fails_its_sum_is_an_error_not_wrong_bytes(
         if last:
             assert stream.read_at(0, 4096) == data[:4096]
         stream.close()
+
+
+def test_index_verb_builds_a_tree_in_parallel(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    from imagefs.cli.treeverbs import index_main
+    from mount_helpers import write_partclone
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for n, cmd in enumerate((["zstd", "-q", "-c"], ["gzip", "-c"], ["lz4", "-q", "-c"])):
+        plain = tmp_path / f"img{n}"
+        write_partclone(plain, seed=n, total_blocks=64)
+        (tree / f"img{n}.{cmd[0]}").write_bytes(
+            subprocess.run(cmd, input=plain.read_bytes(), stdout=subprocess.PIPE,
+                           check=True).stdout)
+    args = argparse.Namespace(source=str(tree), config=None, verbose=0, quiet=False,
+                              index_dir=str(tmp_path / "idx"))
+    assert index_main(args) == 0
+    captured = capsys.readouterr()
+    ready = [line for line in captured.out.splitlines() if ": ready in " in line]
+    assert len(ready) == 3 and all("index built in" in line for line in ready), captured.out
+    assert "\r" not in captured.err               # no bar drawn into a non-terminal
+    assert len(list((tmp_path / "idx").iterdir())) == 3
