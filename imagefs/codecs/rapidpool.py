@@ -18,6 +18,7 @@ allows (:func:`plan`).
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import queue
 import re
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from imagefs.codecs import tuning
 from imagefs.codecs.building import cancel_all
 from imagefs.errors import SourceError
 
@@ -148,7 +150,11 @@ def _close_quietly(dec: Any) -> None:
 
 # -- the rapidgzip threads ------------------------------------------------------
 
-_jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+#: (priority, order, job, future): a waiting reader's job (0) before a
+#: prefetch or index pass (1), first come first served within each.
+_jobs: queue.PriorityQueue[tuple[int, int, Callable[[], Any], Future[Any]]] = \
+    queue.PriorityQueue()
+_order = itertools.count()
 _threads: list[threading.Thread] = []
 _threads_lock = threading.Lock()
 _plan: tuple[int, int] | None = None
@@ -202,13 +208,13 @@ def run(fn: Callable[[], Any]) -> Any:
             _threads.append(t)
             t.start()
     future: Future[Any] = Future()
-    _jobs.put((fn, future))
+    _jobs.put((0 if tuning.urgent() else 1, next(_order), fn, future))
     return future.result()
 
 
 def _worker() -> None:
     while True:
-        fn, future = _jobs.get()
+        _prio, _n, fn, future = _jobs.get()
         try:
             future.set_result(fn())
         except BaseException as exc:  # noqa: BLE001 - handed to the caller

@@ -224,7 +224,7 @@ class CodecSource:
         while offset < end:
             rel = offset - starts[i]
             k = rel // SUB_CHUNK
-            data = self._spans.piece(index, i, k)
+            data = self._spans.piece(index, i, k, urgent=not streaming)
             lo = rel - k * SUB_CHUNK
             n = min(len(data) - lo, end - offset)
             if n <= 0:

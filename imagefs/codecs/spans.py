@@ -22,6 +22,7 @@ from typing import Any
 
 import xxhash
 
+from imagefs.codecs import tuning
 from imagefs.codecs.cursors import SpanCursor, cursors
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import SeekIndex
@@ -117,8 +118,13 @@ class SpanDecoder:
         """The cache key of piece ``k`` of span ``i``."""
         return (self._owner, "sub", i, k)
 
-    def piece(self, index: SeekIndex, i: int, k: int, prefetching: bool = False) -> bytes:
-        """Piece ``k`` of span ``i``, decoded now or taken from the cache."""
+    def piece(self, index: SeekIndex, i: int, k: int, prefetching: bool = False,
+              urgent: bool = False) -> bytes:
+        """Piece ``k`` of span ``i``, decoded now or taken from the cache.
+
+        ``urgent``: a reader waits for it that is not a stream (a random
+        read): prefetch workers pause while it decodes (``tuning.demand``).
+        """
         key = self.key(i, k)
         if not prefetching and self._inflight:
             # A background decoder is working through this span: wait for it
@@ -128,7 +134,13 @@ class SpanDecoder:
                     if self._cache.get(key) is not None:
                         break
                     self._cond.wait()
+        if urgent:
+            return self._cache.get_or_load(key, lambda: self._urgent_load(index, i, k))
         return self._cache.get_or_load(key, lambda: self._load(index, i, k))
+
+    def _urgent_load(self, index: SeekIndex, i: int, k: int) -> bytes:
+        with tuning.demand():
+            return self._load(index, i, k)
 
     def _load(self, index: SeekIndex, i: int, k: int) -> bytes:
         # A mismatch is never served: the codec may know another way to
@@ -197,6 +209,7 @@ class SpanDecoder:
         try:
             count = -(-(index.starts[j + 1] - index.starts[j]) // SUB_CHUNK)
             for k in range(count):
+                tuning.yield_to_demand()
                 self.piece(index, j, k, prefetching=True)
                 with self._cond:
                     self._inflight[j] = k + 1

@@ -47,6 +47,52 @@ def set_threads(n: int) -> None:
         old.shutdown(wait=False)
 
 
+# -- demand before prefetch --------------------------------------------------
+#
+# A random read of one image must not wait behind the decode-ahead of another
+# image's sequential reader: while any reader waits for a piece that is not
+# part of a stream (a demand decode), prefetch workers pause between pieces
+# (for at most PAUSE_LIMIT each, so a storm of random reads cannot stall a
+# stream for good), and rapidgzip jobs of such readers go first.
+
+#: Longest pause of a prefetch worker per piece while demand decodes run.
+PAUSE_LIMIT = 0.05
+
+_demand = threading.Condition()
+_demand_count = 0
+_local = threading.local()
+
+
+class demand:
+    """Context: this thread decodes for a reader that is waiting (not prefetch)."""
+
+    def __enter__(self) -> None:
+        global _demand_count
+        with _demand:
+            _demand_count += 1
+        _local.urgent = getattr(_local, "urgent", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _demand_count
+        _local.urgent -= 1
+        with _demand:
+            _demand_count -= 1
+            if not _demand_count:
+                _demand.notify_all()
+
+
+def urgent() -> bool:
+    """Whether this thread decodes for a waiting reader now."""
+    return bool(getattr(_local, "urgent", 0))
+
+
+def yield_to_demand() -> None:
+    """Prefetch workers call this between pieces (see above)."""
+    with _demand:
+        if _demand_count:
+            _demand.wait(PAUSE_LIMIT)
+
+
 def prefetch_pool() -> ThreadPoolExecutor:
     """The shared pool of background span decoders (created on first use)."""
     global _prefetch_pool
