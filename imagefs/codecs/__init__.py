@@ -42,15 +42,15 @@ decompresses them.
 
 from __future__ import annotations
 
-import lzma
-import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagefs.codecs.registry import CODECS, UNSUPPORTED_HINTS, decoder_class, sniff
 from imagefs.errors import UnsupportedError
-from imagefs.io.source import ByteSource
-from imagefs.services.cache import BlockCache
-from imagefs.services.indexstore import IndexStore
+
+if TYPE_CHECKING:   # a mount imports this package at start-up: keep it light
+    from imagefs.io.source import ByteSource
+    from imagefs.services.cache import BlockCache
+    from imagefs.services.indexstore import IndexStore
 
 __all__ = ["CODECS", "build_index", "codec_versions", "configure", "open_decompressed",
            "sniff"]
@@ -121,9 +121,11 @@ def codec_versions() -> dict[str, str]:
     """Versions of the codec libraries and of the C libraries that really decode.
 
     zstd is decoded by two bindings (codecs/zstd.py): python-zstandard for
-    the index pass and whole-span reads, pyzstd for header probes and
+    the index pass and header probes, pyzstd for
     streamed spans; each brings its own libzstd, so both are named.
     """
+    import lzma  # here, not at import: a mount imports this package at start-up
+    import zlib
     from importlib.metadata import PackageNotFoundError, version
 
     from imagefs.codecs.lzop import library_version
