@@ -38,7 +38,7 @@ from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import INDEX_VERSION, SeekIndex
 from imagefs.codecs.sequential import SEQ_CHUNK, SequentialDecoder
 from imagefs.codecs.spans import SUB_CHUNK, SpanDecoder
-from imagefs.codecs.streaming import StreamTracker
+from imagefs.codecs.streaming import STREAM_MIN_READ, StreamTracker
 from imagefs.codecs.tuning import default_cache
 from imagefs.io.scatter import copy_read, scatter
 from imagefs.io.source import ByteSource
@@ -219,12 +219,16 @@ class CodecSource:
             # Before decoding this read: the workers start on the spans after
             # it while this thread decodes its own.
             self._stream.prefetch_after(index, end)
+        # A small read that continues no stream is someone waiting (a random
+        # read): decode-ahead makes way for it.  A large one is the kernel's
+        # readahead of a stream, whose requests overtake each other.
+        urgent = not streaming and end - offset < STREAM_MIN_READ
         starts = index.starts
         i = bisect_right(starts, offset) - 1
         while offset < end:
             rel = offset - starts[i]
             k = rel // SUB_CHUNK
-            data = self._spans.piece(index, i, k, urgent=not streaming)
+            data = self._spans.piece(index, i, k, urgent=urgent)
             lo = rel - k * SUB_CHUNK
             n = min(len(data) - lo, end - offset)
             if n <= 0:

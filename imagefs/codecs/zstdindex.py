@@ -240,7 +240,11 @@ class _Pass:
                 # Looking for a resume point (out_pos is exact only after a feed).
                 if skip:
                     skip -= 1
-                elif self_contained(btype, comp.get(pos + 3, body)):
+                elif btype == 2 and self_contained(btype, comp.get(pos + 3, body)):
+                    # Only a compressed block: after a raw or RLE block the
+                    # repeat offsets are still the ones from before the point
+                    # (a span that passed its first block diverged later on
+                    # the bench image that way).
                     self.feed(dec, feed_from, pos)
                     feed_from, pending_blocks = pos, 0
                     if self.out_pos - span_u >= self.spacing and self.out_pos > frame_u:
