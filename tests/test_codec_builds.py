@@ -234,4 +234,4 @@ def test_index_verb_builds_a_tree_in_parallel(tmp_path: Path, capsys) -> None:
     ready = [line for line in captured.out.splitlines() if ": ready in " in line]
     assert len(ready) == 3 and all("index built in" in line for line in ready), captured.out
     assert "\r" not in captured.err               # no bar drawn into a non-terminal
-    assert len(list((tmp_path / "idx").iterdir())) == 3
+    assert len(list((tmp_path / "idx").glob("*.idx"))) == 3
