@@ -13,24 +13,47 @@ round by round with the compressed file in the page cache:
 
 docs/design.md's target: imagefs >= 0.8 x the slower of the tool and the
 passthrough ceiling (the head-to-head's hot-source passthrough figure).
+
+Also per codec (issue 12): a fresh mount of the unindexed image, timed
+from the mount command to the first byte of the virtual partition and to
+its last 4 KiB (which waits for the background index build), against the
+tool's time to /dev/null (the last stored block: the partition's tail is
+free space); and, once every image is indexed, one mount of
+all of them read by 16 threads of random 4 KiB preads at once (p50/p99 per
+codec).
 """
 
 from __future__ import annotations
 
+import os
+import random
+import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import contenders as ct
 import measures as ms
-from common import BENCH_DIR, MiB, have, log, median
+from common import BENCH_DIR, MiB, have, log, median, wait_until
 
 #: name -> (compress argv, decompress argv, suffix): Clonezilla's usual ones.
 CODECS = {
     "zstd": (["zstd", "-q", "-T0", "-3", "-c"], ["zstd", "-q", "-dc"], ".zst"),
+    "pzstd": (["pzstd", "-q", "-3", "-c"], ["zstd", "-q", "-dc"], ".zst"),
     "gzip": (["pigz", "-c", "--fast"], ["pigz", "-dc"], ".gz"),
     "lz4": (["lz4", "-q", "-1", "-c"], ["lz4", "-q", "-dc"], ".lz4"),
+    "lzop": (["lzop", "-c"], ["lzop", "-dc"], ".lzo"),
+    "bzip2": (["pbzip2", "-c"], ["pbzip2", "-dc"], ".bz2"),
+    "xz": (["xz", "-T0", "-3", "-c"], ["xz", "-T0", "-dc"], ".xz"),
+    "lzip": (["plzip", "-c"], ["plzip", "-dc"], ".lz"),
 }
+#: Codecs whose index build is timed every round (the others once: their
+#: builds take tens of seconds, or none at all).
+TIMED_BUILDS = {"zstd", "pzstd", "gzip", "lz4"}
+#: The random-read stage: threads and seconds.
+RANDOM_THREADS = 16
+RANDOM_SECONDS = 10.0
 
 
 def compressed_copy(image: Path, name: str) -> Path:
@@ -64,6 +87,7 @@ def series(image: Path, work: Path, options: str | None, rounds: int, time_limit
            budget_left, ceiling_mibps: float | None) -> dict:
     """Tool vs mount for every codec in CODECS whose tools are installed."""
     out: dict = {"ceiling_mibps": ceiling_mibps}
+    last_offset = last_stored_offset(image)
     for name, (comp, dec, _) in CODECS.items():
         if not (have(comp[0]) and have(dec[0])):
             out[name] = {"skipped": f"{comp[0]} not installed"}
@@ -73,30 +97,33 @@ def series(image: Path, work: Path, options: str | None, rounds: int, time_limit
             continue
         try:
             path = compressed_copy(image, name)
-            idx = work / f"codec-index-{name}"
+            idx = work / "codec-index" / name
             opts = ",".join(filter(None, [options, f"index_dir={idx}"]))
             c = ct.imagefs(path.parent, image.name, opts)
             mnt = work / f"mnt-codec-{name}"
-            m = ct.start(c, mnt, work)            # untimed: builds and saves the index
-            try:
-                with open(c.path(mnt), "rb") as f:
-                    f.seek(1 << 30)
-                    f.read(4096)
-            finally:
-                ct.stop(m)
-            tool, mount = [], []
-            for _ in range(rounds):
+            tool, mount, first, last = [], [], [], []
+            for r in range(rounds):
                 _warm(path)
                 tool.append(_tool_mibps(dec, path, image.stat().st_size))
+                if r == 0 or name in TIMED_BUILDS:
+                    shutil.rmtree(idx, ignore_errors=True)   # the next mount builds it
+                    _warm(path)
+                    f_s, l_s = _fresh_mount_times(c, mnt, work, last_offset)
+                    first.append(f_s)
+                    last.append(l_s)
                 _warm(path)
                 m = ct.start(c, mnt, work)
                 try:
                     mount.append(ms.sequential_hot(c.path(mnt), time_limit)["mibps"])
                 finally:
                     ct.stop(m)
+            tool_s = image.stat().st_size / MiB / median(tool)
             entry = {"tool": " ".join(dec), "tool_mibps": median(tool),
                      "mount_mibps": median(mount), "mount_range": f"{min(mount):.0f}-{max(mount):.0f}",
-                     "compressed_mib": path.stat().st_size / MiB}
+                     "compressed_mib": path.stat().st_size / MiB,
+                     "first_byte_s": median(first), "last_byte_s": median(last),
+                     "tool_s": tool_s, "last_vs_tool": median(last) / tool_s,
+                     "path": str(path)}
             bound = min(x for x in (entry["tool_mibps"], ceiling_mibps) if x)
             entry["ratio"] = entry["mount_mibps"] / bound
             out[name] = entry
@@ -104,6 +131,107 @@ def series(image: Path, work: Path, options: str | None, rounds: int, time_limit
         except Exception as exc:  # noqa: BLE001 - one codec failing must not stop the bench
             out[name] = {"error": str(exc)}
             log(f"codec through the mount {name} FAILED: {exc}")
+    if budget_left() > 60:
+        try:
+            out["random"] = random_stage(image, work, options, out)
+        except Exception as exc:  # noqa: BLE001 - reported, the rest stands
+            out["random"] = {"error": str(exc)}
+            log(f"random stage FAILED: {exc}")
+    return out
+
+
+def last_stored_offset(image: Path) -> int:
+    """The partition offset of the image's last stored block: reading it needs
+    the stream decoded to its end (the partition's tail is often free space,
+    zeros that need no decoding at all)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from imagefs.formats import probe
+    from imagefs.io import FileSource
+
+    header = probe(FileSource(image))
+    bitmap = header.open(None).bitmap
+    return int(bitmap.select(bitmap.count - 1)) * header.block_size
+
+
+def _fresh_mount_times(c: ct.Contender, mnt: Path, work: Path,
+                       last_offset: int) -> tuple[float, float]:
+    """(mount command to first byte, to the last stored block) of an unindexed image.
+
+    The mount then stays until its index is saved (the next mounts load it).
+    """
+    t0 = time.perf_counter()
+    m = ct.start(c, mnt, work)
+    try:
+        fd = os.open(c.path(mnt), os.O_RDONLY)
+        try:
+            os.pread(fd, 1, 0)
+            first = time.perf_counter() - t0
+            os.pread(fd, 4096, last_offset)
+            last = time.perf_counter() - t0
+            info = c.path(mnt).with_name(c.path(mnt).name + ".info")
+            wait_until(lambda: "index built" in info.read_text(), 600, 0.2)
+        finally:
+            os.close(fd)
+    finally:
+        ct.stop(m)
+    return first, last
+
+
+def random_stage(image: Path, work: Path, options: str | None, res: dict) -> dict:
+    """One mount of every indexed codec image; 16 threads of random 4 KiB reads."""
+    names = [n for n in CODECS if isinstance(res.get(n), dict) and "path" in res[n]]
+    tree = BENCH_DIR / "compressed"           # the same paths: the same index keys
+    both = work / "codec-index" / "all"
+    both.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        for f in (work / "codec-index" / n).glob("*.idx"):
+            shutil.copy(f, both / f.name)
+        _warm(Path(res[n]["path"]))
+    opts = ",".join(filter(None, [options, f"index_dir={both}"]))
+    c = ct.imagefs(tree, "", opts)
+    mnt = work / "mnt-codec-all"
+    m = ct.start(c, mnt, work)
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    lock = threading.Lock()
+    try:
+        fds = {}
+        for n in names:
+            vname = Path(res[n]["path"]).name.rsplit(".", 1)[0]
+            fds[n] = os.open(mnt / n / vname, os.O_RDONLY)
+            os.posix_fadvise(fds[n], 0, 0, os.POSIX_FADV_RANDOM)
+        pages = image.stat().st_size // 4096 - 1
+        deadline = time.perf_counter() + RANDOM_SECONDS
+
+        def worker(i: int) -> None:
+            rng = random.Random(1000 + i)
+            mine: list[tuple[str, float]] = []
+            while time.perf_counter() < deadline:
+                n = rng.choice(names)
+                off = rng.randrange(pages) * 4096
+                t = time.perf_counter()
+                os.pread(fds[n], 4096, off)
+                mine.append((n, time.perf_counter() - t))
+            with lock:
+                for n, x in mine:
+                    lat[n].append(x)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(RANDOM_THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for fd in fds.values():
+            os.close(fd)
+    finally:
+        ct.stop(m)
+    out = {}
+    for n, xs in lat.items():
+        xs.sort()
+        if xs:
+            out[n] = {"reads": len(xs), "p50_ms": 1000 * xs[len(xs) // 2],
+                      "p99_ms": 1000 * xs[min(len(xs) - 1, int(len(xs) * 0.99))]}
+    log(f"random 4 KiB over all codec images, {RANDOM_THREADS} threads: {out}")
     return out
 
 
@@ -114,14 +242,23 @@ def table(res: dict) -> str:
              "1 MiB reads; target ≥ 0.8 × the slower of the tool and the passthrough ceiling"
              + (f", {ceiling:.0f} MiB/s in this run" if ceiling else "") + "):\n",
              "| codec | compressed (MiB) | tool to /dev/null (MiB/s) | imagefs mount (MiB/s) "
-             "| imagefs / min(tool, ceiling) |", "|---|---|---|---|---|"]
+             "| imagefs / min(tool, ceiling) | unindexed: first byte (s) | unindexed: last stored block (s) "
+             "| tool (s) | last / tool | 16-thread random 4 KiB p50 / p99 (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    rnd = res.get("random") if isinstance(res.get("random"), dict) else {}
     for name in CODECS:
         e = res.get(name)
         if not isinstance(e, dict):
             continue
         if "tool_mibps" not in e:
-            lines.append(f"| {name} | {e.get('skipped') or e.get('error')} | | | |")
+            lines.append(f"| {name} | {e.get('skipped') or e.get('error')} | | | | | | | | |")
             continue
+        r = rnd.get(name, {})
+        rtext = f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}" if r else ""
         lines.append(f"| {name} | {e['compressed_mib']:.0f} | {e['tool_mibps']:.0f} (`{e['tool']}`) | "
-                     f"{e['mount_mibps']:.0f} ({e['mount_range']}) | {e['ratio']:.2f}× |")
+                     f"{e['mount_mibps']:.0f} ({e['mount_range']}) | {e['ratio']:.2f}× | "
+                     f"{e['first_byte_s']:.3f} | {e['last_byte_s']:.2f} | {e['tool_s']:.2f} | "
+                     f"{e['last_vs_tool']:.2f}× | {rtext} |")
+    if rnd.get("error"):
+        lines.append(f"\nrandom stage failed: {rnd['error']}")
     return "\n".join(lines)

@@ -11,10 +11,12 @@ indexes whose backups are gone or changed instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 from imagefs.catalog import Catalog, ImageEntry, InfoNode
 from imagefs.catalog.disknodes import DiskEntry, DiskInfoNode
@@ -128,30 +130,55 @@ def ls_main(args: argparse.Namespace) -> int:
 
 
 def index_main(args: argparse.Namespace) -> int:
-    """Open every image and build its indexes now; exit 2 if any fails."""
+    """Open every image and build its indexes now; exit 2 if any fails.
+
+    The codec indexes of independent images are built in parallel (as many
+    passes at once as ``codecs.tuning.BUILD_SLOTS``, one per core; each pass
+    holds a bounded amount of memory) with one overall progress bar on a
+    terminal and a log line every 10 s otherwise.
+    """
     if getattr(args, "prune", False):
         return prune_main(args)
-    catalog = _catalog(args, progress=not getattr(args, "quiet", False))
+    quiet = getattr(args, "quiet", False)
+    catalog = _catalog(args, progress=False)     # one overall bar, not one per image
     failed = 0
     try:
         entries = _images(catalog, getattr(args, "verbose", 0))
+        builds = {}
         for entry in entries:
-            if entry.error:
-                print(f"{entry.vpath}: skipped, {entry.error}")
-                failed += 1
+            start = getattr(entry.stream, "start_build", None)
+            if entry.error or start is None:
                 continue
-            start = time.monotonic()
             try:
-                build = getattr(entry.stream, "build", None)
-                if build is not None:
-                    build()                 # the codec's seek index (persisted)
-                entry.partition()           # bitmap / run list (ntfsclone's is persisted)
-            except ImageError as exc:
-                print(f"{entry.vpath}: FAILED, {exc.problem}")
-                failed += 1
-                continue
-            state = entry.index_state() or "no compression index needed"
-            print(f"{entry.vpath}: ready in {time.monotonic() - start:.1f} s ({state})")
+                build = start()             # queued: passes run BUILD_SLOTS at a time
+            except ImageError:
+                continue                    # reported below, when the entry is opened
+            if build is not None:
+                builds[id(entry)] = build
+        total = sum(b.total for b in builds.values())
+        with _overall_progress(total, len(builds), not quiet) as show:
+            for entry in entries:
+                if entry.error:
+                    show(f"{entry.vpath}: skipped, {entry.error}")
+                    failed += 1
+                    continue
+                start = time.monotonic()
+                build = builds.get(id(entry))
+                try:
+                    if build is not None:
+                        while build.running:
+                            show(None, sum(b.done for b in builds.values()))
+                            build.join(0.2)     # redraw the bar meanwhile
+                    finish = getattr(entry.stream, "build", None)
+                    if finish is not None:
+                        finish()                # the index (persisted), or its error
+                    entry.partition()           # bitmap / run list (ntfsclone's is persisted)
+                except ImageError as exc:
+                    show(f"{entry.vpath}: FAILED, {exc.problem}")
+                    failed += 1
+                    continue
+                state = entry.index_state() or "no compression index needed"
+                show(f"{entry.vpath}: ready in {time.monotonic() - start:.1f} s ({state})")
         return exitcodes.IMAGE if failed else exitcodes.OK
     finally:
         catalog.close()
@@ -193,3 +220,44 @@ def prune_main(args: argparse.Namespace) -> int:
               f"{human_size(indexprune.usage(directory))}", file=sys.stderr)
     return exitcodes.OK
 
+
+@contextlib.contextmanager
+def _overall_progress(total: int, count: int,
+                      enabled: bool) -> Iterator[Callable[..., None]]:
+    """``show(line, done)``: print a result line and/or move the one bar.
+
+    A tqdm bar only when stderr is a terminal; else a log line every 10 s.
+    """
+    bar = None
+    if enabled and total and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=f"indexing {count} image{'s' if count != 1 else ''}",
+                   unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr)
+    started = last = time.monotonic()
+    seen = 0
+
+    def show(line: str | None, done: int = -1) -> None:
+        nonlocal last, seen
+        if line is not None:
+            if bar is not None:
+                bar.write(line, file=sys.stdout)
+            else:
+                print(line, flush=True)
+        if done < 0:
+            return
+        if bar is not None:
+            bar.update(max(0, done - seen))
+            seen = max(seen, done)
+            return
+        now = time.monotonic()
+        if enabled and total and now - last >= 10.0:
+            last = now
+            rate = done / max(now - started, 1e-3)
+            log.info("indexing: %.0f%% of %d images (%.0f MB/s, %.0f s left)",
+                     100.0 * done / total, count, rate / 1e6, (total - done) / max(rate, 1.0))
+
+    try:
+        yield show
+    finally:
+        if bar is not None:
+            bar.close()

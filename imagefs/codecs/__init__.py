@@ -3,23 +3,29 @@
 ``sniff`` names the compressor from the first bytes (magic, never the file
 name); ``open_decompressed`` stacks the matching decoder on a source and is
 lazy: reads near the start decode from the beginning, and the seek index
-is built (or loaded from the index directory) only when a read goes further
-or the size is asked for.  ``build_index`` forces the index now.
+is loaded from the index directory, or built by one background pass shared
+by every reader, only when a read goes further or the size is asked for.
+``build_index`` builds (or loads) the index now and waits for it.
 
 What lives where:
 
 ==================  ========================================================
 ``registry``        magic sniffing, codec name -> decoder class
-``tuning``          process-wide knobs (threads, prefetch pool, default cache)
+``tuning``          process-wide knobs (threads, prefetch pool, default cache),
+                    demand decodes before prefetch
 ``source``          ``CodecSource``: reads, the index's lifecycle, codec hooks
-``seekindex``       the span table and its persisted payload
+``building``        the one background index build of a stream, partial index
+``seekindex``       the span table, piece sums and the persisted payload
 ``sequential``      decoding from the start (header probes, slow path)
-``spans``           span pieces decoded into the shared cache
+``spans``           span pieces decoded into the shared cache, sums checked
 ``cursors``         paused span decoders, continued by sequential readers
 ``streaming``       sequential-reader detection and prefetch
-``adapters``        file objects over sources (libraries, header scanners)
+``adapters``        file objects over sources; the index passes' chunk reader
 ``problems``        the damaged / truncated errors
-one per codec       ``rapid`` (gzip, bzip2 via rapidgzip), ``zstd``, ``lz4``,
+``streamend``       where a gzip/bzip2 stream ends (trailing bytes, truncation)
+``rapidpool``       rapidgzip decoders and the threads every rapidgzip call uses
+one per codec       ``rapid`` (gzip, bzip2 via rapidgzip), ``zstd`` (with
+                    ``zstdframe`` and the pass ``zstdindex``), ``lz4``,
                     ``xz``, ``lzop``, ``lzip``
 ==================  ========================================================
 
@@ -28,8 +34,8 @@ Per codec (docs/formats.md section 6):
 ========  ===================================================================
 gzip      rapidgzip checkpoints (plain, pigz, multi-member); index exported
 bzip2     rapidgzip block offsets (bzip2, pbzip2, lbzip2)
-zstd      frames, pzstd skippable frames, verified resume points
-lz4       frame block index (independent or linked blocks)
+zstd      frames, pzstd skippable frames, resume points; piece sums
+lz4       frame block index (independent or linked blocks); piece sums
 xz        blocks from the xz index; one block = sequential slow path
 lzop      block index from the block headers
 lzip      member index (plzip), each member decoded as raw LZMA1
@@ -42,15 +48,15 @@ decompresses them.
 
 from __future__ import annotations
 
-import lzma
-import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagefs.codecs.registry import CODECS, UNSUPPORTED_HINTS, decoder_class, sniff
 from imagefs.errors import UnsupportedError
-from imagefs.io.source import ByteSource
-from imagefs.services.cache import BlockCache
-from imagefs.services.indexstore import IndexStore
+
+if TYPE_CHECKING:   # a mount imports this package at start-up: keep it light
+    from imagefs.io.source import ByteSource
+    from imagefs.services.cache import BlockCache
+    from imagefs.services.indexstore import IndexStore
 
 __all__ = ["CODECS", "build_index", "codec_versions", "configure", "open_decompressed",
            "sniff"]
@@ -121,9 +127,11 @@ def codec_versions() -> dict[str, str]:
     """Versions of the codec libraries and of the C libraries that really decode.
 
     zstd is decoded by two bindings (codecs/zstd.py): python-zstandard for
-    the index pass and whole-span reads, pyzstd for header probes and
+    the index pass and header probes, pyzstd for
     streamed spans; each brings its own libzstd, so both are named.
     """
+    import lzma  # here, not at import: a mount imports this package at start-up
+    import zlib
     from importlib.metadata import PackageNotFoundError, version
 
     from imagefs.codecs.lzop import library_version

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from imagefs.codecs.problems import truncated
+from imagefs.io.scatter import read_into
 from imagefs.io.source import ByteSource
 
 if TYPE_CHECKING:
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 #: Compressed bytes read per request while scanning a stream.
 READ_CHUNK = 4 << 20
+#: Compressed bytes an index pass reads per pread (one reused buffer).
+PASS_CHUNK = 8 << 20
 
 
 class SourceReader(io.RawIOBase):
@@ -94,3 +97,61 @@ class StreamCursor:
             raise truncated(self.source, f"compressed stream ends inside {what} "
                             f"at byte {self.pos}")
         return data
+
+
+class ChunkReader:
+    """A compressed stream read in large chunks into one reused buffer, by absolute offset.
+
+    For index passes: ``load`` a chunk, ``get`` views of it (valid until the
+    next ``load``), ``need`` to load on demand; ``update`` is told each new
+    compressed byte read (progress).
+    """
+
+    __slots__ = ("src", "total", "base", "buf", "view", "update", "reported")
+
+    def __init__(self, src: ByteSource, update: Callable[[int], None]) -> None:
+        self.src = src
+        self.total = src.size
+        self.base = 0
+        self.buf: bytes | bytearray = b""
+        self.view = memoryview(self.buf)
+        self.update = update
+        self.reported = 0                  # compressed bytes told to progress
+
+    def have(self, pos: int, n: int) -> bool:
+        """Whether ``[pos, pos + n)`` is in the chunk now held."""
+        return self.base <= pos and pos + n <= self.base + len(self.view)
+
+    def load(self, pos: int, n: int) -> None:
+        """Hold a chunk starting at ``pos`` with at least ``n`` bytes (fewer at the end).
+
+        The chunk is read into one reused buffer: a fresh 8 MiB object per
+        read cost page faults on every byte (10% of the pass).
+        """
+        size = min(max(PASS_CHUNK, n), self.total - pos)
+        if size <= 0:
+            self.buf, self.view, self.base = b"", memoryview(b""), pos
+            return
+        if len(self.buf) < size or not isinstance(self.buf, bytearray):
+            self.view.release()
+            self.buf = bytearray(max(size, PASS_CHUNK))
+        self.view = memoryview(self.buf)[:size]
+        read_into(self.src, pos, [self.view])
+        self.base = pos
+        end = pos + size
+        if end > self.reported:
+            self.update(end - self.reported)
+            self.reported = end
+
+    def get(self, pos: int, n: int) -> memoryview:
+        return self.view[pos - self.base:pos - self.base + n]
+
+
+    def need(self, pos: int, n: int, what: str) -> memoryview:
+        """A view of ``[pos, pos + n)``, loading it if needed; TruncatedError at the end."""
+        if not self.have(pos, n):
+            self.load(pos, n)
+            if not self.have(pos, n):
+                raise truncated(self.src, f"compressed stream ends inside {what} at byte "
+                                f"{self.base + len(self.view)}")
+        return self.get(pos, n)

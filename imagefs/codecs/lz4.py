@@ -12,17 +12,20 @@ frame carries a compressed snapshot of that history.
 from __future__ import annotations
 
 import struct
-import zlib
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import lz4.block
+import lz4.frame
 import xxhash
 
-from imagefs.codecs.adapters import StreamCursor
-from imagefs.codecs.problems import corrupt
+from imagefs.codecs.adapters import ChunkReader, StreamCursor
+from imagefs.codecs.building import IndexBuild
+from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
+from imagefs.codecs.spans import PieceHasher
 from imagefs.errors import UnsupportedError
 from imagefs.io.source import ByteSource
 from imagefs.services.units import human
@@ -33,6 +36,10 @@ SKIPPABLE_MAGIC = 0x184D2A50
 HISTORY = 64 << 10
 #: Group small blocks (lz4 -B4 writes 64 KiB ones) into spans of this size.
 SPAN_TARGET = 1 << 20
+#: Spans of linked blocks are larger: each carries a 64 KiB history snapshot.
+LINKED_SPAN_TARGET = 4 << 20
+#: Compressed bytes of a linked frame fed to the frame decoder at a time.
+FEED_BYTES = 1 << 20
 
 
 class Lz4Source(CodecSource):
@@ -45,15 +52,21 @@ class Lz4Source(CodecSource):
         src = self.source
         cur = StreamCursor(src, 0, update)
         total = src.size
+        frames = 0
         while cur.pos < total:
             frame_c = cur.pos
+            if frames and total - frame_c < 4:
+                return                         # a few trailing bytes
             (magic,) = struct.unpack("<I", cur.need(4, "a frame magic"))
             if magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC:
                 (length,) = struct.unpack("<I", cur.need(4, "a skippable frame"))
                 cur.need(length, "a skippable frame")
                 continue
             if magic != FRAME_MAGIC:
+                if frames:
+                    return                     # trailing bytes after the last frame
                 raise corrupt(src, f"no lz4 frame at compressed byte {frame_c}")
+            frames += 1
             flg, bd = cur.need(2, "a frame header")
             if flg >> 6 != 1:
                 raise corrupt(src, f"lz4 frame at byte {frame_c} has unknown version {flg >> 6}")
@@ -108,70 +121,33 @@ class Lz4Source(CodecSource):
             if event[0] == "block":
                 yield event[5]
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
-        starts, meta, blobs = [0], [], []
-        out_pos = 0
-        frames = blocks = 0
-        linked = False
-        history = b""
-        span: list | None = None
-        span_u = 0
-
-        def close_span() -> None:
-            nonlocal span
-            if span is not None and out_pos > span_u:
-                meta.append(span)
-                starts.append(out_pos)
-            span = None
-
-        for event in self._walk(update):
-            if event[0] == "frame":
-                frames += 1
-                linked = event[1]
-                history = b""
-            elif event[0] == "block":
-                _, c_off, csize, raw, ulen, out = event
-                if span is None or out_pos - span_u >= SPAN_TARGET:
-                    close_span()
-                    blob = -1
-                    if linked and history:
-                        blobs.append(zlib.compress(history, 6))
-                        blob = len(blobs) - 1
-                    span, span_u = [int(linked), blob, []], out_pos
-                span[2].append([c_off, csize, int(raw), ulen])
-                out_pos += ulen
-                blocks += 1
-                self._count(ulen)
-                if linked:
-                    history = (history + out)[-HISTORY:]
-            else:
-                close_span()
-        close_span()
-        return SeekIndex(out_pos, starts, meta, blobs,
-                         {"frames": frames, "blocks": blocks,
-                          "linked": any(m[0] for m in meta)})
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        index = _Lz4Pass(self.source, build).run()
+        self._count(index.size)
+        return index
 
     def _check_loaded(self, index: SeekIndex) -> None:
-        for _linked, blob, blocks in index.meta:
-            if blob >= len(index.blobs) or not blocks:
+        for m in index.meta:
+            if len(m) != 4 or m[1] >= len(index.blobs) or not m[2]:
                 raise ValueError("lz4 span refers to a missing snapshot")
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
         return b"".join(self._iter_span(index, i))
 
     def _iter_span(self, index: SeekIndex, i: int) -> Iterator[bytes]:
-        # Block by block (lengths are checked per block; the content
-        # checksum was verified by the index pass).
-        linked, blob, blocks = index.meta[i]
-        history = zlib.decompress(index.blobs[blob]) if blob >= 0 else b""
+        # Block by block; the pieces are checked against their sums by the
+        # span decoder (the pass verified block and content checksums).
+        linked, blob, blocks, bmax = index.meta[i]
+        history = lz4.block.decompress(index.blobs[blob]) if blob >= 0 else b""
         first, last = blocks[0], blocks[-1]
         data_all = memoryview(self.source.read_at(first[0], last[0] + last[1] - first[0]))
         for c_off, csize, raw, ulen in blocks:
             data = data_all[c_off - first[0]:c_off - first[0] + csize]
             if len(data) != csize:
                 raise corrupt(self.source, f"lz4 block at byte {c_off} is cut short")
-            piece = _decode_block(self.source, data, raw, ulen, history if linked else None, c_off)
-            if len(piece) != ulen:
+            piece = _decode_block(self.source, data, raw, ulen if ulen >= 0 else bmax,
+                                  history if linked else None, c_off)
+            if 0 <= ulen != len(piece):
                 raise corrupt(self.source, f"lz4 block at byte {c_off} decoded to "
                               f"{len(piece)} bytes instead of {ulen}")
             if linked:
@@ -181,8 +157,11 @@ class Lz4Source(CodecSource):
     def _describe(self, index: SeekIndex) -> str:
         info = index.info
         kind = "linked" if info.get("linked") else "independent"
-        return (f"{info.get('frames', 0)} frame(s), {info.get('blocks', 0)} {kind} blocks "
+        text = (f"{info.get('frames', 0)} frame(s), {info.get('blocks', 0)} {kind} blocks "
                 f"in {index.spans} spans (about {human(index.size / max(index.spans, 1))} each)")
+        if info.get("trailing"):
+            text += f"; {info['trailing']} trailing bytes after the last frame ignored"
+        return text
 
 
 def _decode_block(src: ByteSource, data: bytes | memoryview, raw: bool, limit: int,
@@ -196,3 +175,187 @@ def _decode_block(src: ByteSource, data: bytes | memoryview, raw: bool, limit: i
         return lz4.block.decompress(data, uncompressed_size=limit)
     except lz4.block.LZ4BlockError as exc:
         raise corrupt(src, f"lz4 block at byte {c_off} is damaged ({exc})") from None
+
+
+class _Lz4Pass:
+    """The index pass: one walk of the frames, spans committed as they end.
+
+    Independent blocks are decoded one by one (their sizes go into the
+    index); a linked frame is fed to liblz4's frame decoder in block-aligned
+    slices of about 1 MiB (it keeps the 64 KiB history and checks the block
+    and content checksums itself), and its spans carry a snapshot of the
+    history before them.  Every piece's sum is recorded.
+    """
+
+    def __init__(self, src: ByteSource, build: IndexBuild) -> None:
+        self.src = src
+        self.build = build
+        self.cur = ChunkReader(src, build.update)
+        self.out_pos = 0
+        self.starts: list[int] = [0]
+        self.meta: list[Any] = []
+        self.blobs = build.blobs
+        self.sums: list[int] = []
+        self.sum_base: list[int] = [0]
+        self.hasher = PieceHasher()
+        self.history: deque[bytes] = deque()
+        self.history_len = 0
+        self.frames = self.blocks = 0
+        self.linked_any = False
+
+    def emit(self, out: bytes, linked: bool) -> None:
+        if not out:
+            return
+        self.hasher.feed(out)
+        self.out_pos += len(out)
+        if linked:
+            self.history.append(out)
+            self.history_len += len(out)
+            while self.history_len - len(self.history[0]) >= HISTORY:
+                self.history_len -= len(self.history.popleft())
+
+    def commit(self, span: list[Any]) -> None:
+        sums = self.hasher.close()
+        if self.out_pos <= self.starts[-1] or not span[2]:
+            return
+        self.meta.append(span)
+        self.starts.append(self.out_pos)
+        self.sums.extend(sums)
+        self.sum_base.append(len(self.sums))
+        self.build.commit(self.out_pos, span, sums)
+
+    def snapshot(self) -> int:
+        """Store the last 64 KiB of output as a blob; its number (-1: none)."""
+        if not self.history_len:
+            return -1
+        tail = b"".join(self.history)[-HISTORY:]
+        self.blobs.append(lz4.block.compress(tail))
+        return len(self.blobs) - 1
+
+    def run(self) -> SeekIndex:
+        cur = self.cur
+        total = cur.total
+        pos = 0
+        while pos < total:
+            if self.frames and pos + 4 > total:
+                return self.finish(trailing=total - pos)
+            (magic,) = struct.unpack("<I", cur.need(pos, 4, "a frame magic"))
+            if magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC:
+                (length,) = struct.unpack("<I", cur.need(pos + 4, 4, "a skippable frame"))
+                if pos + 8 + length > total:
+                    raise truncated(self.src, f"lz4 skippable frame at byte {pos} is cut short")
+                pos += 8 + length
+                continue
+            if magic != FRAME_MAGIC:
+                if self.frames:
+                    return self.finish(trailing=total - pos)
+                raise corrupt(self.src, f"no lz4 frame at compressed byte {pos}")
+            pos = self.frame(pos)
+        return self.finish()
+
+    def frame(self, frame_c: int) -> int:
+        src, cur = self.src, self.cur
+        flg, bd = cur.need(frame_c + 4, 2, "a frame header")
+        if flg >> 6 != 1:
+            raise corrupt(src, f"lz4 frame at byte {frame_c} has unknown version {flg >> 6}")
+        linked = not flg & 0x20
+        block_sum, content_sum = 4 if flg & 0x10 else 0, bool(flg & 0x04)
+        bmax = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}.get((bd >> 4) & 7)
+        if bmax is None:
+            raise corrupt(src, f"lz4 frame at byte {frame_c} has an invalid block size code")
+        if flg & 0x01:
+            raise UnsupportedError(src.name, "lz4 frame needs an external dictionary",
+                                   "decompress it with lz4 -D DICT -dc")
+        head_len = 7 + (8 if flg & 0x08 else 0)
+        content_size = None
+        if flg & 0x08:
+            (content_size,) = struct.unpack("<Q", cur.need(frame_c + 6, 8, "a frame header"))
+        cur.need(frame_c, head_len, "a frame header")
+        self.frames += 1
+        self.linked_any |= linked
+        frame_u = self.out_pos
+        self.history.clear()
+        self.history_len = 0
+        dec = None
+        if linked:
+            dec = lz4.frame.LZ4FrameDecompressor()
+            self._feed(dec, frame_c, frame_c + head_len)
+        hasher = xxhash.xxh32() if content_sum and not linked else None
+        span: list[Any] = [int(linked), -1, [], bmax]
+        span_u = self.out_pos
+        target = LINKED_SPAN_TARGET if linked else SPAN_TARGET
+        pos = feed_from = frame_c + head_len
+        while True:
+            if linked and not cur.have(pos, 4):
+                self._feed(dec, feed_from, pos)
+                feed_from = pos
+            (word,) = struct.unpack("<I", cur.need(pos, 4, "a block size"))
+            if word == 0:
+                pos += 4
+                break
+            raw, csize = bool(word & 0x80000000), word & 0x7FFFFFFF
+            if csize > bmax:
+                raise corrupt(src, f"lz4 block at byte {pos} is larger than its frame allows")
+            c_off = pos + 4
+            if linked and not cur.have(pos, 4 + csize + block_sum):
+                self._feed(dec, feed_from, pos)
+                feed_from = pos
+            # Loaded from the size word on: a linked frame feeds it too.
+            data = cur.need(pos, 4 + csize + block_sum, "a block")[4:]
+            self.blocks += 1
+            pos = c_off + csize + block_sum
+            if linked:
+                span[2].append([c_off, csize, int(raw), -1])
+                if pos - feed_from >= FEED_BYTES:
+                    self._feed(dec, feed_from, pos)
+                    feed_from = pos
+                    if self.out_pos - span_u >= target:
+                        self.commit(span)
+                        span, span_u = [1, self.snapshot(), [], bmax], self.out_pos
+                continue
+            if block_sum:
+                (want,) = struct.unpack_from("<I", data, csize)
+                if xxhash.xxh32_intdigest(data[:csize]) != want:
+                    raise corrupt(src, f"lz4 block at byte {c_off} fails its checksum")
+            out = _decode_block(src, data[:csize], raw, bmax, None, c_off)
+            if hasher is not None:
+                hasher.update(out)
+            span[2].append([c_off, csize, int(raw), len(out)])
+            self.emit(out, False)
+            if self.out_pos - span_u >= target:
+                self.commit(span)
+                span, span_u = [0, -1, [], bmax], self.out_pos
+        if content_sum:
+            if linked and not cur.have(pos, 4):
+                self._feed(dec, feed_from, pos)
+                feed_from = pos
+            want_bytes = bytes(cur.need(pos, 4, "a content checksum"))
+            pos += 4
+            if hasher is not None and hasher.intdigest() != struct.unpack("<I", want_bytes)[0]:
+                raise corrupt(src, f"lz4 frame at byte {frame_c} fails its content checksum")
+        if linked:
+            self._feed(dec, feed_from, pos)
+        if content_size is not None and content_size != self.out_pos - frame_u:
+            raise corrupt(src, f"lz4 frame at byte {frame_c} holds {self.out_pos - frame_u} "
+                          f"bytes, its header says {content_size}")
+        self.commit(span)
+        self.build.flush()
+        return pos
+
+    def _feed(self, dec: Any, start: int, end: int) -> None:
+        if end <= start:
+            return
+        try:
+            out = dec.decompress(self.cur.get(start, end - start))
+        except RuntimeError as exc:
+            raise corrupt(self.src, f"lz4 data is damaged between compressed bytes {start} "
+                          f"and {end} ({exc})") from None
+        self.emit(out, True)
+
+    def finish(self, trailing: int = 0) -> SeekIndex:
+        info: dict[str, Any] = {"frames": self.frames, "blocks": self.blocks,
+                                "linked": self.linked_any}
+        if trailing:
+            info["trailing"] = trailing
+        return SeekIndex(self.out_pos, self.starts, self.meta, list(self.blobs), info,
+                         sums=self.sums, sum_base=self.sum_base)

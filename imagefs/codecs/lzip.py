@@ -16,13 +16,14 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
+from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
-from imagefs.errors import UnsupportedError
+from imagefs.errors import ImageError, UnsupportedError
 from imagefs.io.source import ByteSource
 from imagefs.services.units import human
 
@@ -35,6 +36,9 @@ MAX_MEMBER = 512 << 20
 #: A single-member file holding up to this much is served as one span (a
 #: miss decodes it whole, well under a second); a larger one is refused.
 SMALL_SINGLE_MEMBER = 64 << 20
+#: How far before the end of the file a last member is looked for when
+#: trailing bytes follow it.
+MAX_TRAILING = 64 << 20
 
 
 def dict_size(byte: int) -> int:
@@ -60,6 +64,7 @@ class LzipSource(CodecSource):
 
     def __init__(self, source: ByteSource, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
+        self._trailing = 0
         # One read at the end tells whether the file is one member; refuse
         # that now so the .info can say what to do (docs/formats.md 6.2).
         _crc, dsize, msize = _trailer(source, source.size)
@@ -71,9 +76,45 @@ class LzipSource(CodecSource):
 
     def _members(self) -> list[tuple[int, int, int, int, int]]:
         """(offset, member size, data size, crc, dict size), first to last."""
+        try:
+            return self._members_before(self.source.size)
+        except ImageError:
+            end = self._last_member_end()
+            if end is None:
+                raise
+            self._trailing = self.source.size - end
+            return self._members_before(end)
+
+    def _last_member_end(self) -> int | None:
+        """Where the last member ends when trailing bytes follow it (lzip -t
+        accepts them): found by decoding the last member, None if none."""
+        src = self.source
+        lo = max(0, src.size - MAX_TRAILING)
+        tail = src.read_at(lo, src.size - lo)
+        at = len(tail)
+        while True:
+            at = tail.rfind(MAGIC + b"\x01", 0, at)
+            if at < 0:
+                return None
+            start = lo + at
+            dec = _raw_decoder(dict_size(tail[at + 5]))
+            pos = start + HEADER
+            try:
+                while not dec.eof and pos < src.size:
+                    chunk = src.read_at(pos, min(1 << 20, src.size - pos))
+                    pos += len(chunk)
+                    dec.decompress(chunk)
+            except lzma.LZMAError:
+                continue
+            if not dec.eof:
+                continue
+            end = pos - len(dec.unused_data) + TRAILER
+            if end <= src.size and _trailer(src, end)[2] == end - start:
+                return end
+
+    def _members_before(self, end: int) -> list[tuple[int, int, int, int, int]]:
         src = self.source
         out = []
-        end = src.size
         while end > 0:
             crc, dsize, msize = _trailer(src, end)
             start = end - msize
@@ -95,6 +136,8 @@ class LzipSource(CodecSource):
         while pos < total:
             head = src.read_at(pos, HEADER)
             if len(head) < HEADER or head[:4] != MAGIC:
+                if pos:
+                    return                    # trailing bytes after the last member
                 raise corrupt(src, f"no lzip member header at byte {pos}")
             dec = _raw_decoder(dict_size(head[5]))
             crc = 0
@@ -123,7 +166,8 @@ class LzipSource(CodecSource):
                 raise corrupt(src, f"lzip member at byte {pos} fails its CRC or size check")
             pos += msize
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        update = build.update
         members = self._members()
         update(self.source.size)
         starts, meta = [0], []
@@ -135,7 +179,10 @@ class LzipSource(CodecSource):
             out_pos += dsize
             starts.append(out_pos)
         slow = any(m[2] > MAX_MEMBER for m in meta)
-        return SeekIndex(out_pos, starts, meta, [], {"members": len(members), "slow": slow})
+        info: dict[str, Any] = {"members": len(members), "slow": slow}
+        if self._trailing:
+            info["trailing"] = self._trailing
+        return SeekIndex(out_pos, starts, meta, [], info)
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
         start, msize, dsize, crc, dsz = index.meta[i]
@@ -154,4 +201,7 @@ class LzipSource(CodecSource):
 
     def _describe(self, index: SeekIndex) -> str:
         n = index.info.get("members", index.spans)
-        return f"{n} members (about {human(index.size / max(n, 1))} each)"
+        text = f"{n} members (about {human(index.size / max(n, 1))} each)"
+        if index.info.get("trailing"):
+            text += f"; {index.info['trailing']} trailing bytes after the last member ignored"
+        return text

@@ -18,6 +18,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from imagefs.codecs.adapters import StreamCursor
+from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
@@ -149,7 +150,8 @@ class LzopSource(CodecSource):
             assert data is not None           # read_data=True
             yield _decode(self.source, data, ulen, clen, dsum, data_off)
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        update = build.update
         starts, meta = [0], []
         out_pos = span_u = 0
         span: list | None = None

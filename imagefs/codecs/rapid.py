@@ -18,137 +18,38 @@ bz2): cheap to create for thousands of images, nothing to close.
 
 from __future__ import annotations
 
-import atexit
 import bz2
 import io
-import os
-import threading
+import logging
+import re
 import weakref
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Generator
 from typing import Any
 
 import rapidgzip
 
-from imagefs.codecs import tuning
+from imagefs.codecs import rapidpool, tuning
 from imagefs.codecs.adapters import SourceReader
+from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
+from imagefs.codecs.rapidpool import DecoderPool
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
+from imagefs.codecs.streamend import bzip2_end, gzip_end
 from imagefs.errors import ImageError
-from imagefs.io.source import ByteSource
+from imagefs.io.source import ByteSource, SliceSource
+from imagefs.services import libstderr
 from imagefs.services.units import human
 
-#: Live rapidgzip decoders over all sources.  Each holds its own cache of
-#: decoded chunks (~80 MB measured after a few dozen span reads) although
-#: imagefs caches the spans itself, so they are few and shared LRU-wise:
-#: an idle decoder of another image is closed to make room.
-MAX_DECODERS = min(4, max(2, os.cpu_count() or 1))
+log = logging.getLogger("imagefs.codecs")
 
-_pools: weakref.WeakSet[_DecoderPool] = weakref.WeakSet()
-_pools_lock = threading.Lock()
+class _LibraryError(Exception):
+    """rapidgzip failed; ``exc`` is what it raised (turned into one line later)."""
 
-_global = threading.Condition()
-_idle: OrderedDict[int, tuple[_DecoderPool, object]] = OrderedDict()   # LRU, all sources
-_total = 0                                  # live decoders, idle or lent
-
-
-class _DecoderPool:
-    """The rapidgzip decoders of one source, each lent to one thread at a time.
-
-    The number of decoders is bounded over all sources (``MAX_DECODERS``).
-    ``close_all`` closes the idle ones at once and the lent ones when they
-    come back, so a decoder is never closed under a reading thread (except
-    ``force`` at interpreter exit, when an open one would abort the process).
-    """
-
-    def __init__(self, factory: Callable[[], object]) -> None:
-        self._factory = factory
-        self._lent: dict[int, object] = {}
-        self._retired: set[int] = set()
-        with _pools_lock:
-            _pools.add(self)
-
-    def acquire(self) -> Any:
-        global _total
-        evicted = []
-        with _global:
-            while True:
-                for key in reversed(_idle):
-                    if _idle[key][0] is self:
-                        dec = _idle.pop(key)[1]
-                        self._lent[id(dec)] = dec
-                        break
-                else:
-                    dec = None
-                if dec is not None:
-                    break
-                if _total < MAX_DECODERS:
-                    _total += 1
-                    break
-                if _idle:
-                    evicted.append(_idle.popitem(last=False)[1][1])
-                    _total -= 1
-                    continue
-                _global.wait()
-        for old in evicted:
-            _close_quietly(old)
-        if dec is not None:
-            return dec
-        try:
-            dec = self._factory()
-        except BaseException:
-            with _global:
-                _total -= 1
-                _global.notify_all()
-            raise
-        with _global:
-            self._lent[id(dec)] = dec
-        return dec
-
-    def release(self, dec: Any, broken: bool = False) -> None:
-        global _total
-        with _global:
-            self._lent.pop(id(dec), None)
-            retire = broken or id(dec) in self._retired
-            self._retired.discard(id(dec))
-            if retire:
-                _total -= 1
-            else:
-                _idle[id(dec)] = (self, dec)
-            _global.notify_all()
-        if retire:
-            _close_quietly(dec)
-
-    def close_all(self, force: bool = False) -> None:
-        global _total
-        with _global:
-            doomed = [_idle.pop(key)[1] for key in [k for k, v in _idle.items() if v[0] is self]]
-            if force:
-                doomed += list(self._lent.values())
-                self._lent.clear()
-            else:
-                self._retired.update(self._lent)
-            _total -= len(doomed)
-            _global.notify_all()
-        for dec in doomed:
-            _close_quietly(dec)
-
-
-def _close_quietly(dec: Any) -> None:
-    try:
-        dec.close()
-    except Exception:  # noqa: BLE001 - closing must never raise at exit
-        pass
-
-
-@atexit.register
-def _close_everything() -> None:
-    with _pools_lock:
-        pools = list(_pools)
-    for pool in pools:
-        pool.close_all(force=True)
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
 
 
 class _RapidSource(CodecSource):
@@ -160,16 +61,25 @@ class _RapidSource(CodecSource):
 
     def __init__(self, source: ByteSource, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
-        self._pool = _DecoderPool(self._new_decoder)
+        self._pool = DecoderPool(self._new_decoder)
         weakref.finalize(self, self._pool.close_all, True)
+
+    def _compressed(self, index: SeekIndex | None = None) -> ByteSource:
+        """The compressed bytes rapidgzip reads: the file without trailing bytes."""
+        end = (index.info.get("stream_end") if index is not None else None) or self.source.size
+        if end >= self.source.size:
+            return self.source
+        return SliceSource(self.source, 0, end)
 
     def _new_decoder(self) -> Any:
         index = self._index
         assert index is not None
+        libstderr.install()
         # The same chunk size as the index pass: with rapidgzip's default a
         # bzip2 read decoded ~4 MiB around every 0.5 MiB span (65 ms vs 15 ms).
         options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-        dec = rapidgzip.RapidgzipFile(SourceReader(self.source), parallelization=1, **options)
+        dec = rapidgzip.RapidgzipFile(SourceReader(self._compressed(index)), parallelization=1,
+                                      **options)
         try:
             dec.import_index(io.BytesIO(index.blobs[0]))
         except BaseException:
@@ -177,10 +87,38 @@ class _RapidSource(CodecSource):
             raise
         return dec
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
-        threads = tuning.INDEX_THREADS
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        libstderr.install()
+        index: SeekIndex = rapidpool.run(lambda: self._index_pass(build))
+        return index
+
+    def _index_pass(self, build: IndexBuild) -> SeekIndex:
+        try:
+            return self._rapid_pass(build, self.source)
+        except _LibraryError as failed:
+            # Trailing bytes after the last member make rapidgzip fail; find
+            # where the stream really ends (or say it is incomplete/damaged).
+            end = self._find_end()
+            if end >= self.source.size:
+                raise self._damaged(failed.exc) from None
+            log.info("%s: %d trailing bytes after the %s stream are ignored", self.name,
+                     self.source.size - end, self.codec)
+            build.done = 0
+            try:
+                index = self._rapid_pass(build, SliceSource(self.source, 0, end))
+            except _LibraryError as again:
+                raise self._damaged(again.exc) from None
+            index.info["stream_end"] = end
+            index.info["trailing"] = self.source.size - end
+            return index
+
+    def _find_end(self) -> int:
+        raise NotImplementedError
+
+    def _rapid_pass(self, build: IndexBuild, src: ByteSource) -> SeekIndex:
+        threads = max(1, min(tuning.INDEX_THREADS, rapidpool.plan()[1]))
         options = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-        dec = rapidgzip.RapidgzipFile(SourceReader(self.source, update), parallelization=threads,
+        dec = rapidgzip.RapidgzipFile(SourceReader(src, build.update), parallelization=threads,
                                       **options)
         try:
             size = 0
@@ -189,30 +127,46 @@ class _RapidSource(CodecSource):
                 if not chunk:
                     break
                 size += len(chunk)
-            self._count(size)
+            # rapidgzip returns a cut gzip stream short without an error: a
+            # complete one was decoded to its very last bit.
+            if dec.tell_compressed() < src.size * 8:
+                raise _LibraryError(EOFError("the stream ends before its end marker"))
             offsets = sorted(set(dec.block_offsets().values()))
             out = io.BytesIO()
             dec.export_index(out)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise self._damaged(exc) from None
+        except (ValueError, RuntimeError, OSError, EOFError) as exc:
+            raise _LibraryError(exc) from None
         finally:
             dec.close()
+        self._count(size)
         starts = [0] + [o for o in offsets if 0 < o < size] + [size]
         meta = [0] * (len(starts) - 1)
         return SeekIndex(size, starts, meta, [out.getvalue()],
                          {"checkpoints": len(starts) - 1})
 
     def _damaged(self, exc: BaseException) -> ImageError:
+        # One line of our own: the library's text (with its block dumps) goes
+        # to the debug log only.
         text = str(exc)
-        if "end" in text.lower() or "truncat" in text.lower() or "eof" in text.lower():
-            return truncated(self.source, f"{self.codec} stream ends early ({text})")
-        return corrupt(self.source, f"{self.codec} data is damaged ({text})")
+        log.debug("%s: %s library error: %s", self.name, self.codec, text)
+        low = text.lower()
+        if isinstance(exc, EOFError) or "end of file" in low or "truncat" in low \
+                or "unexpected end" in low:
+            return truncated(self.source, f"{self.codec} stream is incomplete: it ends "
+                             "before its end marker")
+        first = text.splitlines()[0] if text else type(exc).__name__
+        first = re.sub(r"\s+", " ", first)[:120]
+        return corrupt(self.source, f"{self.codec} data is damaged ({first})")
 
     def _check_loaded(self, index: SeekIndex) -> None:
         if len(index.blobs) != 1 or not index.blobs[0].startswith(b"GZIDX"):
             raise ValueError("no rapidgzip index in the payload")
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
+        data: bytes = rapidpool.run(lambda: self._decode_here(index, i))
+        return data
+
+    def _decode_here(self, index: SeekIndex, i: int) -> bytes:
         start, end = index.starts[i], index.starts[i + 1]
         dec = self._pool.acquire()
         broken = True
@@ -228,8 +182,11 @@ class _RapidSource(CodecSource):
 
     def _describe(self, index: SeekIndex) -> str:
         n = index.spans
-        return (f"{n} checkpoint{'s' if n != 1 else ''} (about "
+        text = (f"{n} checkpoint{'s' if n != 1 else ''} (about "
                 f"{human(index.size / max(n, 1))} apart)")
+        if index.info.get("trailing"):
+            text += f"; {index.info['trailing']} trailing bytes after the stream ignored"
+        return text
 
     def _close_decoders(self) -> None:
         self._pool.close_all()
@@ -240,6 +197,9 @@ class GzipSource(_RapidSource):
 
     codec = "gzip"
 
+    def _find_end(self) -> int:
+        return gzip_end(self.source)
+
     def _iter_decoded(self) -> Generator[bytes, None, None]:
         yield from _members(self.source, lambda: zlib.decompressobj(wbits=31), zlib.error,
                             b"\x1f\x8b", "gzip")
@@ -249,6 +209,9 @@ class Bzip2Source(_RapidSource):
     """bzip2 / pbzip2 / lbzip2."""
 
     codec = "bzip2"
+
+    def _find_end(self) -> int:
+        return bzip2_end(self.source)
     # bzip2 checkpoints carry no window, so dense ones cost nothing in the
     # index and cut a random read from ~4 MiB of slow bzip2 decoding to
     # about one block (~1 MiB).

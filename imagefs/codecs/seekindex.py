@@ -8,7 +8,15 @@ decompressed byte of span ``i``; ``starts[-1]`` is the total size.
 
 The payload is ``IFCX`` + u32 length + a JSON head (sizes, span table,
 codec metadata) + the binary blobs (window snapshots, a library's exported
-index).  It is persisted through
+index) + the piece sums (u64 each).
+
+*Piece sums* are XXH3-64 hashes of every decoded piece (``SUB_CHUNK`` bytes
+of a span, the last one shorter) taken by the index pass, which itself was
+checked by the codec's own checksums (zstd/lz4 content checksum, gzip
+CRC-32).  Every later decode of a piece is compared with its sum before it
+is served, so a stream changed or damaged after indexing, or a zstd resume
+point that does not reproduce the stream, is an error and never wrong
+bytes.  It is persisted through
 :class:`~imagefs.services.indexstore.PersistedIndex`, which adds the
 container checksum and the key of the source files.
 """
@@ -20,13 +28,15 @@ import json
 import os
 import struct
 import zlib
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from imagefs.errors import FormatError
 
 #: Bump when the payload layout of any codec changes: old files are rebuilt.
-INDEX_VERSION = 1
+#: 2: piece sums; zstd resume points checked by them instead of a second decode.
+INDEX_VERSION = 2
 
 _PAYLOAD_MAGIC = b"IFCX"
 
@@ -90,6 +100,17 @@ class SeekIndex:
     meta: list[Any]
     blobs: list[bytes] | LazyBlobs = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    #: Piece sums of all spans, flat (see the module docstring), or None.
+    sums: list[int] | array | None = None
+    #: ``sums[sum_base[i] + k]`` is piece ``k`` of span ``i``.
+    sum_base: list[int] | None = None
+
+    def piece_sum(self, i: int, k: int) -> int | None:
+        """The recorded XXH3-64 of piece ``k`` of span ``i`` (None: not recorded)."""
+        if self.sums is None or self.sum_base is None:
+            return None
+        n = self.sum_base[i] + k
+        return self.sums[n] if n < self.sum_base[i + 1] else None
 
     def blob_bytes(self) -> int:
         if isinstance(self.blobs, LazyBlobs):
@@ -101,7 +122,8 @@ class SeekIndex:
         if isinstance(self.blobs, LazyBlobs) or self.blob_bytes() <= LAZY_BLOBS:
             return
         blobs = list(self.blobs)
-        head = payload_len - sum(map(len, blobs))
+        sums = 0 if self.sums is None else 8 * len(self.sums)   # they follow the blobs
+        head = payload_len - sum(map(len, blobs)) - sums
         try:
             base = os.path.getsize(path) - payload_len + head
         except OSError:
@@ -115,11 +137,13 @@ class SeekIndex:
 
     def to_payload(self, codec: str, comp_size: int) -> bytes:
         blobs = [self.blobs[i] for i in range(len(self.blobs))]
+        sums = b"" if self.sums is None else array("Q", self.sums).tobytes()
         head = {"v": INDEX_VERSION, "codec": codec, "comp_size": comp_size,
                 "size": self.size, "starts": self.starts, "meta": self.meta,
-                "info": self.info, "blobs": [len(b) for b in blobs]}
+                "info": self.info, "blobs": [len(b) for b in blobs],
+                "sum_base": self.sum_base if self.sums is not None else None}
         text = json.dumps(head, separators=(",", ":")).encode()
-        return b"".join([_PAYLOAD_MAGIC, struct.pack("<I", len(text)), text, *blobs])
+        return b"".join([_PAYLOAD_MAGIC, struct.pack("<I", len(text)), text, *blobs, sums])
 
     @classmethod
     def from_payload(cls, payload: bytes, codec: str, comp_size: int) -> SeekIndex:
@@ -139,10 +163,17 @@ class SeekIndex:
                 raise ValueError("blob beyond the end of the payload")
             blobs.append(payload[pos:pos + n])
             pos += n
+        sum_base = head.get("sum_base")
+        sums: array | None = None
+        if sum_base is not None:
+            sums = array("Q")
+            sums.frombytes(payload[pos:pos + 8 * int(sum_base[-1])])
+            pos += 8 * len(sums)
         if pos != len(payload):
             raise ValueError("trailing bytes after the blobs")
         index = cls(int(head["size"]), [int(s) for s in head["starts"]], head["meta"],
-                    blobs, head.get("info", {}))
+                    blobs, head.get("info", {}), sums=sums,
+                    sum_base=[int(b) for b in sum_base] if sum_base is not None else None)
         index.check()
         return index
 
@@ -152,3 +183,8 @@ class SeekIndex:
             raise ValueError("span table does not cover the stream")
         if any(b < a for a, b in itertools.pairwise(starts)):
             raise ValueError("span table is not ordered")
+        if self.sums is not None:
+            base = self.sum_base
+            if base is None or len(base) != len(starts) or base[0] != 0 or \
+                    base[-1] != len(self.sums) or any(b < a for a, b in itertools.pairwise(base)):
+                raise ValueError("piece sums do not fit the span table")

@@ -10,10 +10,14 @@ The source serves reads from three parts it owns:
   reader's pieces are freed once delivered and the spans ahead decoded in
   the background.
 
-The seek index is built (one sequential pass) or loaded from the index
-directory on the first read that needs it, once, under ``_index_lock``; it
-is published only after the codec has prepared for it, so a reader that
-sees ``index`` set can use it at once.
+The seek index is loaded from the index directory, or built by one
+sequential pass in the background (:mod:`~imagefs.codecs.building`), on
+the first read that needs it: one build per stream, shared by every
+reader, never waited for by an open.  While it runs, reads inside the part
+already passed are served from the partial index (codecs that commit spans
+as they go: zstd, lz4), reads beyond wait for the pass to reach them.  The
+complete index is published only after the codec has prepared for it, so a
+reader that sees ``index`` set can use it at once.
 
 Subclasses set ``codec`` and implement the hooks at the end of the class.
 """
@@ -22,17 +26,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from functools import partial
 
+from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import INDEX_VERSION, SeekIndex
 from imagefs.codecs.sequential import SEQ_CHUNK, SequentialDecoder
 from imagefs.codecs.spans import SUB_CHUNK, SpanDecoder
-from imagefs.codecs.streaming import StreamTracker
+from imagefs.codecs.streaming import STREAM_MIN_READ, StreamTracker
 from imagefs.codecs.tuning import default_cache
 from imagefs.io.scatter import copy_read, scatter
 from imagefs.io.source import ByteSource
@@ -63,13 +69,14 @@ class CodecSource:
         self._progress = progress
         self._index: SeekIndex | None = None
         self._index_lock = threading.Lock()
+        self._build: IndexBuild | None = None  # the one pass, once started (_index_lock)
         self._origin = ""                  # how the index came to be (for index_state)
         self._count_lock = threading.Lock()
         self.decoded_bytes = 0             # guarded by _count_lock
         self._owner = ("codec", id(self), time.monotonic_ns())   # cache key prefix
         self._seq = SequentialDecoder(self._iter_decoded, self._count)
         self._spans = SpanDecoder(source, self.codec, self._owner, self._cache,
-                                  self._iter_span, self._count)
+                                  self._iter_span, self._count, self._span_mismatch)
         self._stream = StreamTracker(self._spans, self._cache)
 
     # -- ByteSource -------------------------------------------------------
@@ -114,13 +121,14 @@ class CodecSource:
             raise ValueError("negative offset or size")
         if size == 0:
             return b""
-        index = self._index
+        index = self._covering(offset + size)
         if index is None and offset + size <= HEAD_LIMIT:
             # A stream read from its start continues past the head: follow it,
             # so the first indexed read already counts as streaming.
             self._stream.follow(offset, offset + size)
             return self._read_sequential(offset, size)
-        index = self._ensure_index()
+        if index is None:
+            index = self._index_for(offset + size)
         size = min(size, index.size - offset)
         if size <= 0:
             return b""
@@ -139,11 +147,12 @@ class CodecSource:
         copy per byte, where ``read_at`` would slice, join and then copy.
         """
         total = sum(map(len, views))
-        index = self._index
+        index = self._covering(offset + total)
         if offset < 0 or total == 0 or (index is None and offset + total <= HEAD_LIMIT):
             copy_read(self, offset, views)            # the head, or nothing to do
             return
-        index = self._ensure_index()
+        if index is None:
+            index = self._index_for(offset + total)
         if offset + total > index.size or index.info.get("slow"):
             copy_read(self, offset, views)            # short: raises TruncatedError
             return
@@ -151,7 +160,15 @@ class CodecSource:
             raise corrupt(self.source, f"{self.codec} stream is shorter than its index says")
 
     def close(self) -> None:
-        """Drop decoders and cached spans; the object can still be read after."""
+        """Drop decoders and cached spans; the object can still be read after.
+
+        A running index build is left running (other readers share it); a
+        failed one is forgotten, so the next read tries again.
+        """
+        with self._index_lock:
+            build = self._build
+            if build is not None and build.error is not None:
+                self._build = None
         self._spans.close()
         self._seq.close()
         self._stream.reset()
@@ -163,18 +180,35 @@ class CodecSource:
     def index_state(self) -> str:
         """One line for ``.info``: what the index is and where it came from."""
         index = self._index
-        if index is None:
+        if index is not None:
+            return f"{self.codec} {self._describe(index)}, {self._origin}"
+        build = self._build
+        if build is None:
             end = self._seq.eof_size
             if end is not None:
                 return (f"{self.codec}: none needed, the whole stream ({end} bytes) is read "
                         "from its start")
             return f"{self.codec}: index not built yet"
-        return f"{self.codec} {self._describe(index)}, {self._origin}"
+        if build.error is not None:
+            return f"{self.codec}: index build failed ({build.error})"
+        return build.state(self.codec)
 
     def build(self) -> CodecSource:
-        """Build (or load) the index now."""
+        """Build (or load) the index now, waiting for it."""
         self._ensure_index()
         return self
+
+    def start_build(self) -> IndexBuild | None:
+        """Load the index or start building it in the background, without waiting.
+
+        Returns the running build (None if the index is already there).
+        """
+        return self._start()
+
+    def build_progress(self) -> tuple[int, int] | None:
+        """(compressed bytes passed, compressed total) of a build, None if none ran."""
+        build = self._build
+        return None if build is None else (build.done, build.total)
 
     # -- internals ------------------------------------------------------------
 
@@ -185,12 +219,16 @@ class CodecSource:
             # Before decoding this read: the workers start on the spans after
             # it while this thread decodes its own.
             self._stream.prefetch_after(index, end)
+        # A small read that continues no stream is someone waiting (a random
+        # read): decode-ahead makes way for it.  A large one is the kernel's
+        # readahead of a stream, whose requests overtake each other.
+        urgent = not streaming and end - offset < STREAM_MIN_READ
         starts = index.starts
         i = bisect_right(starts, offset) - 1
         while offset < end:
             rel = offset - starts[i]
             k = rel // SUB_CHUNK
-            data = self._spans.piece(index, i, k)
+            data = self._spans.piece(index, i, k, urgent=urgent)
             lo = rel - k * SUB_CHUNK
             n = min(len(data) - lo, end - offset)
             if n <= 0:
@@ -220,38 +258,77 @@ class CodecSource:
             offset += len(piece)
         return b"".join(out)
 
-    def _ensure_index(self) -> SeekIndex:
+    def _covering(self, end: int) -> SeekIndex | None:
+        """An index already covering ``[0, end)`` (complete or partial), else None."""
         index = self._index
         if index is not None:
             return index
+        build = self._build
+        return None if build is None else build.covering(end)
+
+    def _index_for(self, end: int) -> SeekIndex:
+        """An index covering ``[0, end)``: waits for the build to pass ``end``
+        (or to finish, for codecs that publish nothing before the end)."""
+        index = self._index
+        if index is not None:
+            return index
+        build = self._start()
+        if build is None:
+            index = self._index
+            assert index is not None              # loaded by _start
+            return index
+        return build.wait(end)
+
+    def _ensure_index(self) -> SeekIndex:
+        """The complete index (waits for the build)."""
+        return self._index_for(sys.maxsize)
+
+    def _start(self) -> IndexBuild | None:
+        """Load the saved index (None: done) or start the one build (returned)."""
         with self._index_lock:
             if self._index is not None:
-                return self._index
+                return None
+            if self._build is not None:
+                return self._build
             store: PersistedIndex[SeekIndex] = PersistedIndex(
                 self._store, f"codec-{self.codec}", self._key_paths, extra=f"v{INDEX_VERSION}",
                 name=self.name)
             index = store.load(self._decode_payload)
             if index is not None:
-                origin = f"index loaded from {store.path}"
-            else:
-                started = time.monotonic()
-                with progress_bar(self.source.size, f"indexing {os.path.basename(self.name)}",
-                                  self._progress) as update:
-                    index = self._build_index(update)
-                index.check()
-                origin = f"index built in {time.monotonic() - started:.1f} s"
-                payload = index.to_payload(self.codec, self.source.size)
-                path = store.save(payload)
-                if path:
-                    origin += f", saved to {path}"
-                    index.make_lazy(path, len(payload))
-                del payload
-                log.info("%s: %s %s", self.name, self.codec, origin)
-            # Prepare first, publish last: a reader that sees the index can use it.
-            self._after_index(index)
-            self._origin = origin
-            self._index = index
-            return index
+                # Prepare first, publish last: a reader that sees the index can use it.
+                self._after_index(index)
+                self._origin = f"index loaded from {store.path}"
+                self._index = index
+                return None
+            build = IndexBuild(self.name, self.source.size, self._pass,
+                               partial(self._finish, store, time.monotonic()))
+            self._build = build
+        build.start()
+        return build
+
+    def _pass(self, build: IndexBuild) -> SeekIndex:
+        """The build thread: the codec's pass, with a bar or log lines."""
+        with progress_bar(self.source.size, f"indexing {os.path.basename(self.name)}",
+                          self._progress) as update:
+            build.listeners.append(update)
+            return self._build_index(build)
+
+    def _finish(self, store: PersistedIndex[SeekIndex], started: float,
+                index: SeekIndex) -> SeekIndex:
+        """The build thread, after the pass: check, persist, publish."""
+        index.check()
+        origin = f"index built in {time.monotonic() - started:.1f} s"
+        payload = index.to_payload(self.codec, self.source.size)
+        path = store.save(payload)
+        if path:
+            origin += f", saved to {path}"
+            index.make_lazy(path, len(payload))
+        del payload
+        log.info("%s: %s %s", self.name, self.codec, origin)
+        self._after_index(index)
+        self._origin = origin
+        self._index = index
+        return index
 
     def _decode_payload(self, payload: bytes, path: str) -> SeekIndex:
         """A persisted payload as this stream's index (ValueError if it does not fit)."""
@@ -266,8 +343,12 @@ class CodecSource:
         """Yield the decompressed stream from its start, in pieces."""
         raise NotImplementedError
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
-        """One sequential pass over the stream; ``update`` gets compressed bytes."""
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        """One sequential pass over the stream (in the build thread).
+
+        ``build.update`` gets the compressed bytes consumed; codecs that
+        finish spans in order ``build.commit`` each (readers use them at once).
+        """
         raise NotImplementedError
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
@@ -287,6 +368,11 @@ class CodecSource:
 
     def _after_index(self, index: SeekIndex) -> None:
         """Hook run once the index is known, before it is published."""
+
+    def _span_mismatch(self, index: SeekIndex, i: int) -> bool:
+        """A piece of span ``i`` failed its recorded sum: True if the codec now
+        decodes the span another way (it is tried again), False for damage."""
+        return False
 
     def _close_decoders(self) -> None:
         """Release library decoders."""

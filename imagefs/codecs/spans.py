@@ -20,6 +20,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import xxhash
+
+from imagefs.codecs import tuning
 from imagefs.codecs.cursors import SpanCursor, cursors
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import SeekIndex
@@ -28,6 +31,56 @@ from imagefs.services.cache import BlockCache
 
 #: Spans are cached in pieces of this size (see the module docstring).
 SUB_CHUNK = 1 << 20
+#: Other ways a codec may try to decode a span whose piece fails its sum.
+MAX_FALLBACKS = 3
+
+
+class PieceHasher:
+    """XXH3-64 sums of a span's pieces, fed with the span's output in any cuts.
+
+    The index pass feeds each span's decoded bytes and calls :meth:`close`
+    at the span's end; ``sums`` then holds one sum per piece (the recorded
+    sums of :class:`~imagefs.codecs.seekindex.SeekIndex`).
+    """
+
+    __slots__ = ("_h", "_fill", "sums")
+
+    def __init__(self) -> None:
+        self._h = xxhash.xxh3_64()
+        self._fill = 0
+        self.sums: list[int] = []
+
+    def feed(self, data: bytes | memoryview) -> None:
+        n = len(data)
+        if self._fill + n < SUB_CHUNK:
+            self._h.update(data)
+            self._fill += n
+            return
+        view = memoryview(data)
+        pos = 0
+        while pos < n:
+            step = min(SUB_CHUNK - self._fill, n - pos)
+            self._h.update(view[pos:pos + step])
+            self._fill += step
+            pos += step
+            if self._fill == SUB_CHUNK:
+                self.sums.append(self._h.intdigest())
+                self._h.reset()
+                self._fill = 0
+
+    def close(self) -> list[int]:
+        """End the span: the sums of all its pieces (and start afresh)."""
+        if self._fill:
+            self.sums.append(self._h.intdigest())
+            self._h.reset()
+            self._fill = 0
+        sums, self.sums = self.sums, []
+        return sums
+
+
+def piece_sum(data: bytes | memoryview) -> int:
+    """The XXH3-64 of one decoded piece."""
+    return xxhash.xxh3_64_intdigest(data)
 
 
 def _constant(data: bytes) -> Callable[[], bytes]:
@@ -35,18 +88,28 @@ def _constant(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
 
+class SpanMismatch(Exception):
+    """A decoded piece differs from the sum the index pass recorded (or a codec's
+    decoder started at a restart point it cannot trust failed): the span decoder
+    asks the codec for another way, else it is damage."""
+
+
 class SpanDecoder:
     """The decoded pieces of one stream's spans, loaded on demand."""
 
     def __init__(self, source: ByteSource, codec: str, owner: Any, cache: BlockCache,
                  iter_span: Callable[[SeekIndex, int], Iterator[bytes]],
-                 count: Callable[[int], None]) -> None:
+                 count: Callable[[int], None],
+                 on_mismatch: Callable[[SeekIndex, int], bool] | None = None) -> None:
         self._source = source              # the compressed stream (named in errors)
         self._codec = codec
         self._owner = owner                # cache key prefix of this stream
         self._cache = cache
         self._iter_span = iter_span        # the codec: span i in pieces
         self._count = count                # told how many bytes were decoded
+        #: Told when a piece of span i does not match its recorded sum; True
+        #: if the codec now decodes the span another way (retry once).
+        self._on_mismatch = on_mismatch
         self._cond = threading.Condition()
         self._inflight: dict[int, int] = {}  # span being prefetched -> pieces done
         self.spans_decoded = 0             # decoders started (tests and bench read it)
@@ -55,8 +118,13 @@ class SpanDecoder:
         """The cache key of piece ``k`` of span ``i``."""
         return (self._owner, "sub", i, k)
 
-    def piece(self, index: SeekIndex, i: int, k: int, prefetching: bool = False) -> bytes:
-        """Piece ``k`` of span ``i``, decoded now or taken from the cache."""
+    def piece(self, index: SeekIndex, i: int, k: int, prefetching: bool = False,
+              urgent: bool = False) -> bytes:
+        """Piece ``k`` of span ``i``, decoded now or taken from the cache.
+
+        ``urgent``: a reader waits for it that is not a stream (a random
+        read): prefetch workers pause while it decodes (``tuning.demand``).
+        """
         key = self.key(i, k)
         if not prefetching and self._inflight:
             # A background decoder is working through this span: wait for it
@@ -66,9 +134,29 @@ class SpanDecoder:
                     if self._cache.get(key) is not None:
                         break
                     self._cond.wait()
+        if urgent:
+            return self._cache.get_or_load(key, lambda: self._urgent_load(index, i, k))
         return self._cache.get_or_load(key, lambda: self._load(index, i, k))
 
+    def _urgent_load(self, index: SeekIndex, i: int, k: int) -> bytes:
+        with tuning.demand():
+            return self._load(index, i, k)
+
     def _load(self, index: SeekIndex, i: int, k: int) -> bytes:
+        # A mismatch is never served: the codec may know another way to
+        # decode the span (a zstd resume point that does not reproduce the
+        # stream falls back to an earlier origin); else it is damage.
+        for _attempt in range(MAX_FALLBACKS + 1):
+            try:
+                return self._load_once(index, i, k)
+            except SpanMismatch:
+                cursors.drop(self._owner)      # parked decoders of the old way
+                if self._on_mismatch is None or not self._on_mismatch(index, i):
+                    break
+        raise corrupt(self._source, f"{self._codec} span {i} does not decode to the bytes "
+                      "the index recorded (the file changed or is damaged)")
+
+    def _load_once(self, index: SeekIndex, i: int, k: int) -> bytes:
         span_len = index.starts[i + 1] - index.starts[i]
         count = -(-span_len // SUB_CHUNK)
         cur = cursors.take(self._owner, i, k)
@@ -84,6 +172,9 @@ class SpanDecoder:
                 if len(data) != want:
                     raise corrupt(self._source, f"{self._codec} span {i} decoded to fewer "
                                   f"bytes than its index says ({span_len})")
+                want_sum = index.piece_sum(i, cur.k)
+                if want_sum is not None and piece_sum(data) != want_sum:
+                    raise SpanMismatch()         # never served: see _load
                 if cur.k == k:
                     result = data
                 else:
@@ -118,6 +209,7 @@ class SpanDecoder:
         try:
             count = -(-(index.starts[j + 1] - index.starts[j]) // SUB_CHUNK)
             for k in range(count):
+                tuning.yield_to_demand()
                 self.piece(index, j, k, prefetching=True)
                 with self._cond:
                     self._inflight[j] = k + 1

@@ -24,6 +24,9 @@ PREFETCH = _CPUS > 1
 PREFETCH_DEPTH = max(1, min(8, _CPUS))
 #: Threads rapidgzip uses for its index pass.
 INDEX_THREADS = _CPUS
+#: Index passes running at once over all streams (each keeps one core busy;
+#: ``imagefs index TREE`` starts all and they queue for these slots).
+BUILD_SLOTS = _CPUS
 
 _lock = threading.Lock()
 _prefetch_pool: ThreadPoolExecutor | None = None
@@ -32,15 +35,62 @@ _default_cache: BlockCache | None = None
 
 def set_threads(n: int) -> None:
     """CPU threads for index passes and prefetching; 1 disables prefetching, 0 = one per CPU."""
-    global PREFETCH, PREFETCH_DEPTH, INDEX_THREADS, _prefetch_pool
+    global PREFETCH, PREFETCH_DEPTH, INDEX_THREADS, BUILD_SLOTS, _prefetch_pool
     n = n if n > 0 else _CPUS
     PREFETCH = n > 1
     PREFETCH_DEPTH = max(1, min(8, n))
     INDEX_THREADS = n
+    BUILD_SLOTS = n
     with _lock:
         old, _prefetch_pool = _prefetch_pool, None
     if old is not None:
         old.shutdown(wait=False)
+
+
+# -- demand before prefetch --------------------------------------------------
+#
+# A random read of one image must not wait behind the decode-ahead of another
+# image's sequential reader: while any reader waits for a piece that is not
+# part of a stream (a demand decode), prefetch workers pause between pieces
+# (for at most PAUSE_LIMIT each, so a storm of random reads cannot stall a
+# stream for good), and rapidgzip jobs of such readers go first.
+
+#: Longest pause of a prefetch worker per piece while demand decodes run.
+PAUSE_LIMIT = 0.05
+
+_demand = threading.Condition()
+_demand_count = 0
+_local = threading.local()
+
+
+class demand:
+    """Context: this thread decodes for a reader that is waiting (not prefetch)."""
+
+    def __enter__(self) -> None:
+        global _demand_count
+        with _demand:
+            _demand_count += 1
+        _local.urgent = getattr(_local, "urgent", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _demand_count
+        _local.urgent -= 1
+        with _demand:
+            _demand_count -= 1
+            if not _demand_count:
+                _demand.notify_all()
+
+
+def urgent() -> bool:
+    """Whether this thread decodes for a waiting reader now."""
+    return bool(getattr(_local, "urgent", 0))
+
+
+def yield_to_demand() -> None:
+    """Prefetch workers call this between pieces (see above)."""
+    with _demand:
+        if _demand_count:
+            _demand.wait(PAUSE_LIMIT)
 
 
 def prefetch_pool() -> ThreadPoolExecutor:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
-from collections.abc import Callable, Generator
+from collections.abc import Generator
+from typing import Any
 
+from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
@@ -32,6 +34,8 @@ MAX_SPAN = 256 << 20
 #: A single-block stream up to this size is simply one span (decoding it
 #: whole on a miss costs well under a second); a larger one is the slow path.
 SMALL_SINGLE_BLOCK = 64 << 20
+#: How far before the end of the file the last stream footer is looked for.
+MAX_TRAILING = 64 << 20
 
 
 def _vli(buf: bytes, pos: int) -> tuple[int, int]:
@@ -83,6 +87,8 @@ class XzSource(CodecSource):
                 pending = pending.lstrip(b"\x00")
                 if not pending:
                     continue
+                if not pending.startswith(HEADER_MAGIC[:len(pending)]):
+                    return                    # trailing bytes after the last stream
                 dec = lzma.LZMADecompressor(lzma.FORMAT_XZ)
             try:
                 out = dec.decompress(pending)
@@ -94,10 +100,19 @@ class XzSource(CodecSource):
         if not dec.eof:
             raise truncated(src, "xz stream ends before its footer")
 
-    def _build_index(self, update: Callable[[int], None]) -> SeekIndex:
+    def _build_index(self, build: IndexBuild) -> SeekIndex:
+        update = build.update
         src = self.source
         streams = []
         end = src.size
+        trailing = 0
+        tail = src.read_at(max(0, end - 12), 12)
+        if tail[10:12] != FOOTER_MAGIC and tail.strip(b"\x00"):
+            # Garbage after the last stream (xz -t refuses it, but the stream
+            # is whole): the last footer before it marks the end.
+            found = self._last_footer()
+            if found is not None:
+                trailing, end = end - found, found
         while end > 0:
             # Stream padding: multiples of four zero bytes.
             while end >= 4 and src.read_at(end - 4, 4) == b"\x00\x00\x00\x00":
@@ -122,8 +137,25 @@ class XzSource(CodecSource):
                 out_pos += ulen
                 starts.append(out_pos)
         slow = (blocks == 1 and largest > SMALL_SINGLE_BLOCK) or largest > MAX_SPAN
-        return SeekIndex(out_pos, starts, meta, [],
-                         {"streams": len(streams), "blocks": blocks, "slow": slow})
+        info: dict[str, Any] = {"streams": len(streams), "blocks": blocks, "slow": slow}
+        if trailing:
+            info["trailing"] = trailing
+        return SeekIndex(out_pos, starts, meta, [], info)
+
+    def _last_footer(self) -> int | None:
+        """The end of the last stream footer (magic and CRC right) near the end."""
+        src = self.source
+        lo = max(0, src.size - MAX_TRAILING)
+        tail = src.read_at(lo, src.size - lo)
+        at = len(tail)
+        while True:
+            at = tail.rfind(FOOTER_MAGIC, 0, at)
+            if at < 10:
+                return None
+            footer = tail[at - 10:at + 2]
+            crc = struct.unpack_from("<I", footer)[0]
+            if zlib.crc32(footer[4:10]) == crc:
+                return lo + at + 2
 
     def _stream_blocks(self, end: int) -> tuple[int, list]:
         """Parse the stream ending at ``end``: (start, [(block offset, unpadded, size)])."""
@@ -187,6 +219,8 @@ class XzSource(CodecSource):
     def _describe(self, index: SeekIndex) -> str:
         info = index.info
         text = f"{info.get('streams', 1)} stream(s), {info.get('blocks', 0)} blocks"
+        if info.get("trailing"):
+            text += f", {info['trailing']} trailing bytes after the last stream ignored"
         if info.get("slow"):
             return text + (": no restart points, reads decode from the start (slow path; "
                            "recompress with xz -T0 or pixz for random access)")

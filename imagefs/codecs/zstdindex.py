@@ -1,0 +1,331 @@
+"""The zstd index pass: frames, resume points, window snapshots, piece sums.
+
+One decoder runs over the stream once, fed large slices of the compressed
+bytes (block-aligned, read in big chunks: no Python per block beyond a
+3-byte header walk), so the pass runs at libzstd's own speed.  Inside a
+large frame (``zstd -T0`` writes one for the whole image), once
+``spacing`` bytes have been decoded since the last restart point, the next
+block boundary whose block defines all its entropy tables is tried as a
+*resume point*: a decoder started there with the preceding window as a
+raw-content prefix and a synthesized frame header must reproduce that
+first block (most misses are repeat offsets from before the point; the
+following boundaries are tried).  A point that passes is committed; the
+window is stored compressed as its snapshot.
+
+Resume points are not decoded a second time over their whole span here
+(the old pass ran a checker beside the main decoder: twice the work).
+Instead the pass records an XXH3-64 *piece sum* of every decoded piece, and
+every later decode of a piece is checked against it before it is served
+(:mod:`~imagefs.codecs.spans`): a point whose span ever diverges is caught
+there and the span falls back to an earlier origin
+(:meth:`ZstdSource._span_mismatch`).  The sums were taken from the
+sequential decode, which the frame's content checksum covers.
+
+Spans are committed as they are finished, so reads inside the part already
+passed are served while the pass goes on (:mod:`~imagefs.codecs.building`).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import pyzstd
+import zstandard
+
+from imagefs.codecs.adapters import ChunkReader
+from imagefs.codecs.problems import corrupt, truncated
+from imagefs.codecs.seekindex import SeekIndex
+from imagefs.codecs.spans import PieceHasher
+from imagefs.codecs.zstdframe import (
+    MAX_WINDOW,
+    SKIPPABLE_MAGIC,
+    SKIPPABLE_MASK,
+    ZSTD_MAGIC,
+    FrameHeader,
+    header_length,
+    resume_decoder,
+    self_contained,
+    synth_header,
+)
+from imagefs.errors import UnsupportedError
+from imagefs.io.source import ByteSource
+
+if TYPE_CHECKING:
+    from imagefs.codecs.building import IndexBuild
+
+#: Compressed bytes fed to the decoder per call: large enough that Python
+#: costs nothing per byte, small enough that each output (a few MiB) stays
+#: in reused heap memory instead of fresh pages.
+FEED_BYTES = 1 << 20
+#: Blocks per feed at most: 32 blocks are at most 4 MiB of output even
+#: where blocks compress to nothing (RLE runs of zeros).
+FEED_BLOCKS = 32
+#: After a failed resume trial, skip this many blocks before the next (then
+#: twice as many, up to FEED_BLOCKS): a region of blocks that all reuse
+#: state must not cost a trial (a window copy) per block.
+TRIAL_BACKOFF = 2
+#: Snapshots are compressed with this zstd level (level 1 is 3x faster than
+#: 3 on windows and within a few percent of its size).
+SNAPSHOT_LEVEL = 1
+
+_ZstdError = (zstandard.ZstdError, pyzstd.ZstdError)
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _snapshot_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(1, thread_name_prefix="imagefs-snapshot")
+        return _pool
+
+
+class _Pass:
+    """The state of one pass (see the module docstring)."""
+
+    def __init__(self, src: ByteSource, build: IndexBuild, spacing: int) -> None:
+        self.src = src
+        self.build = build
+        self.spacing = spacing
+        self.comp = ChunkReader(src, build.update)
+        self.loaded_to = 0                 # compressed bytes reported to progress
+        self.out_pos = 0
+        self.starts: list[int] = [0]
+        self.meta: list[Any] = []
+        self.sums: list[int] = []
+        self.sum_base: list[int] = [0]
+        self.blobs = build.blobs           # shared with the partial index
+        self.blob_futures: list[tuple[int, Future[bytes]]] = []
+        self.hasher = PieceHasher()
+        self.history: deque[bytes] = deque()
+        self.history_len = 0
+        self.window = 0
+        self.keep_history = False
+        self.resume_points = 0
+        self.rejected = 0
+        self.frames = 0
+        self.skippable = 0
+
+    # -- output ---------------------------------------------------------------
+
+    def emit(self, out: bytes) -> None:
+        if not out:
+            return
+        self.hasher.feed(out)
+        self.out_pos += len(out)
+        if self.keep_history:
+            self.history.append(out)
+            self.history_len += len(out)
+            while self.history and self.history_len - len(self.history[0]) >= self.window:
+                self.history_len -= len(self.history.popleft())
+
+    def snapshot(self) -> bytes:
+        """The last ``window`` decoded bytes."""
+        need = self.window
+        parts: list[bytes | memoryview] = []
+        for piece in reversed(self.history):
+            if need <= 0:
+                break
+            parts.append(piece if len(piece) <= need else memoryview(piece)[len(piece) - need:])
+            need -= len(piece)
+        parts.reverse()
+        return b"".join(parts)
+
+    def close_span(self, meta: list[Any]) -> None:
+        """End the open span at the current output position."""
+        for blob, future in self.blob_futures:
+            self.blobs[blob] = future.result()
+        self.blob_futures.clear()
+        if self.out_pos <= self.starts[-1]:
+            self.hasher.close()
+            return
+        sums = self.hasher.close()
+        self.meta.append(meta)
+        self.starts.append(self.out_pos)
+        self.sums.extend(sums)
+        self.sum_base.append(len(self.sums))
+        self.build.commit(self.out_pos, meta, sums)
+
+    # -- input ------------------------------------------------------------------
+
+    def need(self, pos: int, n: int, what: str) -> memoryview:
+        return self.comp.need(pos, n, what)
+
+    def feed(self, dec: Any, start: int, end: int) -> None:
+        """Decode compressed ``[start, end)`` (all within the held chunk)."""
+        if end <= start:
+            return
+        try:
+            out = dec.decompress(self.comp.get(start, end - start))
+        except _ZstdError as exc:
+            raise corrupt(self.src, f"zstd data is damaged between compressed bytes {start} "
+                          f"and {end} ({exc})") from None
+        self.emit(out)
+
+    # -- the pass -----------------------------------------------------------------
+
+    def run(self) -> SeekIndex:
+        total = self.comp.total
+        pos = 0
+        while pos < total:
+            if self.frames and pos + 4 > total:
+                return self.finish(trailing=pos)
+            head = self.need(pos, 4, "a frame magic")
+            (magic,) = struct.unpack("<I", head)
+            if magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC:
+                (length,) = struct.unpack("<I", self.need(pos + 4, 4, "a skippable frame"))
+                if pos + 8 + length > total:
+                    raise truncated(self.src, f"zstd skippable frame at byte {pos} is cut short")
+                pos += 8 + length
+                self.skippable += 1
+                continue
+            if magic != ZSTD_MAGIC:
+                if self.frames:
+                    return self.finish(trailing=pos)
+                raise corrupt(self.src, f"no zstd frame at compressed byte {pos}")
+            pos = self.frame(pos)
+        return self.finish()
+
+    def frame(self, frame_c: int) -> int:
+        fhd = self.need(frame_c + 4, 1, "a frame header")[0]
+        hlen = header_length(fhd)
+        head = bytes(self.need(frame_c, hlen, "a frame header"))
+        fh = FrameHeader(head, str(frame_c), self.src)
+        if fh.dict_id:
+            raise UnsupportedError(self.src.name, "zstd frame needs an external dictionary",
+                                   "decompress it with zstd -D DICT -dc")
+        self.frames += 1
+        dec = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompressobj()
+        dec.decompress(head)
+        frame_u = self.out_pos
+        # Resume points need a window descriptor; single-segment frames
+        # (small, content size known) are served whole.
+        can_resume = fh.window_byte is not None
+        self.window = fh.window
+        self.keep_history = can_resume
+        self.history.clear()
+        self.history_len = 0
+        span: list[Any] = ["p", ["f", frame_c]]
+        span_u = frame_u
+        pos = frame_c + hlen
+        feed_from = pos
+        pending_blocks = 0
+        skip = 0
+        backoff = TRIAL_BACKOFF
+        # Small spacings (tests, tuning) need the output position often.
+        feed_blocks = max(1, min(FEED_BLOCKS, self.spacing >> 19))
+        comp = self.comp
+        while True:
+            if not comp.have(pos, 3):
+                self.feed(dec, feed_from, pos)
+                feed_from, pending_blocks = pos, 0
+            bh = int.from_bytes(self.need(pos, 3, "a block header"), "little")
+            last, btype, bsize = bh & 1, (bh >> 1) & 3, bh >> 3
+            if btype == 3:
+                raise corrupt(self.src, f"reserved zstd block type at compressed byte {pos}")
+            body = 1 if btype == 1 else bsize
+            block_end = pos + 3 + body
+            if not comp.have(pos, 3 + body):
+                self.feed(dec, feed_from, pos)
+                feed_from, pending_blocks = pos, 0
+                self.need(pos, 3 + body, "a block")
+            if (can_resume and self.out_pos > frame_u
+                    and self.out_pos - span_u >= self.spacing):
+                # Looking for a resume point (out_pos is exact only after a feed).
+                if skip:
+                    skip -= 1
+                elif btype == 2 and self_contained(btype, comp.get(pos + 3, body)):
+                    # Only a compressed block: after a raw or RLE block the
+                    # repeat offsets are still the ones from before the point
+                    # (a span that passed its first block diverged later on
+                    # the bench image that way).
+                    self.feed(dec, feed_from, pos)
+                    feed_from, pending_blocks = pos, 0
+                    if self.out_pos - span_u >= self.spacing and self.out_pos > frame_u:
+                        block = comp.get(pos, 3 + body)
+                        ok, out = self.trial(dec, block, fh.window_byte or 0)
+                        if ok:
+                            self.close_span(span + [pos, 0])
+                            blob = len(self.blobs)
+                            self.blobs.append(b"")      # filled before the span commits
+                            assert self.pending_blob is not None
+                            self.blob_futures.append((blob, self.pending_blob))
+                            span, span_u = ["p", ["r", pos, fh.window_byte, blob]], self.out_pos
+                            self.resume_points += 1
+                            backoff = TRIAL_BACKOFF
+                        else:
+                            self.rejected += 1
+                            skip, backoff = backoff, min(backoff * 2, FEED_BLOCKS)
+                        self.emit(out)
+                        feed_from = block_end
+            pos = block_end
+            pending_blocks += 1
+            if last:
+                break
+            if pos - feed_from >= FEED_BYTES or pending_blocks >= feed_blocks:
+                self.feed(dec, feed_from, pos)
+                feed_from, pending_blocks = pos, 0
+        blocks_end = pos
+        self.feed(dec, feed_from, pos)
+        if fh.checksum:
+            # libzstd checks the content checksum (XXH64 of the frame's output).
+            checksum = bytes(self.need(pos, 4, "a frame checksum"))
+            pos += 4
+            try:
+                self.emit(dec.decompress(checksum))
+            except _ZstdError as exc:
+                raise corrupt(self.src, f"zstd frame at compressed byte {frame_c} fails its "
+                              f"checksum ({exc})") from None
+        if not dec.eof:
+            raise corrupt(self.src, f"zstd frame at compressed byte {frame_c} did not end "
+                          "after its last block")
+        if fh.content_size is not None and fh.content_size != self.out_pos - frame_u:
+            raise corrupt(self.src, f"zstd frame at compressed byte {frame_c} holds "
+                          f"{self.out_pos - frame_u} bytes but its header says "
+                          f"{fh.content_size}")
+        self.close_span(span + [blocks_end, pos])
+        self.build.flush()
+        self.history.clear()
+        self.history_len = 0
+        return pos
+
+    pending_blob: Future[bytes] | None = None
+
+    def trial(self, dec: Any, block: memoryview, window_byte: int) -> tuple[bool, bytes]:
+        """Decode ``block`` with the main decoder and with a decoder resumed here."""
+        snap = self.snapshot()
+        try:
+            out = dec.decompress(block)
+        except _ZstdError as exc:
+            raise corrupt(self.src, f"zstd data is damaged ({exc})") from None
+        try:
+            trial = resume_decoder(snap)
+            trial.decompress(synth_header(window_byte))
+            ok = trial.decompress(block) == out
+        except _ZstdError:
+            ok = False
+        if ok:
+            # Compressed on another core: the snapshot is needed only once
+            # the span it starts is committed (``spacing`` bytes later).
+            self.pending_blob = _snapshot_pool().submit(pyzstd.compress, snap, SNAPSHOT_LEVEL)
+        return ok, out
+
+    def finish(self, trailing: int | None = None) -> SeekIndex:
+        info: dict[str, Any] = {"frames": self.frames, "skippable": self.skippable,
+                                "resume_points": self.resume_points,
+                                "rejected": self.rejected, "spacing": self.spacing}
+        if trailing is not None:
+            info["trailing"] = self.comp.total - trailing
+        return SeekIndex(self.out_pos, self.starts, self.meta, list(self.blobs), info,
+                         sums=self.sums, sum_base=self.sum_base)
+
+
+def build_zstd_index(src: ByteSource, build: IndexBuild, spacing: int) -> SeekIndex:
+    """The seek index of zstd stream ``src`` (one pass; spans committed to ``build``)."""
+    return _Pass(src, build, spacing).run()

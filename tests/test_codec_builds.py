@@ -1,0 +1,237 @@
+"""The background index build: reads before and during it, one build per stream,
+piece sums checked on every decode (real zstd / lz4 streams from the tools)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pyzstd
+import pytest
+
+from imagefs.codecs import adapters, open_decompressed, source
+from imagefs.codecs.lz4 import Lz4Source
+from imagefs.codecs.zstd import ZstdSource
+from imagefs.errors import ImageError
+from imagefs.io import FileSource
+from imagefs.services.cache import BlockCache
+from test_codecs import _original
+
+TOOLS = {"zstd": ["zstd", "-q", "-T0", "-3", "-c"], "lz4": ["lz4", "-q", "-B4", "-BD", "-c"]}
+CLASSES = {"zstd": ZstdSource, "lz4": Lz4Source}
+
+
+@pytest.fixture(autouse=True)
+def small_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixture streams are smaller than the head served without an index."""
+    monkeypatch.setattr(source, "HEAD_LIMIT", 64 << 10)
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    return _original()
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("builds")
+    out = {}
+    for name, cmd in TOOLS.items():
+        if shutil.which(cmd[0]) is None:
+            pytest.skip(f"{cmd[0]} is not installed")
+        path = base / f"img.{name}"
+        path.write_bytes(subprocess.run(cmd, input=data, stdout=subprocess.PIPE,
+                                        check=True).stdout)
+        out[name] = path
+    return out
+
+
+class GatedSource:
+    """A file whose bytes past ``gate_at`` are only read once ``gate`` is set."""
+
+    def __init__(self, path: Path, gate_at: int) -> None:
+        self._file = FileSource(path)
+        self.name = self._file.name
+        self.size = self._file.size
+        self.gate_at = gate_at
+        self.gate = threading.Event()
+        self.waiting = threading.Event()   # the build reached the gate
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if offset + size > self.gate_at and threading.current_thread().name == "imagefs-index":
+            self.waiting.set()
+            self.gate.wait()
+        return self._file.read_at(offset, size)
+
+    def cheap_size(self) -> int:
+        return self.size
+
+    def backing_files(self) -> list[str] | None:
+        return None
+
+
+def _count_builds(monkeypatch: pytest.MonkeyPatch, cls: type) -> list[int]:
+    calls: list[int] = []
+    original = cls._build_index
+
+    def counting(self, build):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(self, build)
+
+    monkeypatch.setattr(cls, "_build_index", counting)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_read_before_the_index_exists_returns_the_right_bytes(
+        compressed: dict[str, Path], data: bytes, name: str) -> None:
+    stream = open_decompressed(FileSource(compressed[name]), cache=BlockCache(16 << 20),
+                               spacing=256 << 10) if name == "zstd" else \
+        open_decompressed(FileSource(compressed[name]), cache=BlockCache(16 << 20))
+    assert stream.index is None
+    end = len(data)
+    assert stream.read_at(end - 5000, 5000) == data[end - 5000:]
+    assert stream.read_at(1 << 20, 4096) == data[1 << 20:(1 << 20) + 4096]
+    stream.close()
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_two_readers_of_an_unindexed_stream_cause_one_build(
+        compressed: dict[str, Path], data: bytes, name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_builds(monkeypatch, CLASSES[name])
+    size = compressed[name].stat().st_size
+    monkeypatch.setattr(adapters, "PASS_CHUNK", 64 << 10)
+    src = GatedSource(compressed[name], size // 2)
+    stream = open_decompressed(src, cache=BlockCache(16 << 20))
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def reader(n: int, offset: int) -> None:
+        try:
+            results[n] = stream.read_at(offset, 4096)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(n, len(data) - 4096 * (n + 1)))
+               for n in range(2)]
+    for t in threads:
+        t.start()
+    assert src.waiting.wait(30)             # the one build stands at the gate
+    src.gate.set()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    for n in range(2):
+        off = len(data) - 4096 * (n + 1)
+        assert results[n] == data[off:off + 4096]
+    assert len(calls) == 1
+    stream.close()
+
+
+def test_reads_inside_the_passed_part_are_served_while_the_build_goes_on(
+        compressed: dict[str, Path], data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    size = compressed["zstd"].stat().st_size
+    monkeypatch.setattr(adapters, "PASS_CHUNK", 64 << 10)
+    src = GatedSource(compressed["zstd"], size * 3 // 4)
+    stream = open_decompressed(src, cache=BlockCache(16 << 20), spacing=256 << 10)
+    build = stream.start_build()
+    assert build is not None and src.waiting.wait(30)
+    # The pass stands three quarters through: a read in the first part is
+    # served from the spans committed so far.
+    state = stream.index_state()
+    assert "building the index" in state and "%" in state and "readable now" in state
+    partial = build.covering(2 << 20)
+    assert partial is not None and partial.size < len(data)
+    assert stream.read_at(2 << 20, 65536) == data[2 << 20:(2 << 20) + 65536]
+    assert build.running and stream.index is None
+    late: list[bytes] = []
+    beyond = threading.Thread(target=lambda: late.append(stream.read_at(len(data) - 100, 100)))
+    beyond.start()
+    assert not late                          # it cannot pass the gate before it opens
+    src.gate.set()
+    beyond.join(30)
+    assert late == [data[-100:]]
+    build.join(30)
+    assert stream.index is not None
+    stream.close()
+
+
+def test_the_build_survives_its_first_reader_closing(
+        compressed: dict[str, Path], data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_builds(monkeypatch, ZstdSource)
+    size = compressed["zstd"].stat().st_size
+    monkeypatch.setattr(adapters, "PASS_CHUNK", 64 << 10)
+    src = GatedSource(compressed["zstd"], size // 2)
+    stream = open_decompressed(src, cache=BlockCache(16 << 20))
+    build = stream.start_build()
+    assert build is not None and src.waiting.wait(30)
+    stream.close()                          # the first reader goes away mid-build
+    src.gate.set()
+    build.join(30)
+    assert build.error is None and stream.index is not None
+    assert stream.read_at(len(data) - 4096, 4096) == data[-4096:]
+    assert len(calls) == 1
+    stream.close()
+
+
+def test_a_resume_point_that_does_not_reproduce_the_stream_falls_back(
+        compressed: dict[str, Path], data: bytes) -> None:
+    stream = open_decompressed(FileSource(compressed["zstd"]), cache=BlockCache(16 << 20),
+                               spacing=256 << 10)
+    index = stream.build().index
+    assert index is not None and index.info["resume_points"] >= 3
+    # A snapshot of the wrong bytes: decoding from that point gives other
+    # bytes (or fails); the piece sums catch it and the previous point is used.
+    # A span in the text part of the fixture (it refers back into its window).
+    i = min((n for n, m in enumerate(index.meta) if m[1][0] == "r"),
+            key=lambda n: abs(index.starts[n] - (3 << 19)))
+    blob = index.meta[i][1][3]
+    window = len(pyzstd.decompress(index.blobs[blob]))
+    index.blobs[blob] = pyzstd.compress(bytes(window))
+    a, b = index.starts[i], index.starts[i + 1]
+    assert stream.read_at(a, b - a) == data[a:b]
+    assert "decoded from an earlier point" in stream.index_state()
+    stream.close()
+
+
+def test_a_piece_that_fails_its_sum_is_an_error_not_wrong_bytes(
+        compressed: dict[str, Path], data: bytes) -> None:
+    for name in sorted(TOOLS):
+        stream = open_decompressed(FileSource(compressed[name]), cache=BlockCache(16 << 20))
+        index = stream.build().index
+        assert index is not None and index.sums is not None
+        last = index.spans - 1
+        index.sums[index.sum_base[last]] ^= 1    # the last span's first piece: as if changed
+        a = index.starts[last]
+        with pytest.raises(ImageError, match="does not decode to the bytes"):
+            stream.read_at(a, 4096)
+        if last:
+            assert stream.read_at(0, 4096) == data[:4096]
+        stream.close()
+
+
+def test_index_verb_builds_a_tree_in_parallel(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    from imagefs.cli.treeverbs import index_main
+    from mount_helpers import write_partclone
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for n, cmd in enumerate((["zstd", "-q", "-c"], ["gzip", "-c"], ["lz4", "-q", "-c"])):
+        plain = tmp_path / f"img{n}"
+        write_partclone(plain, seed=n, total_blocks=64)
+        (tree / f"img{n}.{cmd[0]}").write_bytes(
+            subprocess.run(cmd, input=plain.read_bytes(), stdout=subprocess.PIPE,
+                           check=True).stdout)
+    args = argparse.Namespace(source=str(tree), config=None, verbose=0, quiet=False,
+                              index_dir=str(tmp_path / "idx"))
+    assert index_main(args) == 0
+    captured = capsys.readouterr()
+    ready = [line for line in captured.out.splitlines() if ": ready in " in line]
+    assert len(ready) == 3 and all("index built in" in line for line in ready), captured.out
+    assert "\r" not in captured.err               # no bar drawn into a non-terminal
+    assert len(list((tmp_path / "idx").glob("*.idx"))) == 3

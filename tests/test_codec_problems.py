@@ -1,0 +1,115 @@
+"""Codec messages and odd endings: trailing bytes are served with a note,
+truncation is "incomplete" in one line, library stderr is held back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imagefs.codecs import build_index, open_decompressed
+from imagefs.errors import FormatError, ImageError, TruncatedError
+from imagefs.io import FileSource
+from imagefs.services.cache import BlockCache
+from test_codecs import _original
+
+TOOLS = {
+    "gzip": ["gzip", "-c"],
+    "pigz": ["pigz", "-c"],
+    "zstd": ["zstd", "-q", "-T0", "-c"],
+    "lz4": ["lz4", "-q", "-c"],
+    "bzip2": ["bzip2", "-c"],
+    "plzip": ["plzip", "-B", "1MiB", "-c"],
+    "xz": ["xz", "-T0", "--block-size=1MiB", "-c"],
+}
+GARBAGE = b"trailing garbage, not a stream\n" * 3
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    return _original()
+
+
+def _compress(name: str, data: bytes, path: Path) -> Path:
+    cmd = TOOLS[name]
+    if shutil.which(cmd[0]) is None:
+        pytest.skip(f"{cmd[0]} is not installed")
+    path.write_bytes(subprocess.run(cmd, input=data, stdout=subprocess.PIPE,
+                                    check=True).stdout)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_trailing_bytes_are_served_and_noted(name: str, data: bytes, tmp_path: Path) -> None:
+    path = _compress(name, data, tmp_path / f"img.{name}")
+    with open(path, "ab") as f:
+        f.write(GARBAGE)
+    stream = build_index(FileSource(path), cache=BlockCache(16 << 20))
+    assert stream.size == len(data)
+    assert stream.read_at(len(data) - 70000, 70000) == data[-70000:]
+    assert stream.read_at(0, 4096) == data[:4096]
+    assert "trailing bytes" in stream.index_state()
+    stream.close()
+    # The head path (no index) stops at the same place.
+    fresh = open_decompressed(FileSource(path), cache=BlockCache(16 << 20))
+    assert fresh.read_at(0, 65536) == data[:65536]
+    fresh.close()
+
+
+@pytest.mark.parametrize("cut", [100_000, 8])
+def test_truncated_gzip_is_incomplete_in_one_line(data: bytes, tmp_path: Path,
+                                                  cut: int) -> None:
+    full = _compress("gzip", data, tmp_path / "full.gz")
+    path = tmp_path / "cut.gz"
+    path.write_bytes(full.read_bytes()[:-cut])
+    stream = open_decompressed(FileSource(path), cache=BlockCache(16 << 20))
+    with pytest.raises(TruncatedError) as info:
+        stream.build()
+    text = str(info.value)
+    assert "incomplete" in text and "\n" not in text and len(text) < 300
+    stream.close()
+
+
+def test_damaged_gzip_is_damaged_in_one_line(data: bytes, tmp_path: Path) -> None:
+    raw = bytearray(_compress("gzip", data, tmp_path / "full.gz").read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    path = tmp_path / "bad.gz"
+    path.write_bytes(bytes(raw))
+    stream = open_decompressed(FileSource(path), cache=BlockCache(16 << 20))
+    with pytest.raises(ImageError) as info:
+        stream.build()
+    assert isinstance(info.value, FormatError) and not isinstance(info.value, TruncatedError)
+    assert "damaged" in str(info.value) and "\n" not in str(info.value)
+    stream.close()
+
+
+def test_library_stderr_is_held_back(data: bytes, tmp_path: Path) -> None:
+    """rapidgzip prints its own lines for a gzip stream cut in its footer."""
+    full = _compress("gzip", data, tmp_path / "full.gz")
+    path = tmp_path / "cut.gz"
+    path.write_bytes(full.read_bytes()[:-8])
+    script = (
+        "import sys\n"
+        "from imagefs.codecs import open_decompressed\n"
+        "from imagefs.errors import ImageError\n"
+        "from imagefs.io import FileSource\n"
+        "from imagefs.services import libstderr\n"
+        f"s = open_decompressed(FileSource({str(path)!r}))\n"
+        "try:\n"
+        "    s.build()\n"
+        "except ImageError as exc:\n"
+        "    print('imagefs:', exc, file=sys.stderr)  # as the CLI prints it\n"
+        "print('held back', libstderr.library_lines(), flush=True)\n"
+        "s.close()\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("imagefs: ") and "incomplete" in lines[0], \
+        run.stderr
