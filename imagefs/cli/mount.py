@@ -132,6 +132,15 @@ def plan(args: argparse.Namespace | Sequence[str]) -> Plan:
                 verbose=args.verbose, quiet=args.quiet, nonempty="nonempty" in opts.flags)
 
 
+def _unusable(mountpoint: str, exc: OSError) -> MountError:
+    """The one-line error for a mount point that cannot be stat'ed or listed."""
+    if exc.errno == errno.ENOTCONN:         # a FUSE process died without unmounting
+        return MountError(f"{mountpoint}: a dead FUSE mount is still there; unmount it "
+                          f"first with: fusermount3 -u {mountpoint}", exitcodes.ENVIRONMENT)
+    return MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}",
+                      exitcodes.ENVIRONMENT)
+
+
 def check_mountpoint(mountpoint: str, nonempty_ok: bool) -> None:
     try:
         st = os.stat(mountpoint)
@@ -139,23 +148,13 @@ def check_mountpoint(mountpoint: str, nonempty_ok: bool) -> None:
         raise MountError(f"{mountpoint}: mount point does not exist; create it with "
                          f"mkdir -p {mountpoint}") from None
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:     # a FUSE process died without unmounting
-            raise MountError(f"{mountpoint}: a dead FUSE mount is still there; unmount it "
-                             f"first with: fusermount3 -u {mountpoint}",
-                             exitcodes.ENVIRONMENT) from None
-        raise MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}",
-                         exitcodes.ENVIRONMENT) from None
+        raise _unusable(mountpoint, exc) from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"{mountpoint}: mount point is not a directory")
     try:
         entries = os.listdir(mountpoint)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:     # a FUSE process died without unmounting
-            raise MountError(f"{mountpoint}: a dead FUSE mount is still there; unmount it "
-                             f"first with: fusermount3 -u {mountpoint}",
-                             exitcodes.ENVIRONMENT) from None
-        raise MountError(f"{mountpoint}: cannot use as mount point: {exc.strerror}",
-                         exitcodes.ENVIRONMENT) from None
+        raise _unusable(mountpoint, exc) from None
     if entries and not nonempty_ok:
         raise MountError(f"{mountpoint}: mount point is not empty; use an empty directory "
                          "(or -o nonempty to hide its contents)")
