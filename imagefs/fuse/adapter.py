@@ -8,6 +8,9 @@ catalog / image problem        errno
 =============================  ==========
 NotFound                       ENOENT
 NotADirectory                  ENOTDIR
+NoSuchAttribute                ENODATA
+NotReadable (a device node)    EACCES
+not permitted (files views)    EACCES
 ImageError (broken, truncated)  EIO
 any other failure of a read    EIO (logged: never wrong bytes, never a crash)
 any write, create, chmod, ...  EROFS
@@ -32,7 +35,8 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from imagefs.catalog import (
@@ -80,6 +84,27 @@ def _not_implemented(*_args: Any, **_kw: Any) -> Any:
 
 
 _not_implemented.libfuse_ignore = True  # type: ignore[attr-defined]  # mfusepy's marker
+
+
+#: The catalog's exceptions and the errno each becomes at the FUSE boundary.
+_ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
+    (NotFound, errno.ENOENT), (NotADirectory, errno.ENOTDIR),
+    (NoSuchAttribute, errno.ENODATA), (NotReadable, errno.EACCES), (ImageError, errno.EIO),
+)
+
+
+@contextmanager
+def _errnos() -> Iterator[None]:
+    """Turn the catalog's exceptions into FuseOSError (the one errno mapping)."""
+    try:
+        yield
+    except FuseOSError:
+        raise
+    except Exception as exc:
+        for kind, number in _ERRNOS:
+            if isinstance(exc, kind):
+                raise FuseOSError(number) from None
+        raise
 
 
 def raise_readahead(mountpoint: str, kib: int = MAX_READAHEAD >> 10) -> None:
@@ -204,14 +229,8 @@ class ImageFS(mfusepy.Operations):
         ``want`` (READ/EXEC bits) is checked on the node itself.  Checks run
         only when the adapter enforces access (see imagefs.fuse.access).
         """
-        try:
+        with _errnos():
             node, chain = self.catalog.resolve(path)
-        except NotFound:
-            raise FuseOSError(errno.ENOENT) from None
-        except NotADirectory:
-            raise FuseOSError(errno.ENOTDIR) from None
-        except ImageError:
-            raise FuseOSError(errno.EIO) from None
         if self._check_access:
             uid, gid, pid = self._context()
             if uid != 0:
@@ -239,12 +258,8 @@ class ImageFS(mfusepy.Operations):
             node = self._by_handle(fh.fh).node
         else:
             node = self._node(path or "/")
-        try:
+        with _errnos():
             return self._stat(node)
-        except NotFound:
-            raise FuseOSError(errno.ENOENT) from None
-        except ImageError:
-            raise FuseOSError(errno.EIO) from None
 
     @staticmethod
     def _stat(node: Node) -> dict[str, Any]:
@@ -264,10 +279,8 @@ class ImageFS(mfusepy.Operations):
         node = self._node(path)
         if not isinstance(node, LinkNode):
             raise FuseOSError(errno.EINVAL)
-        try:
+        with _errnos():
             return node.readlink()
-        except ImageError:
-            raise FuseOSError(errno.EIO) from None
 
     def opendir(self, path: str) -> int:
         node = self._node(path, READ)
@@ -285,12 +298,8 @@ class ImageFS(mfusepy.Operations):
         node = self._by_handle(fh).node if fh else self._node(path or "/")
         if not isinstance(node, DirectoryNode):
             raise FuseOSError(errno.ENOTDIR)
-        try:
+        with _errnos():
             listing = node.listing()
-        except NotFound:
-            raise FuseOSError(errno.ENOENT) from None
-        except ImageError:
-            raise FuseOSError(errno.EIO) from None
         # Both keys every time: mfusepy reuses one stat buffer across the
         # entries.  A type of 0 is DT_UNKNOWN (tools stat the entry; a files
         # view does not stat while listing); with use_ino an entry numbered 0
@@ -327,13 +336,10 @@ class ImageFS(mfusepy.Operations):
         if not isinstance(node, FileLikeNode):
             raise FuseOSError(errno.EISDIR if isinstance(node, DirectoryNode) else errno.EINVAL)
         try:
-            opened = node.open()           # an image's first open reads its block map, once
-        except NotReadable:
-            raise FuseOSError(errno.EACCES) from None
-        except NotFound:
-            raise FuseOSError(errno.ENOENT) from None
-        except ImageError:
-            raise FuseOSError(errno.EIO) from None
+            with _errnos():
+                opened = node.open()       # an image's first open reads its block map, once
+        except FuseOSError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the FUSE boundary, see _guarded
             log.error("%s: unexpected error opening: %s: %s", node.vpath,
                       type(exc).__name__, exc)
@@ -401,21 +407,15 @@ class ImageFS(mfusepy.Operations):
     # left unset (see __init__).
     def listxattr(self, path: str) -> list[str]:
         node = self._node(path)
-        try:
+        with _errnos():
             return node.listxattr()
-        except ImageError:
-            raise FuseOSError(errno.EIO) from None
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         node = self._node(path)
         if self._check_access:
             self._require(node, READ)
-        try:
+        with _errnos():
             return node.getxattr(name)
-        except NoSuchAttribute:
-            raise FuseOSError(errno.ENODATA) from None
-        except ImageError:
-            raise FuseOSError(errno.EIO) from None
 
     # ------------------------------------------------------------ writes: never
     chmod = chown = create = link = mkdir = mknod = rename = rmdir = _erofs
