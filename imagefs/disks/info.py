@@ -75,6 +75,9 @@ def render(plan: DiskPlan, file_name: str, states: Mapping[str, SlotState]) -> s
               f"-drive file={file_name},format=raw     # UEFI (Debian package ovmf)",
               "  (-snapshot keeps the virtual machine's writes in a temporary file; "
               "this disk is read-only)",
+              "  losetup needs root, and root can read a user's own FUSE mount only when it "
+              "was made with -o allow_other;",
+              f"  an ordinary user can use fdisk, qemu, or: udisksctl loop-setup -r -f {file_name}",
               ""]
     return "\n".join(lines)
 
