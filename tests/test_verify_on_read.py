@@ -25,6 +25,7 @@ from imagefs.formats import probe
 from imagefs.formats.base import BitmapImage
 from imagefs.formats.checksums import pc_crc32
 from imagefs.io import FileSource, MemorySource
+from imagefs.io.scatter import read_into
 from imagefs.services.cache import BlockCache
 
 DATA = Path(__file__).parent / "data"
@@ -311,3 +312,126 @@ def test_the_catalog_applies_the_setting(factory, tmp_path):
             assert checker is not None and checker.enabled is verify
         finally:
             catalog.close()
+
+
+# ------------------------------------------------- compressed streams, many readers
+
+def _zstd_partition(factory) -> tuple[object, BitmapImage, VirtualPartition, bytes]:
+    """A real partclone image compressed by the real ``zstd -T0`` (one frame),
+    read through resume points 2 MiB apart so that it has several spans."""
+    from imagefs.codecs import open_decompressed
+
+    img = factory.compressed(factory.partclone("ext4"), ["zstd", "-q", "-T0", "-3", "-c"], "zst")
+    stream = open_decompressed(FileSource(str(img.path)), cache=BlockCache(64 << 20),
+                               spacing=2 << 20)
+    stream.build()
+    image = probe(stream).open()
+    assert isinstance(image, BitmapImage) and image.layout.checker is not None
+    return stream, image, VirtualPartition(image, None), img.ground_truth.read_bytes()
+
+
+@pytest.mark.parametrize("order", ["in-order", "pairs-swapped"])
+def test_checking_a_compressed_stream_decodes_it_once(factory, order):
+    """Widening a read to whole groups reads bytes the next request wants.
+
+    They are read as a peek: counted as delivered, a decompressed stream
+    freed their piece before that request came, which then decoded the span
+    again from its resume point (twice the work: half the speed).
+    """
+    stream, image, vp, truth = _zstd_partition(factory)
+    try:
+        step = 128 << 10                      # the kernel's readahead requests
+        offsets = list(range(0, vp.size, step))
+        if order == "pairs-swapped":          # FUSE threads overtaking each other
+            swapped = [o for a, b in zip(offsets[0::2], offsets[1::2], strict=False)
+                       for o in (b, a)]
+            offsets = swapped + offsets[len(swapped):]
+        before = stream.decoded_bytes
+        for off in offsets:
+            assert vp.read(off, step) == truth[off:off + step], off
+        assert image.layout.checker.complete
+        assert stream.decoded_bytes - before <= stream.size + (1 << 20)
+    finally:
+        stream.close()
+
+
+class _RecordingSource:
+    """The layout's source, recording every read; the first peek waits for ``go``."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, int, int, bool]] = []
+        self.holding = threading.Event()     # the first peek has begun
+        self.go = threading.Event()
+        self._held = False
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def read_into(self, offset: int, views) -> None:
+        self._record(offset, views, False)
+        read_into(self.inner, offset, views)
+
+    def peek_into(self, offset: int, views) -> None:
+        self._record(offset, views, True)
+        if not self._held:
+            self._held = True
+            self.holding.set()
+            assert self.go.wait(20), "the second reader never came"
+        read_into(self.inner, offset, views)
+
+    def _record(self, offset: int, views, peek: bool) -> None:
+        self.calls.append((threading.current_thread().name, offset, sum(map(len, views)), peek))
+
+
+def test_a_reader_waits_for_the_check_of_its_group_instead_of_repeating_it(factory):
+    """Two threads reading one unchecked group: one checks it, the other waits.
+
+    The second reader is let in while the first is inside its check (its
+    first peek waits until the second has asked which groups are pending);
+    it must then read only its own bytes, after the check.
+    """
+    img = factory.partclone("ext4")
+    truth = img.ground_truth.read_bytes()
+    image, vp = _open(img.path, cache=False)
+    layout = image.layout
+    checker = layout.checker
+    assert checker is not None
+    source = _RecordingSource(layout.source)
+    layout.source = source
+    pending = checker.pending
+
+    def pending_then_let_the_first_go_on(g0: int, g1: int) -> list[int]:
+        todo = pending(g0, g1)
+        if threading.current_thread().name == "second":
+            source.go.set()
+        return todo
+
+    checker.pending = pending_then_let_the_first_go_on     # type: ignore[method-assign]
+    block = next(b for b in range(image.total_blocks) if image.bitmap.is_set(b)
+                 and image.bitmap.rank(b) % image.header.blocks_per_checksum == 77)
+    first_off = block * image.block_size + 100
+    second_off = first_off + 3 * image.block_size
+    got: dict[str, bytes] = {}
+    errors: list[BaseException] = []
+
+    def reader(name: str, off: int) -> None:
+        try:
+            got[name] = vp.read(off, 10)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    first = threading.Thread(target=reader, args=("first", first_off), name="first")
+    first.start()
+    assert source.holding.wait(20)            # the first is inside its check
+    second = threading.Thread(target=reader, args=("second", second_off), name="second")
+    second.start()
+    first.join()
+    second.join()
+    assert not errors
+    assert got == {"first": truth[first_off:first_off + 10],
+                   "second": truth[second_off:second_off + 10]}
+    assert checker.checked == 1
+    seconds = [c for c in source.calls if c[0] == "second"]
+    assert seconds == [("second", layout.data_offset(image.bitmap.rank(block) * image.block_size
+                                                     + 3 * image.block_size + 100), 10, False)]

@@ -146,6 +146,16 @@ class CodecSource:
         Through FUSE every request of a compressed image lands on this: one
         copy per byte, where ``read_at`` would slice, join and then copy.
         """
+        self._fill(offset, views, peek=False)
+
+    def peek_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        """:meth:`read_into` for bytes a reader will ask for again (see
+        :func:`imagefs.io.scatter.read_into`): neither a step of the stream
+        nor counted as delivered, so their pieces stay cached for that read.
+        """
+        self._fill(offset, views, peek=True)
+
+    def _fill(self, offset: int, views: Sequence[memoryview], peek: bool) -> None:
         total = sum(map(len, views))
         index = self._covering(offset + total)
         if offset < 0 or total == 0 or (index is None and offset + total <= HEAD_LIMIT):
@@ -156,7 +166,7 @@ class CodecSource:
         if offset + total > index.size or index.info.get("slow"):
             copy_read(self, offset, views)            # short: raises TruncatedError
             return
-        if scatter(self._pieces(index, offset, offset + total), views) != total:
+        if scatter(self._pieces(index, offset, offset + total, peek), views) != total:
             raise corrupt(self.source, f"{self.codec} stream is shorter than its index says")
 
     def close(self) -> None:
@@ -212,9 +222,14 @@ class CodecSource:
 
     # -- internals ------------------------------------------------------------
 
-    def _pieces(self, index: SeekIndex, offset: int, end: int) -> Iterator[bytes | memoryview]:
-        """The decoded bytes of ``[offset, end)`` as cached pieces or views of them."""
-        streaming, run = self._stream.follow(offset, end)
+    def _pieces(self, index: SeekIndex, offset: int, end: int,
+                peek: bool = False) -> Iterator[bytes | memoryview]:
+        """The decoded bytes of ``[offset, end)`` as cached pieces or views of them.
+
+        ``peek``: a check reads ahead of (or behind) the reader; the stream
+        position and the delivered counts are left as they are.
+        """
+        streaming, run = (False, 0) if peek else self._stream.follow(offset, end)
         if streaming and self._stream.wants_prefetch(run):
             # Before decoding this read: the workers start on the spans after
             # it while this thread decodes its own.
@@ -222,7 +237,7 @@ class CodecSource:
         # A small read that continues no stream is someone waiting (a random
         # read): decode-ahead makes way for it.  A large one is the kernel's
         # readahead of a stream, whose requests overtake each other.
-        urgent = not streaming and end - offset < STREAM_MIN_READ
+        urgent = not streaming and not peek and end - offset < STREAM_MIN_READ
         starts = index.starts
         i = bisect_right(starts, offset) - 1
         while offset < end:

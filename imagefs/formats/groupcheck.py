@@ -24,9 +24,15 @@ there, once, under ``_seq_lock`` (other images are not held up); a mismatch
 makes that group and every later one unreadable, since no later digest can
 be trusted without the earlier data.
 
-Threading: ``_lock`` guards the bits, the bad-group table and the damage
-notes (bookkeeping only; sums are computed outside it).  Two threads may
-check the same group at once: both compute, both set the same bit.
+Threading: ``_lock`` guards the bits, the bad-group table, the damage notes
+and ``_busy``, the groups some thread is checking right now (sums are
+computed outside the lock).  A read touching a group another thread is
+checking waits for that check instead of widening itself: FUSE serves a
+sequential reader's readahead with several threads at once, and two checks
+of one group would each read the other's bytes - on a decompressed stream
+after the other had taken them, so their pieces were gone and decoded again.
+A thread waits for busy groups before it claims any, so no two wait for
+each other.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from imagefs.errors import CORRUPT_HINT, ChecksumError
 from imagefs.formats.groupsums import GroupSum
-from imagefs.io.scatter import read_into
+from imagefs.io.scatter import read_into, split_views
 
 if TYPE_CHECKING:
     from imagefs.formats.layout import GroupedLayout
@@ -97,6 +103,8 @@ class GroupChecker:
         self.complete = self.groups == 0
         self._bad: dict[int, ChecksumError] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)   # a busy group was released
+        self._busy: set[int] = set()
         self._seq_lock = threading.Lock()
         self._frontier = 0                  # sequential sums: groups checked in order
         self._state: Any = None             # ... and the digest state after them
@@ -180,8 +188,33 @@ class GroupChecker:
         if self.algo.sequential:
             self._advance(todo[-1])
             return False
-        self._verified_read(pos, dest, g0, g1, todo)
+        todo = self._claim(todo)
+        if not todo:
+            return False                      # checked by another thread meanwhile
+        try:
+            self._verified_read(pos, dest, g0, g1, todo)
+        finally:
+            self._release(todo)
         return True
+
+    def _claim(self, todo: list[int]) -> list[int]:
+        """Wait until no other thread checks any of ``todo``; claim those still unchecked."""
+        with self._idle:
+            while any(g in self._busy for g in todo):
+                self._idle.wait()
+            bits = self._bits
+            left = [g for g in todo if not bits[g >> 3] & (1 << (g & 7))]
+            for g in left:
+                error = self._bad.get(g)
+                if error is not None:
+                    raise _copy(error)
+            self._busy.update(left)
+            return left
+
+    def _release(self, groups: list[int]) -> None:
+        with self._idle:
+            self._busy.difference_update(groups)
+            self._idle.notify_all()
 
     def _has_record(self, group: int) -> bool:
         return group < self.groups - 1 or self.data_bytes % self.group_bytes == 0 \
@@ -234,7 +267,20 @@ class GroupChecker:
                 record = take(tr)
                 views.append(record)
                 records[g] = record
-        read_into(layout.source, start, views)
+        # Only [pos, end)'s own bytes (and the records between them) are what
+        # the plain read would take; the widening is read as a peek, so that a
+        # decompressed stream keeps those pieces for the reads that want them
+        # (counting them as taken made it free pieces early and decode their
+        # spans twice: half the speed of a sequential read).
+        own_start = layout.data_offset(pos)
+        own_end = layout.data_offset(end - 1) + 1
+        head, rest = split_views(views, own_start - start)
+        own, tail = split_views(rest, own_end - own_start)
+        if head:
+            read_into(layout.source, start, head, peek=True)
+        read_into(layout.source, own_start, own)
+        if tail:
+            read_into(layout.source, own_end, tail, peek=True)
         good: list[int] = []
         bad: list[int] = []
         for g in range(g0, g1 + 1):

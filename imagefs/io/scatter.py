@@ -21,15 +21,24 @@ if TYPE_CHECKING:
 IOV_MAX = 1024
 
 
-def read_into(source: ByteSource, offset: int, views: Sequence[memoryview]) -> None:
+def read_into(source: ByteSource, offset: int, views: Sequence[memoryview],
+              peek: bool = False) -> None:
     """Fill ``views`` in order from the consecutive bytes of ``source`` at ``offset``.
 
     Sources that can scatter (files, slices and concatenations of them)
     implement ``read_into`` themselves; others (decompressed streams, memory)
     are read with ``read_at`` and copied.  Raises TruncatedError if the source
     ends before every view is full: a caller never gets a partly filled buffer.
+
+    ``peek``: the bytes are read only to be checked and the reader will ask
+    for them again (verify on read widens a read to whole checksum groups).
+    A source that tracks what a sequential reader has taken (a decompressed
+    stream frees pieces once they are out) offers ``peek_into`` so that such
+    bytes are not counted as taken; other sources read them as usual.
     """
-    fill = getattr(source, "read_into", None)
+    fill = getattr(source, "peek_into", None) if peek else None
+    if fill is None:
+        fill = getattr(source, "read_into", None)
     if fill is not None:
         fill(offset, views)
         return
