@@ -25,7 +25,7 @@ from imagefs.blockio.rawsize import sidecar_text, table_size
 from imagefs.errors import NotAnImageError
 from imagefs.formats import probe
 from imagefs.formats.base import ImageHeader
-from imagefs.formats.partimage import VOLUME_HEADER
+from imagefs.formats.magics import PARTIMAGE_VOLUME_HEADER as VOLUME_HEADER
 from imagefs.formats.raw import probe_raw, raw_name
 from imagefs.io.fdpool import FdPool
 from imagefs.io.pieces import SINGLE, SPLIT, VOLUMES, resolve, split_size_problem

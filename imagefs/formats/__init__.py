@@ -7,11 +7,13 @@ or raises :class:`~imagefs.errors.NotAnImageError`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from imagefs.errors import FormatError, NotAnImageError, TruncatedError
 from imagefs.formats.base import BlockImage, ImageHeader
+from imagefs.formats.magics import is_ntfsclone, is_partclone, is_partimage
 from imagefs.io.source import ByteSource
 
 #: How many leading bytes the magic checks look at.
@@ -29,13 +31,22 @@ class FormatEntry:
     parse: Callable[[ByteSource, Sequence[ByteSource] | None], ImageHeader]
 
 
+def _parser(module: str) -> Callable[[ByteSource, Sequence[ByteSource] | None], ImageHeader]:
+    """The ``probe`` of format module ``module``, imported on first use."""
+    def parse(stream: ByteSource, volumes: Sequence[ByteSource] | None) -> ImageHeader:
+        probe: Callable[[ByteSource, Sequence[ByteSource] | None], ImageHeader] = \
+            importlib.import_module(f"imagefs.formats.{module}").probe
+        return probe(stream, volumes)
+    return parse
+
+
 def _entries() -> list[FormatEntry]:
-    # Imported here so that each format module stays independent of the others.
-    from imagefs.formats import ntfsclone, partclone, partimage
+    # The magic tests need no parser: a format's module (each independent of
+    # the others) is imported when a file of that format is met.
     return [
-        FormatEntry("partclone", partclone.is_partclone, partclone.probe),
-        FormatEntry("ntfsclone", ntfsclone.is_ntfsclone, ntfsclone.probe),
-        FormatEntry("partimage", partimage.is_partimage, partimage.probe),
+        FormatEntry("partclone", is_partclone, _parser("partclone")),
+        FormatEntry("ntfsclone", is_ntfsclone, _parser("ntfsclone")),
+        FormatEntry("partimage", is_partimage, _parser("partimage")),
     ]
 
 

@@ -30,6 +30,7 @@ from imagefs.errors import (
 )
 from imagefs.formats.base import BlockImage, ImageHeader, Progress
 from imagefs.formats.layout import GroupedLayout
+from imagefs.formats.magics import NTFSCLONE_MAGIC
 from imagefs.formats.ntfsruns import INDEX_HEAD, RunList
 from imagefs.io.source import ByteSource
 from imagefs.services.indexstore import IndexStore, PersistedIndex
@@ -37,7 +38,7 @@ from imagefs.services.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"\0ntfsclone-image"
+MAGIC = NTFSCLONE_MAGIC
 HEADER_V10 = struct.Struct("<16sBBIQqQI")   # 50 bytes; ntfsclone pads to 56
 HEADER_OLD_SIZE = 46                        # pre-10: no offset field
 CMD_GAP, CMD_NEXT = 0x00, 0x01
@@ -60,10 +61,6 @@ walk_count = 0
 
 _CHECKSUM_TEXT = "none in the format (verify checks the record structure and length)"
 
-
-def is_ntfsclone(head: bytes) -> bool:
-    """True if ``head`` (the stream's first bytes) starts with the ntfsclone magic."""
-    return head.startswith(MAGIC)
 
 
 def probe(source: ByteSource, volumes: object = None) -> NtfscloneHeader:

@@ -27,10 +27,11 @@ from imagefs.formats.bitmap import RankedBitmap
 from imagefs.formats.checksums import pc_crc32, pc_crc32_v1_block, xxhash_module
 from imagefs.formats.groupsums import PartcloneCrc, PartcloneV1Crc, PartcloneXxh
 from imagefs.formats.layout import GroupedLayout
+from imagefs.formats.magics import PARTCLONE_MAGIC
 from imagefs.io.source import ByteSource
 from imagefs.services.indexstore import IndexStore
 
-MAGIC = b"partclone-image"
+MAGIC = PARTCLONE_MAGIC
 V2_HEADER_SIZE = 110
 V1_HEADER_SIZE = 4160
 V1_BITMAP_MAGIC = b"BiTmAgIc"
@@ -54,9 +55,6 @@ _SCAN = 4 << 20                  # verify reads in chunks of about this size
 def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
-
-def is_partclone(head: bytes) -> bool:
-    return head.startswith(MAGIC)
 
 
 def probe(source: ByteSource, volumes: object = None) -> ImageHeader:

@@ -37,13 +37,18 @@ from imagefs.formats.bitmap import RankedBitmap
 from imagefs.formats.checksums import crc32, sum32_signed, sum64_unsigned
 from imagefs.formats.groupsums import PartimageChk
 from imagefs.formats.layout import GroupedLayout
+from imagefs.formats.magics import (
+    PARTIMAGE_VOLUME_HEADER,
+    PARTIMAGE_VOLUME_MAGIC,
+    is_partimage,
+)
 from imagefs.io.source import ByteSource
 from imagefs.services.indexstore import IndexStore
 
-VOLUME_MAGIC = b"PaRtImAgE-VoLuMe"
+VOLUME_MAGIC = PARTIMAGE_VOLUME_MAGIC
 #: Every volume starts with this header; later volumes' headers are not part
 #: of the logical stream (the opener cuts them off).
-VOLUME_HEADER = 512
+VOLUME_HEADER = PARTIMAGE_VOLUME_HEADER
 KNOWN_VERSIONS = ("0.6.1", "0.6.0")    # what partimage itself accepts
 HEADER_BLOCK = 16384                   # main header, local header, info block, tail
 SUM_SIZE = 4                           # the sum32s word after a header block
@@ -82,10 +87,6 @@ _VERIFY_GROUPS = 64
 def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
-
-def is_partimage(head: bytes) -> bool:
-    """True if ``head`` starts with a partimage volume header's magic."""
-    return head.startswith(VOLUME_MAGIC) and not head[len(VOLUME_MAGIC):32].strip(b"\0")
 
 
 def probe(source: ByteSource, volumes: Sequence[ByteSource] | None = None) -> PartimageHeader:

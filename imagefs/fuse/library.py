@@ -11,11 +11,16 @@ Nothing here imports mfusepy until :func:`load_mfusepy` is called, so
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from types import ModuleType
 
+#: The libraries tried, best first, by the names the dynamic loader knows
+#: them by: loading one is a lookup in the loader's cache, where
+#: ``ctypes.util.find_library`` runs ``ldconfig -p`` (8 ms a call, measured,
+#: and a mount's start-up asked twice).
+_SONAMES = ("libfuse3.so.3", "libfuse.so.2")
 _PREFERRED = ("fuse3", "fuse")
+_chosen: list[str | None] = []
 
 
 def choose_library() -> str | None:
@@ -23,8 +28,22 @@ def choose_library() -> str | None:
     explicit = os.environ.get("FUSE_LIBRARY_PATH")
     if explicit:
         return explicit
+    if not _chosen:
+        _chosen.append(_find())
+    return _chosen[0]
+
+
+def _find() -> str | None:
+    for soname in _SONAMES:
+        try:
+            ctypes.CDLL(soname)
+        except OSError:
+            continue
+        return soname
+    from ctypes.util import find_library  # a library installed under another name
+
     for name in _PREFERRED:
-        path = ctypes.util.find_library(name)
+        path = find_library(name)
         if path:
             return path
     return None

@@ -10,7 +10,6 @@ on load and rebuilt, never trusted.  Writes are atomic (temp file + rename).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import struct
@@ -47,6 +46,8 @@ def file_stats(paths: Iterable[str]) -> list[FileStat]:
 
 def key_from_stats(kind: str, stats: Iterable[FileStat], extra: str = "") -> str:
     """The hex key of :func:`source_key` from stats taken already."""
+    import hashlib  # here: OpenSSL's load is start-up time of every mount
+
     h = hashlib.sha256()
     h.update(kind.encode())
     h.update(b"\0")

@@ -12,7 +12,6 @@ buffers in the heap costs at most the trim threshold of idle memory.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,9 @@ def tune_allocator() -> bool:
     if _done:
         return True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The running process's own symbols hold libc's: no library search
+        # (ctypes.util.find_library runs ldconfig, ~8 ms of every start-up).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
