@@ -666,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "sudo " + " ".join([sys.executable, "bench/run.py"] + (argv if argv is not None else sys.argv[1:]))
     res: dict = {"command": cmd, "machine": machine_info(), "unavailable": {}}
     work = bench_tempdir("run-")
+    ct.compile_bytecode()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outdir = BENCH_DIR / "results"
     outdir.mkdir(parents=True, exist_ok=True)

@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     src = work / "src"
     src.mkdir()
     os.link(fx.image, src / fx.image.name)
+    ct.compile_bytecode()
     on = ct.imagefs(src, fx.image.name)
     off = ct.imagefs(src, fx.image.name, "verify=off")
     off.name = "imagefs-noverify"
