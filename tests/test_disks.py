@@ -584,3 +584,50 @@ def test_ls_and_info_name_the_disk(disks: DiskFactory) -> None:
         text = run(cmd + ["info", str(target)]).stdout.decode()
         assert "Layout" in text and "losetup -r -P" in text
         assert str(d / a.plan.file_name) in text
+
+
+def test_a_partition_backup_replaced_under_disk_img_fails_and_says_so(
+        disks: DiskFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """DISK.img reads a changed partition image as VNAME does: EIO, logged once,
+    and the image's ``.info`` says it changed (DISK.img read the partition
+    directly and did neither)."""
+    import logging
+
+    from imagefs.catalog import Catalog
+    from imagefs.config import Settings
+    from imagefs.errors import SourceChangedError
+
+    a = _assemble(disks, "mbr")
+    saved = tmp_path / "saved"
+    shutil.copytree(a.saved.directory, saved, copy_function=os.link)   # the fixture stays as it is
+    # No cache: these small images would otherwise be served whole from the
+    # bytes decoded before the change (old bytes, never mixed, but untested).
+    cat = Catalog(Settings(index_dir=str(tmp_path / "idx"), cache_size=0), str(saved))
+    try:
+        node = cat.lookup("/" + a.plan.file_name)
+        target = min((p for p in a.plan.partitions if p.role == IMAGE), key=lambda p: p.start)
+        image_entry = node.entry.images[target.device]
+        opened = node.open()
+        assert opened.read(target.start, 4096) == read_range(a.img, target.start, 4096)
+        image = image_entry.partition().image
+        stored = [b for b in range(image.total_blocks) if image.bitmap.is_set(b)]
+        for piece in image_entry.pieces:                   # replaced by rename: a new file
+            shutil.copyfile(piece, piece + ".new")
+            os.replace(piece + ".new", piece)
+        caplog.set_level(logging.WARNING, logger="imagefs")
+        failures = 0
+        for block in stored[len(stored) // 2::max(1, len(stored) // 40)]:   # not cached yet
+            try:
+                opened.read(target.start + block * image.block_size, 4096)
+            except SourceChangedError:
+                failures += 1               # the first read after the change ...
+            except ImageError as exc:
+                assert "changed since mounted" in str(exc)     # ... and every one after
+                failures += 1
+        assert failures > 0
+        info = image_entry.info_text().decode()
+        assert "changed since mounted" in info
+        said = [r for r in caplog.records if "changed since mounted" in r.getMessage()]
+        assert len(said) == 1, [r.getMessage() for r in said]
+    finally:
+        cat.close()
