@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import lzma
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from imagefs.services.cache import BlockCache
 from imagefs.errors import ChecksumError
 from imagefs.formats import probe
 from imagefs.io import FileSource
+from xxhrecode import recode_xxh
 from readers import check_random_reads, check_threads, open_vp, random_spans, vp_sha256
 
 DATA = Path(__file__).parent / "data"
@@ -134,47 +134,13 @@ def test_btrfs_superblock_used_count_is_reported_not_rejected(factory):
 
 # ----------------------------------------------------------- XXH checksum modes
 
-def _recode(src: bytes, mode: int, reseed: bool = True, bpc: int | None = None) -> bytes:
-    """Rewrite a real CRC32 partclone image with XXH checksums (hand-made).
-
-    Debian's partclone 0.3.23 cannot write XXH modes (they exist from 0.3.39
-    and 0.3.46), so these images are re-encoded from a real one.
-    """
-    import xxhash
-
-    from imagefs.formats.checksums import pc_crc32
-    from imagefs.io import MemorySource
-
-    header = probe(MemorySource(src))
-    image = header.open()
-    bs = header.block_size
-    used = image.stored_blocks
-    data = image.layout.read_ranks(0, used)
-    bpc = bpc or header.blocks_per_checksum
-    size = {0x30: 8, 0x31: 16}[mode]
-    algo = xxhash.xxh64 if mode == 0x30 else xxhash.xxh3_128
-    head = bytearray(src[:header.data_start])
-    struct.pack_into("<HHIB", head, 96, mode, size, bpc, 1 if reseed else 0)
-    struct.pack_into("<I", head, 106, pc_crc32(bytes(head[:106])))
-    out = [bytes(head)]
-    state = algo()
-    for g in range(0, used, bpc):
-        chunk = data[g * bs:min(used, g + bpc) * bs]
-        if reseed:
-            state = algo()
-        state.update(chunk)
-        out.append(chunk)
-        out.append(state.intdigest().to_bytes(size, "little"))
-    return b"".join(out)
-
-
 @pytest.mark.parametrize("mode,reseed,bpc", [(0x30, True, None), (0x31, True, None),
                                              (0x30, False, 77), (0x31, False, 300)])
 def test_xxh_modes(factory, tmp_path, mode, reseed, bpc):
     pytest.importorskip("xxhash")
     img = factory.partclone("ext4", (), size_mb=64)
     recoded = tmp_path / "xxh.img"
-    recoded.write_bytes(_recode(img.path.read_bytes(), mode, reseed, bpc))
+    recoded.write_bytes(recode_xxh(img.path.read_bytes(), mode, reseed, bpc))
     vp = open_vp(recoded, BlockCache(4 << 20))
     assert vp_sha256(vp) == img.sha256
     image = probe(FileSource(str(recoded))).open()

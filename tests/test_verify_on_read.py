@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import lzma
 import random
-import struct
 import threading
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from imagefs.blockio import VirtualPartition
 from imagefs.errors import ChecksumError
 from imagefs.formats import probe
 from imagefs.formats.base import BitmapImage
-from imagefs.formats.checksums import pc_crc32
-from imagefs.io import FileSource, MemorySource
+from imagefs.io import FileSource
 from imagefs.io.scatter import read_into
 from imagefs.services.cache import BlockCache
+from xxhrecode import recode_xxh
 
 DATA = Path(__file__).parent / "data"
 
@@ -35,31 +34,6 @@ def _open(path: Path, cache: bool = True) -> tuple[BitmapImage, VirtualPartition
     image = probe(FileSource(str(path))).open()
     assert isinstance(image, BitmapImage)
     return image, VirtualPartition(image, BlockCache(8 << 20) if cache else None)
-
-
-def _recode_xxh(src: bytes, mode: int, reseed: bool, bpc: int) -> bytes:
-    """A real CRC32 partclone image re-encoded with XXH checksums (hand-made)."""
-    import xxhash
-
-    header = probe(MemorySource(src))
-    image = header.open()
-    bs = header.block_size
-    used = image.stored_blocks
-    data = image.layout.read_ranks(0, used)
-    size = {0x30: 8, 0x31: 16}[mode]
-    algo = xxhash.xxh64 if mode == 0x30 else xxhash.xxh3_128
-    head = bytearray(src[:header.data_start])
-    struct.pack_into("<HHIB", head, 96, mode, size, bpc, 1 if reseed else 0)
-    struct.pack_into("<I", head, 106, pc_crc32(bytes(head[:106])))
-    out = [bytes(head)]
-    state = algo()
-    for g in range(0, used, bpc):
-        chunk = data[g * bs:min(used, g + bpc) * bs]
-        if reseed:
-            state = algo()
-        state.update(chunk)
-        out += [chunk, state.intdigest().to_bytes(size, "little")]
-    return b"".join(out)
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -179,7 +153,7 @@ def test_xxh_modes(factory, tmp_path, mode, reseed):
     img = factory.partclone("ext4")
     truth = img.ground_truth.read_bytes()
     path = tmp_path / "xxh.img"
-    path.write_bytes(_recode_xxh(img.path.read_bytes(), mode, reseed, 111))
+    path.write_bytes(recode_xxh(img.path.read_bytes(), mode, reseed, 111))
     image, vp = _open(path)
     checker = image.layout.checker
     assert checker is not None and checker.algo.sequential is (not reseed)
