@@ -11,6 +11,7 @@ Nothing here imports mfusepy until :func:`load_mfusepy` is called, so
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from types import ModuleType
 
@@ -20,7 +21,6 @@ from types import ModuleType
 #: and a mount's start-up asked twice).
 _SONAMES = ("libfuse3.so.3", "libfuse.so.2")
 _PREFERRED = ("fuse3", "fuse")
-_chosen: list[str | None] = []
 
 
 def choose_library() -> str | None:
@@ -28,12 +28,12 @@ def choose_library() -> str | None:
     explicit = os.environ.get("FUSE_LIBRARY_PATH")
     if explicit:
         return explicit
-    if not _chosen:
-        _chosen.append(_find())
-    return _chosen[0]
+    return _find()
 
 
+@functools.cache
 def _find() -> str | None:
+    """The first of the preferred libraries that loads (asked once per process)."""
     for soname in _SONAMES:
         try:
             ctypes.CDLL(soname)
