@@ -127,8 +127,8 @@ def codec_versions() -> dict[str, str]:
     """Versions of the codec libraries and of the C libraries that really decode.
 
     zstd is decoded by two bindings (codecs/zstd.py): python-zstandard for
-    the index pass and header probes, pyzstd for
-    streamed spans; each brings its own libzstd, so both are named.
+    the index pass and reads from a stream's start, pyzstd for spans from
+    resume points; each brings its own libzstd, so both are named.
     """
     import lzma  # here, not at import: a mount imports this package at start-up
     import zlib
@@ -147,14 +147,14 @@ def codec_versions() -> dict[str, str]:
 
         libzstd = ".".join(map(str, zstandard.ZSTD_VERSION))
         out["zstandard"] = (f"{version('zstandard')} (libzstd {libzstd}, {zstandard.backend}; "
-                            "decodes the index pass and span reads)")
+                            "decodes the index pass and reads from a stream's start)")
     except (ImportError, PackageNotFoundError):
         out["zstandard"] = "missing"
     try:
         import pyzstd
 
-        out["pyzstd"] = (f"{version('pyzstd')} (libzstd {pyzstd.zstd_version}; decodes header "
-                         "probes and streamed spans)")
+        out["pyzstd"] = (f"{version('pyzstd')} (libzstd {pyzstd.zstd_version}; decodes spans "
+                         "from resume points, compresses their windows)")
     except (ImportError, PackageNotFoundError):
         out["pyzstd"] = "missing"
     out["lzo"] = library_version()

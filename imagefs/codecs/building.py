@@ -162,11 +162,6 @@ class IndexBuild:
             self._sum_base.append(len(self._sums))
             self._cond.notify_all()
 
-    def flush(self) -> None:
-        """Everything committed so far may be read (end of a frame)."""
-        with self._cond:
-            self._cond.notify_all()
-
     def _partial_locked(self, end: int) -> SeekIndex | None:
         """The partial index if the committed part covers ``end`` (made on demand:
         each one copies the span table, so only when a reader needs a newer one)."""

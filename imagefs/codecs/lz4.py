@@ -102,7 +102,7 @@ class Lz4Source(CodecSource):
                         raise corrupt(src, f"lz4 block at byte {c_off} fails its checksum")
                 out = _decode_block(src, data, raw, bmax, history if linked else None, c_off)
                 if linked:
-                    history = (history + out)[-HISTORY:]
+                    history = _keep_history(history, out)
                 if hasher is not None:
                     hasher.update(out)
                 produced += len(out)
@@ -151,7 +151,7 @@ class Lz4Source(CodecSource):
                 raise corrupt(self.source, f"lz4 block at byte {c_off} decoded to "
                               f"{len(piece)} bytes instead of {ulen}")
             if linked:
-                history = (history + piece)[-HISTORY:]
+                history = _keep_history(history, piece)
             yield piece
 
     def _describe(self, index: SeekIndex) -> str:
@@ -162,6 +162,17 @@ class Lz4Source(CodecSource):
         if info.get("trailing"):
             text += f"; {info['trailing']} trailing bytes after the last frame ignored"
         return text
+
+
+def _keep_history(history: bytes, block: bytes) -> bytes:
+    """The last HISTORY bytes of ``history + block`` (a linked block's dictionary).
+
+    A block of HISTORY or more replaces it: joining first copied every
+    decoded byte (lz4 blocks are 4 MiB by default) to keep 64 KiB.
+    """
+    if len(block) >= HISTORY:
+        return block[-HISTORY:]
+    return (history + block)[-HISTORY:]
 
 
 def _decode_block(src: ByteSource, data: bytes | memoryview, raw: bool, limit: int,
@@ -339,7 +350,6 @@ class _Lz4Pass:
             raise corrupt(src, f"lz4 frame at byte {frame_c} holds {self.out_pos - frame_u} "
                           f"bytes, its header says {content_size}")
         self.commit(span)
-        self.build.flush()
         return pos
 
     def _feed(self, dec: Any, start: int, end: int) -> None:

@@ -64,16 +64,15 @@ def header_length(fhd: int) -> int:
         (1 if single else 0, 2, 4, 8)[fhd >> 6]
 
 
-def self_contained(btype: int, body: bytes | memoryview) -> bool:
-    """Whether a block uses no entropy table of an earlier block.
+def self_contained(body: bytes | memoryview) -> bool:
+    """Whether a compressed block (type 2) uses no entropy table of an earlier block.
 
-    Raw and RLE blocks use none; a compressed block qualifies when its
-    literals are not "treeless" and no sequence table is in repeat mode.
-    Such a boundary is a good resume candidate (repeat offsets may still
-    differ: the verification decides).
+    It qualifies when its literals are not "treeless" and no sequence table
+    is in repeat mode.  Such a boundary is a good resume candidate (repeat
+    offsets may still differ: the verification decides).  Raw and RLE
+    blocks are never offered: they keep the earlier repeat offsets, and a
+    point there diverged later on the bench image.
     """
-    if btype != 2:
-        return True
     if len(body) < 3:
         return False
     b0 = body[0]

@@ -94,7 +94,6 @@ class _Pass:
         self.build = build
         self.spacing = spacing
         self.comp = ChunkReader(src, build.update)
-        self.loaded_to = 0                 # compressed bytes reported to progress
         self.out_pos = 0
         self.starts: list[int] = [0]
         self.meta: list[Any] = []
@@ -240,7 +239,7 @@ class _Pass:
                 # Looking for a resume point (out_pos is exact only after a feed).
                 if skip:
                     skip -= 1
-                elif btype == 2 and self_contained(btype, comp.get(pos + 3, body)):
+                elif btype == 2 and self_contained(comp.get(pos + 3, body)):
                     # Only a compressed block: after a raw or RLE block the
                     # repeat offsets are still the ones from before the point
                     # (a span that passed its first block diverged later on
@@ -290,7 +289,6 @@ class _Pass:
                           f"{self.out_pos - frame_u} bytes but its header says "
                           f"{fh.content_size}")
         self.close_span(span + [blocks_end, pos])
-        self.build.flush()
         self.history.clear()
         self.history_len = 0
         return pos
