@@ -54,9 +54,12 @@ class ChecksumError(ImageError):
     """A stored checksum does not match the data it covers."""
 
     def __init__(self, path: str, problem: str, hint: str = "", *,
-                 image_offset: int | None = None, block: int | None = None) -> None:
+                 image_offset: int | None = None, block: int | None = None,
+                 logged: bool = False) -> None:
         self.image_offset = image_offset
         self.block = block
+        #: The layer that raised it has logged it already (once per bad group).
+        self.logged = logged
         super().__init__(path, problem, hint)
 
 

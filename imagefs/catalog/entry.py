@@ -157,7 +157,7 @@ class ImageEntry:
             raise
         except ImageError as exc:
             if self.error is None:
-                self.fail(exc, fatal=False, logged=isinstance(exc, ChecksumError))
+                self.fail(exc, fatal=False, logged=isinstance(exc, ChecksumError) and exc.logged)
             raise
 
     # ----------------------------------------------------------- describing

@@ -144,7 +144,8 @@ class GroupChecker:
             layout = self.layout
             offset = layout.data_start + group * layout.stride
             error = ChecksumError(layout.source.name, f"{self.algo.name} of {where} {reason}; "
-                                  "reads there fail", CORRUPT_HINT, image_offset=offset)
+                                  "reads there fail", CORRUPT_HINT, image_offset=offset,
+                                  logged=True)
             self._bad[group] = error
             count = len(self._bad)
         log.error("%s: %s", layout.source.name, error.problem)
@@ -272,15 +273,20 @@ class GroupChecker:
         # decompressed stream keeps those pieces for the reads that want them
         # (counting them as taken made it free pieces early and decode their
         # spans twice: half the speed of a sequential read).
-        own_start = layout.data_offset(pos)
-        own_end = layout.data_offset(end - 1) + 1
-        head, rest = split_views(views, own_start - start)
-        own, tail = split_views(rest, own_end - own_start)
-        if head:
-            read_into(layout.source, start, head, peek=True)
-        read_into(layout.source, own_start, own)
-        if tail:
-            read_into(layout.source, own_end, tail, peek=True)
+        # A source that does not track what was taken (a plain file) gets
+        # the one scatter read.
+        if getattr(layout.source, "peek_into", None) is None:
+            read_into(layout.source, start, views)
+        else:
+            own_start = layout.data_offset(pos)
+            own_end = layout.data_offset(end - 1) + 1
+            head, rest = split_views(views, own_start - start)
+            own, tail = split_views(rest, own_end - own_start)
+            if head:
+                read_into(layout.source, start, head, peek=True)
+            read_into(layout.source, own_start, own)
+            if tail:
+                read_into(layout.source, own_end, tail, peek=True)
         good: list[int] = []
         bad: list[int] = []
         for g in range(g0, g1 + 1):
@@ -318,8 +324,9 @@ class GroupChecker:
                 data_end = min((first + count) * gb, self.data_bytes)
                 start = layout.data_offset(first * gb)
                 length = (data_end - first * gb) + count * tr
-                raw = layout.read_raw(start, length)
-                mv = memoryview(raw)
+                # Hashed ahead of the reader, who asks for these bytes next: a peek.
+                mv = memoryview(bytearray(length))
+                read_into(layout.source, start, (mv,), peek=True)
                 off = 0
                 good: list[int] = []
                 for g in range(first, first + count):
@@ -340,4 +347,5 @@ class GroupChecker:
 def _copy(error: ChecksumError) -> ChecksumError:
     """A fresh instance to raise: re-raising one instance grows its traceback."""
     return ChecksumError(error.path, error.problem, error.hint,
-                         image_offset=error.image_offset, block=error.block)
+                         image_offset=error.image_offset, block=error.block,
+                         logged=error.logged)

@@ -59,15 +59,6 @@ class GroupedLayout:
         group, within = divmod(pos, self.group * self.block_size)
         return self.data_start + group * self._stride + within
 
-    def read_raw(self, start: int, length: int) -> bytes:
-        """``length`` source bytes at ``start`` (data and trailers); TruncatedError if short."""
-        raw = self.source.read_at(start, length)
-        if len(raw) < length:
-            raise TruncatedError(self.source.name, f"data area ends at byte "
-                                 f"{start + len(raw)}, before byte {start + length}",
-                                 TRUNCATED_HINT)
-        return raw
-
     def offset(self, rank: int) -> int:
         """Source offset of the stored block of rank ``rank``."""
         if self.group:

@@ -243,12 +243,19 @@ class SliceSource:
         return self.base.read_at(self.start + offset, size)
 
     def read_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        self._fill(offset, views, False)
+
+    def peek_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        """:meth:`read_into` as a peek of the base (see :func:`imagefs.io.scatter.read_into`)."""
+        self._fill(offset, views, True)
+
+    def _fill(self, offset: int, views: Sequence[memoryview], peek: bool) -> None:
         if self._length is not None:
             total = sum(map(len, views))
             if offset + total > self._length:
                 raise TruncatedError(self.name, f"ends at byte {self._length}, before byte "
                                      f"{offset + total}", TRUNCATED_HINT)
-        read_into(self.base, self.start + offset, views)
+        read_into(self.base, self.start + offset, views, peek)
 
     def cheap_size(self) -> int | None:
         if self._length is not None:
@@ -321,6 +328,13 @@ class ConcatSource:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def read_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        self._fill(offset, views, False)
+
+    def peek_into(self, offset: int, views: Sequence[memoryview]) -> None:
+        """:meth:`read_into` as a peek of the parts (see :func:`imagefs.io.scatter.read_into`)."""
+        self._fill(offset, views, True)
+
+    def _fill(self, offset: int, views: Sequence[memoryview], peek: bool) -> None:
         starts = self._table()
         total = sum(map(len, views))
         if offset < 0:
@@ -334,11 +348,11 @@ class ConcatSource:
             local = offset - starts[index]
             room = self.parts[index].size - local
             if room >= total and pending is views:
-                read_into(self.parts[index], local, views)   # inside one piece
+                read_into(self.parts[index], local, views, peek)   # inside one piece
                 return
             batch, pending = split_views(pending, min(room, total))
             if room > 0:
-                read_into(self.parts[index], local, batch)
+                read_into(self.parts[index], local, batch, peek)
             taken = min(room, total)
             offset += taken
             total -= taken
