@@ -21,7 +21,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from imagefs.catalog.attrs import Attr
-from imagefs.catalog.entry import ImageEntry
+from imagefs.catalog.entry import EntryReader, ImageEntry
 from imagefs.catalog.nodes import FileLikeNode, OpenFile, copying_reader
 from imagefs.errors import SourceError
 
@@ -66,11 +66,11 @@ class DiskEntry:
                 disk = self._disk
         return disk
 
-    def _open_partition(self, device: str) -> _EntryReader | None:
+    def _open_partition(self, device: str) -> EntryReader | None:
         entry = self.images.get(device)
         if entry is None:
             return None
-        return _EntryReader(entry)      # raises ImageError for a broken image
+        return entry.reader()           # raises ImageError for a broken image
 
     def stored_bytes(self) -> int:
         """Bytes of data the backups hold for this disk (for ``st_blocks``/du)."""
@@ -88,26 +88,6 @@ class DiskEntry:
             disk, self._disk = self._disk, None
         if disk is not None:
             disk.close()
-
-
-class _EntryReader:
-    """A partition of the disk, read through its image entry as ``VNAME`` is.
-
-    The entry's reads log their first failure and mark the image (a backup
-    changed since mounted shows so in its ``.info``), which reading the
-    virtual partition directly did not.  The size is the partition's when
-    opened: an entry that failed later answers its error, never zeros.
-    """
-
-    def __init__(self, entry: ImageEntry) -> None:
-        self._entry = entry
-        self.size = entry.partition().size
-
-    def read(self, offset: int, size: int) -> bytes:
-        return self._entry.read(offset, size)
-
-    def read_into(self, offset: int, dest: memoryview) -> int:
-        return self._entry.read_into(offset, dest)
 
 
 class DiskNode(FileLikeNode):

@@ -138,6 +138,10 @@ class ImageEntry:
             log.info("%s: opened (%s)", self.vpath, header.format_name)
             return part
 
+    def reader(self) -> EntryReader:
+        """The virtual partition's bytes read through this entry (raises ImageError if broken)."""
+        return EntryReader(self)
+
     def read(self, offset: int, size: int) -> bytes:
         """Bytes of the virtual partition (the first failure is logged once)."""
         return self._reading(lambda part: part.read(offset, size))
@@ -249,3 +253,24 @@ def _state_of(stream: ByteSource | None) -> str | None:
         return state
     except Exception as exc:  # noqa: BLE001 - only a description; never fail .info
         return f"unknown ({exc})"
+
+
+class EntryReader:
+    """An entry's virtual partition, read through the entry as ``VNAME`` is.
+
+    For the views built on it (DISK.img, VNAME.files): the entry's reads log
+    their first failure and mark the image (a backup changed since mounted
+    shows so in its ``.info``), which reading the virtual partition directly
+    did not.  The size is the partition's when opened: an entry that failed
+    later answers its error, never zeros.
+    """
+
+    def __init__(self, entry: ImageEntry) -> None:
+        self._entry = entry
+        self.size = entry.partition().size
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self._entry.read(offset, size)
+
+    def read_into(self, offset: int, dest: memoryview) -> int:
+        return self._entry.read_into(offset, dest)

@@ -104,7 +104,7 @@ class FilesView:
                     raise NotFound(FILES_SUFFIX)
                 entry = self.entry
                 try:
-                    partition = image_partition(entry.partition())
+                    partition = image_partition(entry.partition(), entry.reader())
                     header = entry.header
                     name = os.path.basename(entry.vpath)
                     self._tree = open_tree(partition, header.fs_type if header else None,

@@ -58,11 +58,12 @@ class ImagePartition:
     ``extents`` (a bitmap lookup, no I/O).
     """
 
-    def __init__(self, vp: VirtualPartition) -> None:
+    def __init__(self, vp: VirtualPartition, reads: Partition | None = None) -> None:
         self._vp = vp
         self.size: int = vp.size
-        self.read = vp.read
-        self.read_into = vp.read_into
+        source = reads or vp
+        self.read = source.read
+        self.read_into = source.read_into
         self._image = vp.image
         self._bs: int = self._image.block_size
         self._mapped_end: int = self._image.total_blocks * self._bs
@@ -84,9 +85,13 @@ class ImagePartition:
         self._vp.close()
 
 
-def image_partition(vp: VirtualPartition) -> ImagePartition:
-    """Wrap a :class:`~imagefs.blockio.VirtualPartition` so trees can check extents."""
-    return ImagePartition(vp)
+def image_partition(vp: VirtualPartition, reads: Partition | None = None) -> ImagePartition:
+    """Wrap a :class:`~imagefs.blockio.VirtualPartition` so trees can check extents.
+
+    ``reads``: where its bytes are read instead (the catalog's entry, which
+    records a failure as reads of ``VNAME`` do); the block map stays ``vp``'s.
+    """
+    return ImagePartition(vp, reads)
 
 
 class PartitionFile(io.RawIOBase):
