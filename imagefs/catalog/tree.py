@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -28,6 +27,7 @@ from imagefs.errors import SourceError
 from imagefs.io.fdpool import FdPool, default_fd_pool
 from imagefs.services.cache import BlockCache
 from imagefs.services.indexstore import IndexStore
+from imagefs.services.lru import LRU
 
 #: Paths whose resolution is remembered (a node and a few keys each: a few MB).
 PATH_CACHE = 32768
@@ -65,8 +65,7 @@ class Catalog:
             codecs.configure(threads=settings.codec_threads)   # process-wide
         self._entries: list[Closable] = []
         self._entries_lock = threading.Lock()
-        self._paths: OrderedDict[str, tuple[Node, tuple[AccessKey, ...]]] = OrderedDict()
-        self._paths_lock = threading.Lock()
+        self._paths: LRU[str, tuple[Node, tuple[AccessKey, ...]]] = LRU(PATH_CACHE)
         specs = [SourceSpec(path=source)] if source is not None else list(settings.sources)
         if not specs:
             raise SourceError("(no source)", "nothing to mount",
@@ -95,11 +94,9 @@ class Catalog:
         never changes while mounted, and a FUSE request names a full path,
         which would otherwise be walked component by component every time.
         """
-        with self._paths_lock:
-            hit = self._paths.get(path)
-            if hit is not None:
-                self._paths.move_to_end(path)
-                return hit
+        hit = self._paths.get(path)
+        if hit is not None:
+            return hit
         parent_path, _, name = path.rstrip("/").rpartition("/")
         if not name or name == ".":
             found: tuple[Node, tuple[AccessKey, ...]] = (self.root, ())
@@ -113,10 +110,7 @@ class Catalog:
             if key not in chain:
                 chain = (*chain, key)
             found = (parent.child(name), chain)
-        with self._paths_lock:
-            self._paths[path] = found
-            if len(self._paths) > PATH_CACHE:
-                self._paths.popitem(last=False)
+        self._paths.put(path, found)
         return found
 
     def walk(self, node: DirectoryNode | None = None) -> Iterator[Node]:

@@ -77,8 +77,7 @@ _LOOP_HINT = "loop-mount the virtual partition instead"
 
 def files_supported(fs_type: str | None) -> bool:
     """Whether a files view may exist for this header fs-type (no I/O; True = maybe, raw data)."""
-    known, family = header_family(fs_type)
-    return not known or family is None or family in READABLE
+    return unsupported_reason(fs_type) is None
 
 
 def _backend(family: str) -> Any:

@@ -20,20 +20,18 @@ import logging
 import stat as st
 import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from functools import partial
-from typing import Generic, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from imagefs.errors import ImageError
 from imagefs.files.datamap import DataMap, DecodedCache
 from imagefs.files.errors import FilesError, NoSuchAttribute, NotADirectory, NotASymlink
 from imagefs.files.partition import Partition
+from imagefs.services.lru import LRU
 
 log = logging.getLogger(__name__)
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 T = TypeVar("T")
 
 #: Inode ids handed out are below this, so the catalog can put a tree
@@ -65,50 +63,6 @@ class FileStat(NamedTuple):
     mtime_ns: int
     ctime_ns: int
     rdev: int = 0  # device number (os.makedev) of device nodes
-
-
-class LRU(Generic[K, V]):
-    """A thread-safe LRU bounded by total weight (entries weigh 1 by default)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._weight = 0
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            return item[0]
-
-    def put(self, key: K, value: V, weight: int = 1) -> None:
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._weight -= old[1]
-            self._items[key] = (value, weight)
-            self._weight += weight
-            # The newest entry always stays, however heavy: the directory
-            # being listed must be cached or every lookup in it re-reads it.
-            while self._weight > self.capacity and len(self._items) > 1:
-                _, (_, w) = self._items.popitem(last=False)
-                self._weight -= w
-
-    def items(self) -> list[tuple[K, V]]:
-        """A snapshot, newest first."""
-        with self._lock:
-            return [(k, v[0]) for k, v in reversed(self._items.items())]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._weight = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class FileTree(ABC):

@@ -241,11 +241,6 @@ class ImageFS(mfusepy.Operations):
                     raise FuseOSError(errno.EACCES)
         return node
 
-    def _require(self, node: Node, want: int) -> None:
-        uid, gid, pid = self._context()
-        if not permits(node.access_key(), want, uid, gid, pid):
-            raise FuseOSError(errno.EACCES)
-
     def _by_handle(self, fh: int) -> _Handle:
         handle = self._handles.get(fh)
         if handle is None:
@@ -411,9 +406,7 @@ class ImageFS(mfusepy.Operations):
             return node.listxattr()
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        node = self._node(path)
-        if self._check_access:
-            self._require(node, READ)
+        node = self._node(path, READ)
         with _errnos():
             return node.getxattr(name)
 
