@@ -36,7 +36,8 @@ from imagefs.errors import FormatError
 
 #: Bump when the payload layout of any codec changes: old files are rebuilt.
 #: 2: piece sums; zstd resume points checked by them instead of a second decode.
-INDEX_VERSION = 2
+#: 3: zstd light resume points at zstdmt job starts.
+INDEX_VERSION = 3
 
 _PAYLOAD_MAGIC = b"IFCX"
 

@@ -57,6 +57,11 @@ _ZstdError = (zstandard.ZstdError, pyzstd.ZstdError)
 #: compressed) at a few percent of the image.
 DEFAULT_SPACING = 32 << 20
 
+#: Light points (zstdindex) that fail before a stream stops using them: one
+#: may be a fluke of its data, two say the stream was not written the way
+#: they assume, and each failure costs a wasted decode.
+LIGHT_FAILURE_LIMIT = 2
+
 #: Compressed bytes read at a time when streaming a span (the decoder keeps
 #: what one piece does not use for the next).
 STREAM_CHUNK = 4 << 20
@@ -75,6 +80,8 @@ class ZstdSource(CodecSource):
         self.spacing = spacing or DEFAULT_SPACING
         #: span -> the earlier span whose origin decodes it (after a sum mismatch)
         self._fallback: dict[int, int] = {}
+        #: light points that did not hold; from LIGHT_FAILURE_LIMIT on none is used
+        self._light_failures = 0
         self._fallback_lock = threading.Lock()
 
     # Sequential decoding (head probes) ----------------------------------
@@ -135,9 +142,9 @@ class ZstdSource(CodecSource):
     def _check_loaded(self, index: SeekIndex) -> None:
         for m in index.meta:
             kind, origin = m[0], m[1]
-            if kind != "p" or origin[0] not in ("f", "r") or len(m) != 4:
+            if kind != "p" or origin[0] not in ("f", "r", "l") or len(m) != 4:
                 raise ValueError("unknown zstd span kind")
-            if origin[0] == "r" and not 0 <= origin[3] < len(index.blobs):
+            if origin[0] != "f" and not 0 <= origin[3] < len(index.blobs):
                 raise ValueError("zstd span refers to a missing snapshot")
 
     def _describe(self, index: SeekIndex) -> str:
@@ -149,13 +156,18 @@ class ZstdSource(CodecSource):
         text += f", {index.spans} spans, {info.get('resume_points', 0)} resume points"
         if info.get("resume_points"):
             text += f" (at least {human(info.get('spacing', DEFAULT_SPACING))} apart)"
+        if info.get("light_points"):
+            text += f", {info['light_points']} light points at zstdmt job starts"
         if index.sums is not None:
             text += ", every piece checked against its sum"
         with self._fallback_lock:
             fallbacks = len(self._fallback)
+            light_off = self._light_failures >= LIGHT_FAILURE_LIMIT
         if fallbacks:
             text += (f", {fallbacks} spans decoded from an earlier point (their own "
                      "point did not reproduce the stream)")
+        if light_off:
+            text += ", light points unused (this stream reaches further back than they keep)"
         if info.get("trailing"):
             text += f"; {info['trailing']} trailing bytes after the last frame ignored"
         return text
@@ -163,21 +175,31 @@ class ZstdSource(CodecSource):
     # Span decoding ---------------------------------------------------------
 
     def _span_mismatch(self, index: SeekIndex, i: int) -> bool:
-        # Decode the span from the previous point, then from its frame start.
+        # Decode the span from the full point before its own, then from its
+        # frame start.
         with self._fallback_lock:
             current = self._fallback.get(i, i)
-            if index.meta[current][1][0] == "f":
+            kind = index.meta[current][1][0]
+            if kind == "f":
                 return False                  # from a frame start: real damage
-            if current == i:
-                j = i - 1                     # a point is never a frame's first span
-            else:
-                j = current
-                while index.meta[j][1][0] != "f":
-                    j -= 1
+            if kind == "l":
+                self._light_failures += 1
+            j = _anchor_before(index, current) if current == i else _frame_start(index, current)
             self._fallback[i] = j
-        log.warning("%s: zstd span %d does not decode from its resume point as the index "
-                    "recorded; decoding it from span %d", self.name, i, j)
+        # A light point that does not hold is expected for some streams (see
+        # zstdindex); a full one never was on real data.
+        log.log(logging.DEBUG if kind == "l" else logging.WARNING,
+                "%s: zstd span %d does not decode from its resume point as the index "
+                "recorded; decoding it from span %d", self.name, i, j)
         return True
+
+    def _origin_span(self, index: SeekIndex, i: int) -> int:
+        """The span whose origin decodes span ``i`` (itself unless it fell back)."""
+        with self._fallback_lock:
+            j = self._fallback.get(i, i)
+            if index.meta[j][1][0] == "l" and self._light_failures >= LIGHT_FAILURE_LIMIT:
+                j = self._fallback[i] = _anchor_before(index, j)
+        return j
 
     def _iter_span(self, index: SeekIndex, i: int) -> Iterator[bytes]:
         # Stream the span in sub-chunk pieces: a random read stops at the
@@ -187,8 +209,7 @@ class ZstdSource(CodecSource):
         # pyzstd's max_length lets the decoder write each piece straight
         # into a buffer of the piece's size: whole pieces need no join (a
         # join of fresh memory cost as much as a third of the decoding).
-        with self._fallback_lock:
-            j = self._fallback.get(i, i)
+        j = self._origin_span(index, i)
         _kind, origin, blocks_end, frame_end = index.meta[i]
         origin = index.meta[j][1]
         skip = index.starts[i] - index.starts[j]
@@ -229,10 +250,25 @@ class ZstdSource(CodecSource):
                     produced += len(out)
                     yield out
         except _ZstdError as exc:
-            if origin[0] == "r":
+            if origin[0] != "f":
                 # Perhaps a point that does not fit its span: try an earlier one.
                 raise SpanMismatch() from None
             raise corrupt(src, f"zstd span {i} does not decode ({exc})") from None
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
         return b"".join(self._iter_span(index, i))
+
+
+def _anchor_before(index: SeekIndex, i: int) -> int:
+    """The nearest span before ``i`` that starts at a full point or a frame start."""
+    j = i - 1                                 # a point is never a frame's first span
+    while index.meta[j][1][0] == "l":
+        j -= 1
+    return j
+
+
+def _frame_start(index: SeekIndex, i: int) -> int:
+    """The first span of the frame that span ``i`` belongs to."""
+    while index.meta[i][1][0] != "f":
+        i -= 1
+    return i

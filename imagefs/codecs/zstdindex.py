@@ -12,6 +12,22 @@ first block (most misses are repeat offsets from before the point; the
 following boundaries are tried).  A point that passes is committed; the
 window is stored compressed as its snapshot.
 
+Between those *full* points the pass also places *light* points at the
+starts of zstdmt jobs.  ``zstd -T0`` (Clonezilla's default) cuts its input
+into jobs of ``max(1 MiB, 4 x window)`` bytes, compressed independently,
+each seeing only the last ``window / 8`` bytes of the job before it (the
+"overlap" of libzstd's fast, dfast, greedy and lazy strategies: levels 1-7;
+it is larger only from level 8 on) and starting with fresh repeat offsets.
+A block boundary exactly at a multiple of the job size whose block passes
+the trial with only that much history becomes a light point with a
+snapshot one eighth the size: four times as many points for 40 % more
+index, so a random read decodes 4 MiB on average instead of 16.  A light
+point is only as good as that assumption (a stream from a higher level or
+a single-threaded compressor may reach further back later in the span);
+such a span fails its piece sums or its decoder refuses an offset beyond
+its history, and is then decoded from the full point before it
+(:meth:`~imagefs.codecs.zstd.ZstdSource._span_mismatch`).
+
 Resume points are not decoded a second time over their whole span here
 (the old pass ran a checker beside the main decoder: twice the work).
 Instead the pass records an XXH3-64 *piece sum* of every decoded piece, and
@@ -71,6 +87,15 @@ TRIAL_BACKOFF = 2
 #: Snapshots are compressed with this zstd level (level 1 is 3x faster than
 #: 3 on windows and within a few percent of its size).
 SNAPSHOT_LEVEL = 1
+#: A light point keeps this fraction of the window: zstdmt's overlap for
+#: levels 1-7 (``window >> (9 - overlapLog)``, overlapLog 6).
+LIGHT_WINDOW_SHIFT = 3
+#: zstdmt's job size is ``1 << max(20, windowLog + 2)`` (zstdmt_compress.c,
+#: ZSTDMT_computeTargetJobLog, without long-distance matching).
+MIN_JOB = 1 << 20
+#: The largest output of one block (the format's Block_Maximum_Size): a
+#: bound on what a block not yet fed to the decoder can add.
+BLOCK_MAX = 128 << 10
 
 _ZstdError = (zstandard.ZstdError, pyzstd.ZstdError)
 
@@ -107,6 +132,7 @@ class _Pass:
         self.window = 0
         self.keep_history = False
         self.resume_points = 0
+        self.light_points = 0
         self.rejected = 0
         self.frames = 0
         self.skippable = 0
@@ -124,9 +150,9 @@ class _Pass:
             while self.history and self.history_len - len(self.history[0]) >= self.window:
                 self.history_len -= len(self.history.popleft())
 
-    def snapshot(self) -> bytes:
-        """The last ``window`` decoded bytes."""
-        need = self.window
+    def snapshot(self, length: int) -> bytes:
+        """The last ``length`` (at most ``window``) decoded bytes."""
+        need = min(length, self.window)
         parts: list[bytes | memoryview] = []
         for piece in reversed(self.history):
             if need <= 0:
@@ -211,7 +237,11 @@ class _Pass:
         self.history.clear()
         self.history_len = 0
         span: list[Any] = ["p", ["f", frame_c]]
-        span_u = frame_u
+        anchor_u = frame_u                  # the last full point (or the frame start)
+        job = max(MIN_JOB, fh.window << 2)
+        light_window = fh.window >> LIGHT_WINDOW_SHIFT
+        # Light points only where jobs are closer together than full points.
+        next_job = frame_u + job if can_resume and job < self.spacing else None
         pos = frame_c + hlen
         feed_from = pos
         pending_blocks = 0
@@ -234,10 +264,21 @@ class _Pass:
                 self.feed(dec, feed_from, pos)
                 feed_from, pending_blocks = pos, 0
                 self.need(pos, 3 + body, "a block")
-            if (can_resume and self.out_pos > frame_u
-                    and self.out_pos - span_u >= self.spacing):
+            at_job = False
+            if next_job is not None and self.out_pos + pending_blocks * BLOCK_MAX >= next_job:
+                # This block may start at or after the next job boundary: the
+                # exact output position decides (the blocks fed so far give it).
+                self.feed(dec, feed_from, pos)
+                feed_from, pending_blocks = pos, 0
+                rel = self.out_pos - frame_u
+                at_job = rel % job == 0
+                if self.out_pos >= next_job:
+                    next_job = frame_u + (rel // job + 1) * job
+            full_due = (can_resume and self.out_pos > frame_u
+                        and self.out_pos - anchor_u >= self.spacing)
+            if full_due or at_job:
                 # Looking for a resume point (out_pos is exact only after a feed).
-                if skip:
+                if skip and not at_job:
                     skip -= 1
                 elif btype == 2 and self_contained(comp.get(pos + 3, body)):
                     # Only a compressed block: after a raw or RLE block the
@@ -246,21 +287,29 @@ class _Pass:
                     # the bench image that way).
                     self.feed(dec, feed_from, pos)
                     feed_from, pending_blocks = pos, 0
-                    if self.out_pos - span_u >= self.spacing and self.out_pos > frame_u:
+                    full_due = self.out_pos - anchor_u >= self.spacing and self.out_pos > frame_u
+                    if full_due or at_job:
                         block = comp.get(pos, 3 + body)
-                        ok, out = self.trial(dec, block, fh.window_byte or 0)
+                        history = fh.window if full_due else light_window
+                        ok, out = self.trial(dec, block, fh.window_byte or 0, history)
                         if ok:
                             self.close_span(span + [pos, 0])
                             blob = len(self.blobs)
                             self.blobs.append(b"")      # filled before the span commits
                             assert self.pending_blob is not None
                             self.blob_futures.append((blob, self.pending_blob))
-                            span, span_u = ["p", ["r", pos, fh.window_byte, blob]], self.out_pos
-                            self.resume_points += 1
-                            backoff = TRIAL_BACKOFF
+                            kind = "r" if full_due else "l"
+                            span = ["p", [kind, pos, fh.window_byte, blob]]
+                            if full_due:
+                                anchor_u = self.out_pos
+                                self.resume_points += 1
+                                backoff = TRIAL_BACKOFF
+                            else:
+                                self.light_points += 1
                         else:
                             self.rejected += 1
-                            skip, backoff = backoff, min(backoff * 2, FEED_BLOCKS)
+                            if full_due:
+                                skip, backoff = backoff, min(backoff * 2, FEED_BLOCKS)
                         self.emit(out)
                         feed_from = block_end
             pos = block_end
@@ -295,9 +344,11 @@ class _Pass:
 
     pending_blob: Future[bytes] | None = None
 
-    def trial(self, dec: Any, block: memoryview, window_byte: int) -> tuple[bool, bytes]:
-        """Decode ``block`` with the main decoder and with a decoder resumed here."""
-        snap = self.snapshot()
+    def trial(self, dec: Any, block: memoryview, window_byte: int,
+              history: int) -> tuple[bool, bytes]:
+        """Decode ``block`` with the main decoder and with a decoder resumed
+        here from the last ``history`` bytes of output."""
+        snap = self.snapshot(history)
         try:
             out = dec.decompress(block)
         except _ZstdError as exc:
@@ -317,6 +368,7 @@ class _Pass:
     def finish(self, trailing: int | None = None) -> SeekIndex:
         info: dict[str, Any] = {"frames": self.frames, "skippable": self.skippable,
                                 "resume_points": self.resume_points,
+                                "light_points": self.light_points,
                                 "rejected": self.rejected, "spacing": self.spacing}
         if trailing is not None:
             info["trailing"] = self.comp.total - trailing
