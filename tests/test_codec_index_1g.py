@@ -1,5 +1,8 @@
 """After indexing, a fresh open of a 1 GB zstd or gzip
-image answers a random 4 KiB read by decoding at most one checkpoint span.
+image answers a random 4 KiB read by decoding at most the checkpoint spans
+its checksum group touches: verify on read checks the read's whole group
+(256 blocks, 1 MiB), which may reach into the next span (gzip's are about
+1 MiB of compressed bytes).
 
 Asserted on the codec source's decoded-byte counter, never on time.  The
 image is a real ``partclone.imager`` image of a 1 GiB source holding mixed
@@ -74,6 +77,7 @@ def test_one_span_per_random_read_after_indexing(big_image, tmp_path, cmd, suffi
             assert "index loaded" in codec_source.index_state(), codec_source.index_state()
             starts = codec_source.index.starts
             largest_span = max(b - a for a, b in zip(starts, starts[1:]))
-            assert 0 < decoded <= largest_span, (decoded, largest_span, codec_source.index_state())
+            assert 0 < decoded <= 2 * largest_span, (decoded, largest_span,
+                                                     codec_source.index_state())
             codec_source.close()
     assert resolve(str(compressed)).kind == SINGLE

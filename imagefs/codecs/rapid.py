@@ -196,6 +196,12 @@ class GzipSource(_RapidSource):
     """gzip / pigz / multi-member gzip."""
 
     codec = "gzip"
+    # Checkpoints about 1 MiB of compressed bytes apart instead of
+    # rapidgzip's 4 MiB: on the bench's 2 GiB image (pigz --fast) the index
+    # grows from 8 to 33 MB (a 32 KiB window each) and the pass from 3.3 to
+    # 3.6 s (pigz -dc: 4.8 s), and a random 4 KiB read decodes a quarter as
+    # much: 5.9 -> 1.7 ms in process.
+    chunk_size = 1 << 20
 
     def _find_end(self) -> int:
         return gzip_end(self.source)
