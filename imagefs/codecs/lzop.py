@@ -13,7 +13,6 @@ shown broken with the package to install (:class:`_Lzo1x`).
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
 from imagefs.errors import MissingLibraryError, UnsupportedError
 from imagefs.io.source import ByteSource
+from imagefs.services.fastzlib import adler32, crc32
 from imagefs.services.units import human
 
 MAGIC = b"\x89LZO\x00\r\n\x1a\n"
@@ -210,7 +210,7 @@ def _decode(src: ByteSource, data: bytes, ulen: int, clen: int, dsum: list[Any] 
                       f"instead of {ulen}")
     if dsum is not None:
         kind, want = dsum
-        got = zlib.crc32(out) if kind == "crc32" else zlib.adler32(out)
+        got = crc32(out) if kind == "crc32" else adler32(out)
         if got != want:
             raise corrupt(src, f"lzop block at byte {data_off} fails its {kind} checksum")
     return out

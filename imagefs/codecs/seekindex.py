@@ -27,12 +27,12 @@ import itertools
 import json
 import os
 import struct
-import zlib
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from imagefs.errors import FormatError
+from imagefs.services.fastzlib import crc32
 
 #: Bump when the payload layout of any codec changes: old files are rebuilt.
 #: 2: piece sums; zstd resume points checked by them instead of a second decode.
@@ -77,7 +77,7 @@ class LazyBlobs:
         except OSError as exc:
             raise FormatError(self.path, f"cannot read the index file ({exc.strerror})",
                               "delete it; it is rebuilt on the next open") from None
-        if len(data) != n or zlib.crc32(data) != self._crcs[i]:
+        if len(data) != n or crc32(data) != self._crcs[i]:
             raise FormatError(self.path, "the index file changed or is damaged",
                               "delete it; it is rebuilt on the next open")
         return data
@@ -130,7 +130,7 @@ class SeekIndex:
         except OSError:
             return
         self.blobs = LazyBlobs(path, base, [len(b) for b in blobs],
-                               [zlib.crc32(b) for b in blobs])
+                               [crc32(b) for b in blobs])
 
     @property
     def spans(self) -> int:

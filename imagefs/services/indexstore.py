@@ -14,11 +14,11 @@ import logging
 import os
 import struct
 import tempfile
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from imagefs.services import indexprune
+from imagefs.services.fastzlib import crc32
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class IndexStore:
                 payload = f.read(length + 1)
                 if len(payload) != length:
                     raise ValueError("wrong payload length")
-                if zlib.crc32(payload) != crc:
+                if crc32(payload) != crc:
                     raise ValueError("payload checksum mismatch")
             _touch(path)
             return payload
@@ -122,7 +122,7 @@ class IndexStore:
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(_HEADER.pack(_MAGIC, bytes.fromhex(key)[:32], len(payload),
-                                         zlib.crc32(payload)))
+                                         crc32(payload)))
                     f.write(payload)
                 os.replace(tmp, path)
                 if sources:
