@@ -29,7 +29,7 @@ import os
 import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from imagefs.errors import FormatError
 from imagefs.services.fastzlib import crc32
@@ -118,19 +118,27 @@ class SeekIndex:
             return self.blobs.total()
         return sum(map(len, self.blobs))
 
-    def make_lazy(self, path: str, payload_len: int) -> None:
-        """Leave the blobs in the saved file ``path`` (payload at its end)."""
-        if isinstance(self.blobs, LazyBlobs) or self.blob_bytes() <= LAZY_BLOBS:
+    def make_lazy(self, path: str | None, payload_len: int) -> None:
+        """Leave the blobs in the saved file ``path`` (payload at its end).
+
+        Small blobs (or with no file) stay in memory, as bytes of their own
+        even when they were views of a loaded payload.
+        """
+        if isinstance(self.blobs, LazyBlobs):
             return
         blobs = list(self.blobs)
-        sums = 0 if self.sums is None else 8 * len(self.sums)   # they follow the blobs
-        head = payload_len - sum(map(len, blobs)) - sums
-        try:
-            base = os.path.getsize(path) - payload_len + head
-        except OSError:
-            return
-        self.blobs = LazyBlobs(path, base, [len(b) for b in blobs],
-                               [crc32(b) for b in blobs])
+        if path is not None and self.blob_bytes() > LAZY_BLOBS:
+            sums = 0 if self.sums is None else 8 * len(self.sums)   # they follow the blobs
+            head = payload_len - sum(map(len, blobs)) - sums
+            try:
+                base = os.path.getsize(path) - payload_len + head
+            except OSError:
+                base = None
+            if base is not None:
+                self.blobs = LazyBlobs(path, base, [len(b) for b in blobs],
+                                       [crc32(b) for b in blobs])
+                return
+        self.blobs = [b if isinstance(b, bytes) else bytes(b) for b in blobs]
 
     @property
     def spans(self) -> int:
@@ -147,8 +155,13 @@ class SeekIndex:
         return b"".join([_PAYLOAD_MAGIC, struct.pack("<I", len(text)), text, *blobs, sums])
 
     @classmethod
-    def from_payload(cls, payload: bytes, codec: str, comp_size: int) -> SeekIndex:
-        """Parse and check a payload; ValueError says what does not fit."""
+    def from_payload(cls, payload: bytes, codec: str, comp_size: int,
+                     path: str | None = None) -> SeekIndex:
+        """Parse and check a payload; ValueError says what does not fit.
+
+        ``path``: the file it was loaded from, where large blobs are left
+        (:meth:`make_lazy`).
+        """
         if payload[:4] != _PAYLOAD_MAGIC:
             raise ValueError("not a codec index")
         (length,) = struct.unpack_from("<I", payload, 4)
@@ -157,12 +170,16 @@ class SeekIndex:
             raise ValueError("index of another codec or version")
         if head.get("comp_size") != comp_size:
             raise ValueError("index was built for a stream of another size")
-        blobs = []
+        # Views, not copies: a large index leaves its blobs in the file
+        # (make_lazy) and a copy of 100 MB of zstd snapshots made the load's
+        # peak memory twice the index; small ones are copied out there.
+        view = memoryview(payload)
+        blobs: list[bytes | memoryview] = []
         pos = 8 + length
         for n in head["blobs"]:
             if pos + n > len(payload):
                 raise ValueError("blob beyond the end of the payload")
-            blobs.append(payload[pos:pos + n])
+            blobs.append(view[pos:pos + n])
             pos += n
         sum_base = head.get("sum_base")
         sums: array | None = None
@@ -173,9 +190,10 @@ class SeekIndex:
         if pos != len(payload):
             raise ValueError("trailing bytes after the blobs")
         index = cls(int(head["size"]), [int(s) for s in head["starts"]], head["meta"],
-                    blobs, head.get("info", {}), sums=sums,
+                    cast("list[bytes]", blobs), head.get("info", {}), sums=sums,
                     sum_base=[int(b) for b in sum_base] if sum_base is not None else None)
         index.check()
+        index.make_lazy(path, len(payload))     # no views of the payload kept
         return index
 
     def check(self) -> None:

@@ -347,9 +347,8 @@ class CodecSource:
 
     def _decode_payload(self, payload: bytes, path: str) -> SeekIndex:
         """A persisted payload as this stream's index (ValueError if it does not fit)."""
-        loaded = SeekIndex.from_payload(payload, self.codec, self.source.size)
+        loaded = SeekIndex.from_payload(payload, self.codec, self.source.size, path)
         self._check_loaded(loaded)
-        loaded.make_lazy(path, len(payload))
         return loaded
 
     # -- codec hooks --------------------------------------------------------
