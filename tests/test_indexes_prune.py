@@ -163,3 +163,24 @@ def test_the_log_setup_lets_progress_through_at_the_default_level():
     assert logging.getLogger("imagefs.progress").isEnabledFor(logging.INFO)
     setup(logging.ERROR, foreground=True)             # -q
     assert not logging.getLogger("imagefs.progress").isEnabledFor(logging.INFO)
+
+
+def test_a_saved_index_replaces_older_ones_of_the_same_backups(tree, tmp_path):
+    # An index left by an older imagefs (another format version, so another
+    # key) over backups that are still there: prune would keep it forever.
+    idx = tmp_path / "idx"
+    assert _index(tree, idx).returncode == 0
+    current = _indexes(idx)
+    old = current[0]
+    kind = old.name.rsplit("-", 1)[0]
+    stale = idx / f"{kind}-{'0' * 40}.idx"
+    shutil.copy(old, stale)
+    shutil.copy(indexprune.record_path(str(old)), indexprune.record_path(str(stale)))
+    other = [p for p in current if p != old]
+    old.unlink()                                  # rebuilt and saved by the next run
+    proc = _index(tree, idx, "-v")
+    assert proc.returncode == 0, proc.stderr
+    assert old.exists() and not stale.exists()
+    assert not Path(indexprune.record_path(str(stale))).exists()
+    assert all(p.exists() for p in other)         # other kinds and backups untouched
+    assert "replaces it" in proc.stderr + proc.stdout

@@ -9,7 +9,10 @@ the key itself is a one-way hash.  From the records:
   forever) -- ``imagefs index --prune [TREE]``;
 * :func:`evict` keeps the directory under a size cap (``-o index_max=``)
   by removing the least recently used indexes first (a load touches the
-  file's mtime).
+  file's mtime);
+* :func:`supersede` removes, when an index is saved, the other indexes of
+  the same kind over the same backups (an older imagefs's format, other
+  codec settings): their backups are still there, so nothing else would.
 
 Neither ever removes an index this process has loaded or saved: a mount
 reads the large parts of a loaded index lazily from its file.
@@ -70,12 +73,41 @@ def write_record(index_path: str, kind: str,
 
 def read_record(index_path: str) -> list[tuple[str, int, int]] | None:
     """The files an index describes, or None when it has no (valid) record."""
+    record = _read_record(index_path)
+    return None if record is None else record[1]
+
+
+def _read_record(index_path: str) -> tuple[str, list[tuple[str, int, int]]] | None:
+    """(kind, files) of an index's record, or None when it has no (valid) record."""
     try:
         with open(record_path(index_path), encoding="utf-8") as f:
             data = json.load(f)
-        return [(str(p), int(s), int(m)) for p, s, m in data["files"]]
+        return str(data["kind"]), [(str(p), int(s), int(m)) for p, s, m in data["files"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def supersede(index_path: str, kind: str, files: Iterable[tuple[str, int, int]]) -> list[Removed]:
+    """Remove the other indexes of ``kind`` over exactly ``files`` (see the module doc).
+
+    Indexes this process uses stay (a mount reads their blobs lazily).
+    """
+    wanted = [tuple(f) for f in files]
+    keep = os.path.abspath(index_path)
+    removed: list[Removed] = []
+    for entry in _entries(os.path.dirname(keep)):
+        path = entry.path
+        if not entry.name.endswith(INDEX_SUFFIX) or os.path.abspath(path) == keep \
+                or _is_in_use(path):
+            continue
+        record = _read_record(path)
+        if record is None or record[0] != kind or record[1] != wanted:
+            continue
+        size = _size(path)
+        _remove(path)
+        removed.append(Removed(path, f"replaced by {os.path.basename(index_path)}", size))
+        log.info("index %s removed: %s replaces it", path, os.path.basename(index_path))
+    return removed
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,7 @@ class IndexStore:
                 os.replace(tmp, path)
                 if sources:
                     indexprune.write_record(path, kind, sources)
+                    indexprune.supersede(path, kind, sources)
             except BaseException:
                 try:
                     os.unlink(tmp)
