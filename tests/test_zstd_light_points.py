@@ -115,3 +115,21 @@ def test_a_light_point_that_does_not_hold_falls_back_to_the_full_point(
     assert stream.read_at(a, 4096) == data[a:a + 4096]
     assert stream.decoded_bytes - before > (2 << 20)    # from the full point, 8+ MiB back
     stream.close()
+
+
+def test_no_point_on_a_frames_empty_last_block(tmp_path: Path, data: bytes) -> None:
+    # pzstd writes 8 MiB frames, each ending on a job boundary with the
+    # empty last block zstd adds there: a point on it would start a span of
+    # nothing and store a snapshot for no span.
+    if shutil.which("pzstd") is None:
+        pytest.skip("pzstd is not installed")
+    path = tmp_path / "img.zst"
+    path.write_bytes(subprocess.run(["pzstd", "-q", "-3", "-c", "-p", "2"], input=data[:20 << 20],
+                                    stdout=subprocess.PIPE, check=True).stdout)
+    stream = _indexed(path)
+    index = stream.index
+    assert index is not None and index.info["frames"] >= 3
+    points = [m[1][0] for m in index.meta if m[1][0] != "f"]
+    assert index.info["light_points"] + index.info["resume_points"] == len(points)
+    assert len(index.blobs) == len(points)
+    stream.close()

@@ -278,7 +278,11 @@ class _Pass:
                     next_job = frame_u + (rel // job + 1) * job
             full_due = (can_resume and self.out_pos > frame_u
                         and self.out_pos - anchor_u >= self.spacing)
-            if full_due or at_job:
+            # Never a point on a frame's last block: it saves one block of
+            # decoding at most, and the empty last block zstd writes when a
+            # frame ends on a job boundary (pzstd's 8 MiB frames) would start
+            # a span of nothing, its snapshot stored for no span.
+            if (full_due or at_job) and not last:
                 # Looking for a resume point (out_pos is exact only after a feed).
                 if skip and not at_job:
                     skip -= 1
