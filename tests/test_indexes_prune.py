@@ -184,3 +184,24 @@ def test_a_saved_index_replaces_older_ones_of_the_same_backups(tree, tmp_path):
     assert not Path(indexprune.record_path(str(stale))).exists()
     assert all(p.exists() for p in other)         # other kinds and backups untouched
     assert "replaces it" in proc.stderr + proc.stdout
+
+
+def test_files_vanishing_under_a_scan_are_skipped(tmp_path, monkeypatch):
+    # Parallel saves in one `imagefs index` evict and supersede at the same
+    # time, and a mount's save renames its temporary file while a prune
+    # scans: an entry listed a moment ago may be gone when it is looked at.
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    for name in ("codec-gzip-a", "codec-gzip-b"):
+        (idx / f"{name}.idx").write_bytes(b"x" * 100)
+        (idx / f"{name}.src").write_text('{"version": 1, "kind": "codec-gzip", "files": []}')
+    (idx / ".tmp-1.idx").write_bytes(b"x")
+    listed = list(os.scandir(idx))
+    for p in idx.iterdir():
+        if p.name.startswith((".tmp-", "codec-gzip-a")):
+            p.unlink()
+    monkeypatch.setattr(indexprune, "_entries", lambda directory: list(listed))
+    assert indexprune.usage(str(idx)) == 100 + len((idx / "codec-gzip-b.src").read_bytes())
+    removed = indexprune.evict(str(idx), 1)
+    assert [os.path.basename(r.path) for r in removed] == ["codec-gzip-b.idx"]
+    indexprune.prune(str(idx))                    # raises nothing either

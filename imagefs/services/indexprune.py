@@ -177,17 +177,17 @@ def prune(directory: str, tree: str | None = None, dry_run: bool = False) -> lis
     for entry in sorted(_entries(directory), key=lambda e: e.name):
         path = entry.path
         if entry.name.startswith(".tmp-"):
-            if real_tree is None and now - entry.stat().st_mtime > STALE_TEMP_SECONDS:
-                removed.append(Removed(path, "left over by an interrupted save",
-                                       entry.stat().st_size))
+            st = _stat(entry)                 # None: that save has just finished
+            if real_tree is None and st is not None and now - st.st_mtime > STALE_TEMP_SECONDS:
+                removed.append(Removed(path, "left over by an interrupted save", st.st_size))
                 if not dry_run:
                     _remove_plain(path)
             continue
         if entry.name.endswith(RECORD_SUFFIX):
             index_name = entry.name[:-len(RECORD_SUFFIX)] + INDEX_SUFFIX
-            if real_tree is None and index_name not in names:
-                removed.append(Removed(path, "record of an index that is gone",
-                                       entry.stat().st_size))
+            st = _stat(entry)
+            if real_tree is None and index_name not in names and st is not None:
+                removed.append(Removed(path, "record of an index that is gone", st.st_size))
                 if not dry_run:
                     _remove_plain(path)
             continue
@@ -217,10 +217,20 @@ def _remove_plain(path: str) -> None:
         pass
 
 
+def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    """The entry's stat, None if it is gone (another save's eviction or
+    supersession, another process's prune: they run at the same time)."""
+    try:
+        return entry.stat()
+    except FileNotFoundError:
+        return None
+
+
 def usage(directory: str) -> int:
     """Bytes the index directory holds (indexes and records)."""
-    return sum(e.stat().st_size for e in _entries(directory)
-               if e.name.endswith((INDEX_SUFFIX, RECORD_SUFFIX)))
+    sizes = (_stat(e) for e in _entries(directory)
+             if e.name.endswith((INDEX_SUFFIX, RECORD_SUFFIX)))
+    return sum(st.st_size for st in sizes if st is not None)
 
 
 def evict(directory: str, max_bytes: int, keep: str | None = None) -> list[Removed]:
@@ -229,16 +239,16 @@ def evict(directory: str, max_bytes: int, keep: str | None = None) -> list[Remov
     ``keep`` (the index just saved) and indexes in use by this process stay,
     even if the cap cannot be met without them.
     """
-    entries = [e for e in _entries(directory) if e.name.endswith(INDEX_SUFFIX)]
+    entries = [(st.st_mtime_ns, e.path) for e in _entries(directory)
+               if e.name.endswith(INDEX_SUFFIX) and (st := _stat(e)) is not None]
     total = usage(directory)
     removed: list[Removed] = []
     if total <= max_bytes:
         return removed
     keep_abs = os.path.abspath(keep) if keep else None
-    for entry in sorted(entries, key=lambda e: e.stat().st_mtime_ns):
+    for _mtime, path in sorted(entries):
         if total <= max_bytes:
             break
-        path = entry.path
         if os.path.abspath(path) == keep_abs or _is_in_use(path):
             continue
         size = _size(path)
