@@ -94,11 +94,13 @@ def supersede(index_path: str, kind: str, files: Iterable[tuple[str, int, int]])
     """
     wanted = [tuple(f) for f in files]
     keep = os.path.abspath(index_path)
+    prefix = f"{kind}-"                      # IndexStore.path_for: KIND-KEY.idx
     removed: list[Removed] = []
     for entry in _entries(os.path.dirname(keep)):
         path = entry.path
-        if not entry.name.endswith(INDEX_SUFFIX) or os.path.abspath(path) == keep \
-                or _is_in_use(path):
+        # Only the records of this kind are read: every save runs this.
+        if not (entry.name.startswith(prefix) and entry.name.endswith(INDEX_SUFFIX)) \
+                or os.path.abspath(path) == keep or _is_in_use(path):
             continue
         record = _read_record(path)
         if record is None or record[0] != kind or record[1] != wanted:
@@ -239,19 +241,24 @@ def evict(directory: str, max_bytes: int, keep: str | None = None) -> list[Remov
     ``keep`` (the index just saved) and indexes in use by this process stay,
     even if the cap cannot be met without them.
     """
-    entries = [(st.st_mtime_ns, e.path) for e in _entries(directory)
-               if e.name.endswith(INDEX_SUFFIX) and (st := _stat(e)) is not None]
-    total = usage(directory)
+    # One scan gives both the total and the candidates (this runs after every save).
+    stats = {e.name: st for e in _entries(directory)
+             if e.name.endswith((INDEX_SUFFIX, RECORD_SUFFIX)) and (st := _stat(e)) is not None}
+    total = sum(st.st_size for st in stats.values())
     removed: list[Removed] = []
     if total <= max_bytes:
         return removed
     keep_abs = os.path.abspath(keep) if keep else None
-    for _mtime, path in sorted(entries):
+    indexes = sorted((st.st_mtime_ns, name) for name, st in stats.items()
+                     if name.endswith(INDEX_SUFFIX))
+    for _mtime, name in indexes:
         if total <= max_bytes:
             break
+        path = os.path.join(directory, name)
         if os.path.abspath(path) == keep_abs or _is_in_use(path):
             continue
-        size = _size(path)
+        record = stats.get(name[:-len(INDEX_SUFFIX)] + RECORD_SUFFIX)
+        size = stats[name].st_size + (record.st_size if record is not None else 0)
         _remove(path)
         total -= size
         removed.append(Removed(path, "least recently used (index_max)", size))
