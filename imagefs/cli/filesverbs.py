@@ -43,8 +43,12 @@ def opened_tree(image: str, index_dir: str | None = None) -> Iterator[FileTree]:
     """The file tree of the image at ``image``; one-line errors if there is none."""
     ctx = OpenContext(index_store=IndexStore(index_dir), cache=BlockCache(CACHE_BYTES))
     opened = open_path(image, ctx)
-    header = opened.probe()
-    vp = VirtualPartition(header.open(ctx.index_store), ctx.cache)
+    try:
+        header = opened.probe()
+        vp = VirtualPartition(header.open(ctx.index_store), ctx.cache)
+    except BaseException:
+        opened.stream.close()                 # not an image, or a bad header
+        raise
     try:
         tree = open_tree(image_partition(vp), header.fs_type, name=os.path.basename(image))
     except FilesUnavailable as exc:
