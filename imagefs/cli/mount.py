@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from imagefs.cli import exitcodes
 from imagefs.cli.logsetup import level_for
 from imagefs.cli.logsetup import setup as setup_logging
-from imagefs.cli.mountopts import Options, split_options
-from imagefs.config import Settings, apply_overrides, load_config
+from imagefs.cli.mountopts import Options, settings_for, split_options
+from imagefs.config import Settings
 from imagefs.errors import ConfigError, ImageError
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,7 @@ def plan(args: argparse.Namespace | Sequence[str]) -> Plan:
         from imagefs.cli.verbs import MOUNT
         args = parse(MOUNT, args)
     opts = split_options(args.options)
-    config = args.config or opts.config
-    settings = load_config(config) if config else Settings()
-    if args.index_dir:
-        settings.index_dir = os.path.abspath(os.path.expanduser(args.index_dir))
-    apply_overrides(settings, opts.own)
+    settings = settings_for(args.config, args.index_dir, opts)
     if len(args.paths) == 2:
         source, mountpoint = args.paths
         if source in PLACEHOLDER_SOURCES and settings.sources:

@@ -11,11 +11,12 @@ libfuse's (passed on).  :data:`OPTION_HELP` documents every key for
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from imagefs.config import OVERRIDE_KEYS, parse_bool
+from imagefs.config import OVERRIDE_KEYS, Settings, apply_overrides, load_config, parse_bool
 
 #: Options only fstab, mount(8), systemd or autofs care about.
 DROPPED = frozenset({"nofail", "noauto", "auto", "user", "users", "nouser", "owner",
@@ -95,6 +96,18 @@ def split_options(values: Sequence[str]) -> Options:
             else:
                 out.fuse[key] = val if eq else True
     return out
+
+
+def settings_for(config: str | None, index_dir: str | None, opts: Options) -> Settings:
+    """The settings of one command: ``-c CONFIG`` (or ``-o config=``), then
+    ``--index-dir``, then the ``-o`` keys of imagefs's own (the mount and the
+    tree verbs build them the same way)."""
+    path = config or opts.config
+    settings = load_config(path) if path else Settings()
+    if index_dir:
+        settings.index_dir = os.path.abspath(os.path.expanduser(index_dir))
+    apply_overrides(settings, opts.own)
+    return settings
 
 
 def _split_commas(value: str) -> list[str]:

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from imagefs.catalog import Catalog, ImageEntry, InfoNode
 from imagefs.catalog.disknodes import DiskEntry, DiskInfoNode
 from imagefs.cli import exitcodes
-from imagefs.cli.mountopts import split_options
-from imagefs.config import Settings, apply_overrides, load_config
+from imagefs.cli.mountopts import settings_for, split_options
+from imagefs.config import Settings
 from imagefs.errors import ConfigError, ImageError
 from imagefs.services import indexprune
 from imagefs.services.indexstore import default_index_dir
@@ -34,16 +34,11 @@ log = logging.getLogger(__name__)
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from -c CONFIG, --index-dir and -o (the mount's own keys only)."""
     opts = split_options(getattr(args, "options", []))
-    config = getattr(args, "config", None) or opts.config
-    settings = load_config(config) if config else Settings()
-    if getattr(args, "index_dir", None):
-        settings.index_dir = os.path.abspath(os.path.expanduser(args.index_dir))
     if opts.fuse:
         key = next(iter(opts.fuse))
         raise ConfigError(f"-o {key}: not an imagefs option (libfuse options apply to the "
                           "mount only)")
-    apply_overrides(settings, opts.own)
-    return settings
+    return settings_for(getattr(args, "config", None), getattr(args, "index_dir", None), opts)
 
 
 def _catalog(args: argparse.Namespace, progress: bool = False) -> Catalog:
