@@ -162,3 +162,35 @@ def test_version_reports_libfuse():
     assert text[0].isdigit() and "libfuse" in text, text
     out = _run("version").stdout
     assert "libfuse " + text in out, out
+
+
+def test_request_threads_sized_to_the_cpus_where_libfuse_can():
+    from imagefs.fuse.library import loop_options, worker_threads
+
+    assert [worker_threads(n) for n in (1, 2, 4, 8, 64)] == [4, 4, 6, 10, 10]
+    assert loop_options(3, 14, cpus=2) == {"max_threads": 4}
+    assert loop_options(3, 12, cpus=6) == {"max_threads": 8}
+    # libfuse 2 and 3.0-3.11 refuse the option: a mount there must not pass it.
+    assert loop_options(3, 11, cpus=2) == {} and loop_options(2, 9, cpus=2) == {}
+
+
+def test_request_threads_option_given_by_the_user_wins(src, tmp_path, monkeypatch):
+    from imagefs.fuse import adapter
+    from imagefs.fuse.library import loop_options
+
+    seen: dict = {}
+
+    class _Fake:                         # stands in for the libfuse session
+        def __init__(self, ops, mountpoint, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setattr(adapter, "ImageFUSE", _Fake)
+    monkeypatch.setattr(adapter.mfusepy, "fuse_version_major", 3)
+    monkeypatch.setattr(adapter.mfusepy, "fuse_version_minor", 14, raising=False)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount_mod.run_fuse(mount_mod.plan([str(src), str(mnt)]), None)
+    assert seen["max_threads"] == loop_options(3, 14)["max_threads"], seen
+    seen.clear()
+    mount_mod.run_fuse(mount_mod.plan([str(src), str(mnt), "-o", "max_threads=2"]), None)
+    assert str(seen["max_threads"]) == "2", seen

@@ -192,6 +192,7 @@ def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
     """Build the catalog and serve until unmounted (blocks)."""
     from imagefs.catalog import Catalog
     from imagefs.fuse.adapter import CACHE_TIMEOUT, ImageFS, ImageFUSE, mfusepy
+    from imagefs.fuse.library import loop_options
 
     catalog = Catalog(p.settings, p.source, mountpoint=p.mountpoint)
     max_read = p.fuse_options.get("max_read")
@@ -199,6 +200,9 @@ def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
                   max_read=int(max_read) if isinstance(max_read, (int, str)) else None)
     log.info("mounting %s on %s", p.source or p.settings.config_path, p.mountpoint)
     options = dict(p.fuse_options)
+    for key, value in loop_options(mfusepy.fuse_version_major,
+                                   getattr(mfusepy, "fuse_version_minor", 0)).items():
+        options.setdefault(key, value)       # -o max_threads=N wins
     if mfusepy.fuse_version_major == 2:
         # libfuse 2 has no fuse_config in init: the cache timeouts go in as options.
         for key in ("entry_timeout", "attr_timeout", "negative_timeout"):
