@@ -409,3 +409,39 @@ def test_a_reader_waits_for_the_check_of_its_group_instead_of_repeating_it(facto
     seconds = [c for c in source.calls if c[0] == "second"]
     assert seconds == [("second", layout.data_offset(image.bitmap.rank(block) * image.block_size
                                                      + 3 * image.block_size + 100), 10, False)]
+
+
+def test_a_random_reads_check_decodes_as_demand_and_a_streams_as_background(factory):
+    """Decode-ahead makes way for someone waiting (codecs/tuning.demand): with
+    verify on, a random read's decoding happens in the peek that widens it to
+    its group, so that peek must count as demand; a stream's peeks must not."""
+    from imagefs.codecs import tuning
+    from imagefs.codecs.streaming import PREFETCH_AFTER
+
+    stream, image, vp, truth = _zstd_partition(factory)
+    spans = stream._spans
+    started: list[tuple[int, bool]] = []      # (span start, tuning.urgent()) per decoder
+    inner = spans._iter_span
+
+    def recording(index, i):
+        started.append((index.starts[i], tuning.urgent()))
+        return inner(index, i)
+
+    spans._iter_span = recording
+    stream.prefetch = False                   # every decode in the reading thread
+    try:
+        bpc = image.header.blocks_per_checksum
+        block = max(b for b in range(image.total_blocks)
+                    if image.bitmap.is_set(b) and image.bitmap.rank(b) % bpc == bpc // 2)
+        off = block * image.block_size       # the middle of its group: a head to peek
+        assert vp.read(off, 4096) == truth[off:off + 4096]
+        assert started and all(urgent for _, urgent in started), started
+        stream.close()                        # forget the decoded pieces: decode again
+        started.clear()
+        step = 128 << 10
+        for pos in range(0, vp.size, step):   # a stream
+            assert vp.read(pos, step) == truth[pos:pos + step], pos
+        late = [urgent for start, urgent in started if start >= 2 * PREFETCH_AFTER]
+        assert late and not any(late), started
+    finally:
+        stream.close()

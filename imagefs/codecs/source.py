@@ -236,8 +236,14 @@ class CodecSource:
             self._stream.prefetch_after(index, end)
         # A small read that continues no stream is someone waiting (a random
         # read): decode-ahead makes way for it.  A large one is the kernel's
-        # readahead of a stream, whose requests overtake each other.
-        urgent = not streaming and not peek and end - offset < STREAM_MIN_READ
+        # readahead of a stream, whose requests overtake each other.  A peek
+        # (verify on read widening a read to its checksum group, where most
+        # of a random read's decoding happens) is someone waiting unless a
+        # stream is under way there.
+        if peek:
+            urgent = not self._stream.carries(offset)
+        else:
+            urgent = not streaming and end - offset < STREAM_MIN_READ
         starts = index.starts
         i = bisect_right(starts, offset) - 1
         while offset < end:

@@ -73,6 +73,17 @@ class StreamTracker:
                 self._last_end, self._stream_start = end, offset
             return streaming, self._last_end - self._stream_start
 
+    def carries(self, offset: int) -> bool:
+        """Whether a stream under way (past :data:`PREFETCH_AFTER`) reaches near ``offset``.
+
+        Bytes there are decoded for that stream rather than for someone
+        waiting; nothing changes (a check's peeks ask this).
+        """
+        with self._lock:
+            last = self._last_end
+            return (last is not None and last - self._stream_start >= PREFETCH_AFTER
+                    and last - STREAM_SLACK <= offset <= last + STREAM_SLACK)
+
     def wants_prefetch(self, run: int) -> bool:
         """Whether a stream that has run ``run`` bytes should decode ahead."""
         enabled = tuning.PREFETCH if self.prefetch is None else self.prefetch
