@@ -61,6 +61,34 @@ def test_trailing_bytes_are_served_and_noted(name: str, data: bytes, tmp_path: P
     fresh.close()
 
 
+@pytest.mark.parametrize("name", ["gzip", "bzip2"])
+def test_a_pass_started_over_for_trailing_bytes_counts_its_progress_once(
+        name: str, data: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rapidgzip fails on trailing bytes and the pass runs again up to the
+    stream's end: a progress bar must end at that end, not past the file."""
+    import contextlib
+
+    from imagefs.codecs import source as source_mod
+
+    told: list[int] = []
+
+    @contextlib.contextmanager
+    def recording_bar(total: int, desc: str, enabled: bool | None = None):
+        yield told.append
+
+    monkeypatch.setattr(source_mod, "progress_bar", recording_bar)
+    clean = _compress(name, data, tmp_path / f"clean.{name}")
+    build_index(FileSource(clean), cache=BlockCache(16 << 20)).close()
+    once, told[:] = sum(told), []
+    path = tmp_path / f"img.{name}"
+    path.write_bytes(clean.read_bytes() + GARBAGE)
+    stream = build_index(FileSource(path), cache=BlockCache(16 << 20))
+    assert stream.size == len(data) and "trailing bytes" in stream.index_state()
+    # The same stream in front of the garbage: the same progress in all.
+    assert once > 0 and sum(told) == once, (once, told)
+    stream.close()
+
+
 @pytest.mark.parametrize("cut", [100_000, 8])
 def test_truncated_gzip_is_incomplete_in_one_line(data: bytes, tmp_path: Path,
                                                   cut: int) -> None:

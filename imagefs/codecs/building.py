@@ -150,6 +150,13 @@ class IndexBuild:
         for listener in self.listeners:
             listener(n)
 
+    def restart(self) -> None:
+        """The pass starts over from the first byte (progress back to zero)."""
+        with self._cond:
+            undone, self.done = self.done, 0
+        for listener in self.listeners:
+            listener(-undone)                # a bar counts the second pass once
+
     def commit(self, end: int, meta: Any, sums: list[int] | None = None) -> None:
         """Span ``[previous end, end)`` is complete; ``sums`` its piece hashes."""
         with self._cond:

@@ -103,7 +103,7 @@ class _RapidSource(CodecSource):
                 raise self._damaged(failed.exc) from None
             log.info("%s: %d trailing bytes after the %s stream are ignored", self.name,
                      self.source.size - end, self.codec)
-            build.done = 0
+            build.restart()
             try:
                 index = self._rapid_pass(build, SliceSource(self.source, 0, end))
             except _LibraryError as again:
