@@ -234,4 +234,7 @@ def test_index_verb_builds_a_tree_in_parallel(tmp_path: Path, capsys) -> None:
     ready = [line for line in captured.out.splitlines() if ": ready in " in line]
     assert len(ready) == 3 and all("index built in" in line for line in ready), captured.out
     assert "\r" not in captured.err               # no bar drawn into a non-terminal
+    # ... but progress in lines, at the default log level (no -v).
+    done = [line for line in captured.err.splitlines() if line.startswith("indexing: 3 images")]
+    assert len(done) == 1 and "done in" in done[0], captured.err
     assert len(list((tmp_path / "idx").glob("*.idx"))) == 3

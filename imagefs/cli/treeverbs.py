@@ -28,7 +28,8 @@ from imagefs.services import indexprune
 from imagefs.services.indexstore import default_index_dir
 from imagefs.services.units import human_size
 
-log = logging.getLogger(__name__)
+#: ``imagefs index`` without a terminal: a progress line this often (seconds).
+PROGRESS_INTERVAL = 10.0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -130,7 +131,7 @@ def index_main(args: argparse.Namespace) -> int:
     The codec indexes of independent images are built in parallel (as many
     passes at once as ``codecs.tuning.BUILD_SLOTS``, one per core; each pass
     holds a bounded amount of memory) with one overall progress bar on a
-    terminal and a log line every 10 s otherwise.
+    terminal and a progress line on stderr every 10 s otherwise.
     """
     if getattr(args, "prune", False):
         return prune_main(args)
@@ -221,7 +222,10 @@ def _overall_progress(total: int, count: int,
                       enabled: bool) -> Iterator[Callable[..., None]]:
     """``show(line, done)``: print a result line and/or move the one bar.
 
-    A tqdm bar only when stderr is a terminal; else a log line every 10 s.
+    A tqdm bar only when stderr is a terminal; else a line on stderr every
+    :data:`PROGRESS_INTERVAL` seconds and one at the end (a log line would
+    be hidden at the default log level: a cron job's log would show
+    nothing of a pass that runs for an hour).
     """
     bar = None
     if enabled and total and sys.stderr.isatty():
@@ -245,14 +249,20 @@ def _overall_progress(total: int, count: int,
             seen = max(seen, done)
             return
         now = time.monotonic()
-        if enabled and total and now - last >= 10.0:
+        if enabled and total and now - last >= PROGRESS_INTERVAL:
             last = now
             rate = done / max(now - started, 1e-3)
-            log.info("indexing: %.0f%% of %d images (%.0f MB/s, %.0f s left)",
-                     100.0 * done / total, count, rate / 1e6, (total - done) / max(rate, 1.0))
+            # A pass may read some compressed bytes twice (rapidgzip): at most 100 %.
+            print(f"indexing: {min(100.0, 100.0 * done / total):.0f}% of {count} images "
+                  f"({rate / 1e6:.0f} MB/s, {max(0.0, (total - done) / max(rate, 1.0)):.0f} s "
+                  "left)", file=sys.stderr, flush=True)
 
     try:
         yield show
     finally:
         if bar is not None:
             bar.close()
+        elif enabled and total:
+            print(f"indexing: {count} image{'s' if count != 1 else ''}, "
+                  f"{total / 1e6:.0f} MB of compressed data, done in "
+                  f"{time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
