@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import lz4.block
 import lz4.frame
@@ -40,6 +40,37 @@ SPAN_TARGET = 1 << 20
 LINKED_SPAN_TARGET = 4 << 20
 #: Compressed bytes of a linked frame fed to the frame decoder at a time.
 FEED_BYTES = 1 << 20
+#: Largest block of each block-size code in a frame descriptor's BD byte.
+_BLOCK_MAX = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}
+
+
+class FrameHeader(NamedTuple):
+    """What a frame descriptor's FLG and BD bytes say (see :func:`frame_header`)."""
+
+    linked: bool                 # blocks may refer to earlier blocks' output
+    block_sum: bool              # each block is followed by its XXH32
+    content_sum: bool            # the frame ends with the XXH32 of its content
+    has_content_size: bool       # an 8-byte content size follows BD
+    block_max: int               # no block decodes to more
+
+    @property
+    def length(self) -> int:
+        """Bytes from the magic to the first block: magic, FLG, BD, [size], HC."""
+        return 7 + (8 if self.has_content_size else 0)
+
+
+def frame_header(src: ByteSource, frame_c: int, flg: int, bd: int) -> FrameHeader:
+    """Check and read the FLG and BD bytes of the frame at compressed byte ``frame_c``."""
+    if flg >> 6 != 1:
+        raise corrupt(src, f"lz4 frame at byte {frame_c} has unknown version {flg >> 6}")
+    block_max = _BLOCK_MAX.get((bd >> 4) & 7)
+    if block_max is None:
+        raise corrupt(src, f"lz4 frame at byte {frame_c} has an invalid block size code")
+    if flg & 0x01:
+        raise UnsupportedError(src.name, "lz4 frame needs an external dictionary",
+                               "decompress it with lz4 -D DICT -dc")
+    return FrameHeader(not flg & 0x20, bool(flg & 0x10), bool(flg & 0x04), bool(flg & 0x08),
+                       block_max)
 
 
 class Lz4Source(CodecSource):
@@ -68,19 +99,12 @@ class Lz4Source(CodecSource):
                 raise corrupt(src, f"no lz4 frame at compressed byte {frame_c}")
             frames += 1
             flg, bd = cur.need(2, "a frame header")
-            if flg >> 6 != 1:
-                raise corrupt(src, f"lz4 frame at byte {frame_c} has unknown version {flg >> 6}")
-            linked = not flg & 0x20
-            block_sum, content_size_flag, content_sum = flg & 0x10, flg & 0x08, flg & 0x04
-            bmax = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}.get((bd >> 4) & 7)
-            if bmax is None:
-                raise corrupt(src, f"lz4 frame at byte {frame_c} has an invalid block size code")
+            head = frame_header(src, frame_c, flg, bd)
+            linked, block_sum, content_sum = head.linked, head.block_sum, head.content_sum
+            bmax = head.block_max
             content_size = None
-            if content_size_flag:
+            if head.has_content_size:
                 (content_size,) = struct.unpack("<Q", cur.need(8, "a frame header"))
-            if flg & 0x01:
-                raise UnsupportedError(src.name, "lz4 frame needs an external dictionary",
-                                       "decompress it with lz4 -D DICT -dc")
             cur.need(1, "a frame header")   # header checksum (damage shows in the blocks)
             yield ("frame", linked)
             history = b""
@@ -267,19 +291,12 @@ class _Lz4Pass:
     def frame(self, frame_c: int) -> int:
         src, cur = self.src, self.cur
         flg, bd = cur.need(frame_c + 4, 2, "a frame header")
-        if flg >> 6 != 1:
-            raise corrupt(src, f"lz4 frame at byte {frame_c} has unknown version {flg >> 6}")
-        linked = not flg & 0x20
-        block_sum, content_sum = 4 if flg & 0x10 else 0, bool(flg & 0x04)
-        bmax = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}.get((bd >> 4) & 7)
-        if bmax is None:
-            raise corrupt(src, f"lz4 frame at byte {frame_c} has an invalid block size code")
-        if flg & 0x01:
-            raise UnsupportedError(src.name, "lz4 frame needs an external dictionary",
-                                   "decompress it with lz4 -D DICT -dc")
-        head_len = 7 + (8 if flg & 0x08 else 0)
+        head = frame_header(src, frame_c, flg, bd)
+        linked, content_sum, bmax = head.linked, head.content_sum, head.block_max
+        block_sum = 4 if head.block_sum else 0    # the bytes of each block's checksum
+        head_len = head.length
         content_size = None
-        if flg & 0x08:
+        if head.has_content_size:
             (content_size,) = struct.unpack("<Q", cur.need(frame_c + 6, 8, "a frame header"))
         cur.need(frame_c, head_len, "a frame header")
         self.frames += 1
