@@ -47,7 +47,6 @@ from imagefs.errors import ImageError
 from imagefs.files import (
     FileStat,
     FilesUnavailable,
-    FileTree,
     files_supported,
     image_partition,
     open_tree,
@@ -57,6 +56,7 @@ from imagefs.files import NoSuchAttribute as FilesNoSuchAttribute
 
 if TYPE_CHECKING:
     from imagefs.catalog.entry import ImageEntry
+    from imagefs.files import FileTree
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from dissect.btrfs.stream import decode_extent
 
 from imagefs.files.datamap import DataMap, Run
 from imagefs.files.errors import FilesError, FilesUnavailable
+from imagefs.files.filestat import FileStat
 from imagefs.files.partition import Partition, PartitionFile, check_range
-from imagefs.files.tree import FileStat, FileTree
+from imagefs.files.tree import FileTree
 
 INODE_ITEM, XATTR_ITEM, DIR_INDEX, EXTENT_DATA, ROOT_ITEM, ROOT_REF = 1, 24, 96, 108, 132, 156
 TOP_LEVEL = 5

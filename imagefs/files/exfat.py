@@ -23,8 +23,9 @@ from functools import partial
 
 from imagefs.files.datamap import DataMap, Run
 from imagefs.files.errors import FilesError, FilesUnavailable
+from imagefs.files.filestat import FileStat
 from imagefs.files.partition import Partition
-from imagefs.files.tree import LRU, STAT_ENTRIES, FileStat, FileTree
+from imagefs.files.tree import LRU, STAT_ENTRIES, FileTree
 
 ROOT = 1
 _EOC = 0xFFFFFFFF

@@ -34,8 +34,9 @@ from dissect.extfs.c_ext import c_ext
 from imagefs.files import acl
 from imagefs.files.datamap import DataMap, Run, block_runs
 from imagefs.files.errors import FilesError, FilesUnavailable
+from imagefs.files.filestat import FileStat
 from imagefs.files.partition import Partition, PartitionFile
-from imagefs.files.tree import LRU, FileStat, FileTree
+from imagefs.files.tree import LRU, FileTree
 
 ROOT_INO = 2
 

@@ -28,8 +28,9 @@ from dissect.fat.fat import FATFS
 
 from imagefs.files.datamap import DataMap, Run
 from imagefs.files.errors import FilesError, FilesUnavailable
+from imagefs.files.filestat import FileStat
 from imagefs.files.partition import Partition, PartitionFile
-from imagefs.files.tree import FileStat, FileTree
+from imagefs.files.tree import FileTree
 
 ROOT = 1
 _ATTR_RO, _ATTR_VOLUME, _ATTR_DIR, _ATTR_LFN = 0x01, 0x08, 0x10, 0x0F

@@ -38,8 +38,9 @@ from dissect.util.compression import lznt1
 
 from imagefs.files.datamap import DataMap, Run, block_runs
 from imagefs.files.errors import FilesError, FilesUnavailable
+from imagefs.files.filestat import FileStat
 from imagefs.files.partition import Partition, PartitionFile, check_range
-from imagefs.files.tree import FileStat, FileTree
+from imagefs.files.tree import FileTree
 
 ROOT = 5
 FIRST_USER = 16

@@ -22,11 +22,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from imagefs.errors import ImageError
 from imagefs.files.datamap import DataMap, DecodedCache
 from imagefs.files.errors import FilesError, NoSuchAttribute, NotADirectory, NotASymlink
+from imagefs.files.filestat import FileStat
 from imagefs.files.partition import Partition
 from imagefs.services.lru import LRU
 
@@ -47,22 +48,6 @@ INO_LIMIT = 1 << 48
 STAT_ENTRIES = 2048
 DIR_NAMES = 6000
 MAP_ENTRIES = 256
-
-
-class FileStat(NamedTuple):
-    """What ``stat`` shows for one inode (times in nanoseconds since the epoch)."""
-
-    mode: int  # type bits (S_IFMT) and permission bits
-    ino: int
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    blocks: int  # allocated space in 512-byte units
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    rdev: int = 0  # device number (os.makedev) of device nodes
 
 
 class FileTree(ABC):

@@ -28,8 +28,9 @@ from dissect.xfs.xfs import parse_fsblock
 from imagefs.files import acl
 from imagefs.files.datamap import DataMap, Run
 from imagefs.files.errors import FilesError, FilesUnavailable
+from imagefs.files.filestat import FileStat
 from imagefs.files.partition import Partition, PartitionFile
-from imagefs.files.tree import INO_LIMIT, FileStat, FileTree
+from imagefs.files.tree import INO_LIMIT, FileTree
 
 _CORE = struct.Struct(">HHBBHIIIHH6sH8s8s8sQQIIHBbIHHII")  # the first 100 bytes
 _V3 = struct.Struct(">IQQQ")  # crc, changecount, lsn, flags2 at 100
