@@ -21,12 +21,10 @@ import os
 from dataclasses import dataclass, field
 
 from imagefs import codecs
-from imagefs.blockio.rawsize import sidecar_text, table_size
 from imagefs.errors import NotAnImageError
 from imagefs.formats import probe
 from imagefs.formats.base import ImageHeader
 from imagefs.formats.magics import PARTIMAGE_VOLUME_HEADER as VOLUME_HEADER
-from imagefs.formats.raw import probe_raw, raw_name
 from imagefs.io.fdpool import FdPool
 from imagefs.io.pieces import SINGLE, SPLIT, VOLUMES, resolve, split_size_problem
 from imagefs.io.source import ByteSource, ConcatSource, FileSource, SliceSource
@@ -69,6 +67,10 @@ class OpenedStream:
         try:
             return probe(self.stream, self.volumes)
         except NotAnImageError:
+            # Raw partition data is the rare case: its modules load only here,
+            # not in every mount's start.
+            from imagefs.blockio.rawsize import sidecar_text, table_size
+            from imagefs.formats.raw import probe_raw, raw_name
             first = self.info.pieces[0] if self.info.pieces else ""
             name = raw_name(os.path.basename(first))
             if name is None or self.volumes is not None or not self.stream.read_at(0, 1):
