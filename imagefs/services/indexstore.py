@@ -13,11 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
-from imagefs.services import indexprune
 from imagefs.services.fastzlib import crc32
 
 log = logging.getLogger(__name__)
@@ -115,6 +113,9 @@ class IndexStore:
         ``sources`` (the files the index describes) are recorded beside it,
         so that ``imagefs index --prune`` can tell when they are gone.
         """
+        import tempfile  # here, not at the top: see _touch
+
+        from imagefs.services import indexprune
         path = self.path_for(kind, key)
         try:
             os.makedirs(self.directory, exist_ok=True)
@@ -145,6 +146,10 @@ class IndexStore:
 
 def _touch(path: str) -> None:
     """Mark an index as just used (the size cap removes the least recently used)."""
+    # Imported only where an index is loaded or saved: a mount of
+    # uncompressed images never does, and json, tempfile and the prune
+    # module cost ~2 ms of its start (bench: start to first byte).
+    from imagefs.services import indexprune
     indexprune.mark_in_use(path)
     try:
         os.utime(path)
