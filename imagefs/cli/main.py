@@ -23,7 +23,6 @@ Errors are one line on stderr and an exit status from
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import logging
 import os
@@ -81,6 +80,7 @@ def choose(argv: Sequence[str]) -> tuple[Verb, list[str]]:
     if verb is not None:
         return verb, argv[:at] + argv[at + 1:]
     if "/" not in word and not os.path.exists(word):
+        import difflib  # only for a word that is neither verb nor path (a typo)
         close = difflib.get_close_matches(word, [v.name for v in VERBS], n=1,
                                           cutoff=TYPO_CUTOFF)
         if close:
