@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 from imagefs.blockio.opener import OpenedStream, StreamInfo, open_pieces
 from imagefs.blockio.partition import VirtualPartition
-from imagefs.catalog.infotext import render_info
 from imagefs.errors import ChecksumError, ImageError, SourceChangedError, SourceError
 from imagefs.formats.base import ImageHeader
 from imagefs.io.source import ByteSource
@@ -214,6 +213,7 @@ class ImageEntry:
             except ImageError as exc:
                 self.fail(exc, fatal=False)
         from imagefs.catalog.filesnodes import FILES_SUFFIX  # filesnodes imports this module
+        from imagefs.catalog.infotext import render_info  # (with shlex) only when .info is read
         files = self.files
         files_view = (vpath + FILES_SUFFIX if files is not None and files.unavailable is None
                       else None)
