@@ -225,10 +225,12 @@ class _Listing:
     def finish(self) -> dict[str, Node]:
         """Name the images (real names win; a clash keeps the full source name)."""
         out: dict[str, Node] = {**self.dirs, **self.files}
-        wanted = [Wanted(vname, name, (INFO_SUFFIX, FILES_SUFFIX) if may_have_files(entry)
-                         else (INFO_SUFFIX,)) for vname, name, entry in self.images]
+        with_files = [may_have_files(entry) for _vname, _name, entry in self.images]
+        wanted = [Wanted(vname, name, (INFO_SUFFIX, FILES_SUFFIX) if files else (INFO_SUFFIX,))
+                  for (vname, name, _entry), files in zip(self.images, with_files, strict=True)]
         names = assign_names(wanted, out)
-        for (vname, _name, entry), chosen in zip(self.images, names, strict=True):
+        for (vname, _name, entry), chosen, files in zip(self.images, names, with_files,
+                                                        strict=True):
             if chosen is None:
                 log.error("%s: no free name for this image; not shown", entry.pieces[0])
                 continue
@@ -238,7 +240,7 @@ class _Listing:
             if entry.error is None:
                 out[chosen] = ImageNode(entry)
             out[chosen + INFO_SUFFIX] = InfoNode(entry, self._vpath(chosen + INFO_SUFFIX))
-            if may_have_files(entry):
+            if files:
                 entry.files = FilesView(entry)
                 if entry.files.unavailable is None:
                     out[chosen + FILES_SUFFIX] = FilesRootNode(
