@@ -127,16 +127,17 @@ class SeekIndex:
         if isinstance(self.blobs, LazyBlobs):
             return
         blobs = list(self.blobs)
-        if path is not None and self.blob_bytes() > LAZY_BLOBS:
+        lengths = [len(b) for b in blobs]
+        total = sum(lengths)
+        if path is not None and total > LAZY_BLOBS:
             sums = 0 if self.sums is None else 8 * len(self.sums)   # they follow the blobs
-            head = payload_len - sum(map(len, blobs)) - sums
+            head = payload_len - total - sums
             try:
                 base = os.path.getsize(path) - payload_len + head
             except OSError:
                 base = None
             if base is not None:
-                self.blobs = LazyBlobs(path, base, [len(b) for b in blobs],
-                                       [crc32(b) for b in blobs])
+                self.blobs = LazyBlobs(path, base, lengths, [crc32(b) for b in blobs])
                 return
         self.blobs = [b if isinstance(b, bytes) else bytes(b) for b in blobs]
 
