@@ -360,3 +360,29 @@ def test_files_view_name_follows_the_clash_rule(tmp_path):
         view.attr()
     assert "files view:                 none:" in \
         cat.lookup("/a.img.info").entry.info_text().decode()
+
+
+def test_listing_and_first_read_leave_the_rarely_needed_modules_unloaded(tmp_path):
+    # Start-up cost (issue 12): a mount's first byte must not pay for the
+    # files layer, the raw-partition probe, index pruning or the .info
+    # renderer.  A fresh interpreter, since this test run has them all loaded.
+    import subprocess
+    import sys
+    write_partclone(tmp_path / "x.img", seed=3)
+    script = (
+        "import sys\n"
+        "from imagefs.catalog import Catalog\n"
+        "from imagefs.config import Settings\n"
+        f"cat = Catalog(Settings(cache_size=8 << 20), {str(tmp_path)!r}, mountpoint='/mnt/x')\n"
+        "names = sorted(cat.lookup('/').children())\n"
+        "data = cat.lookup('/x.img').entry.read(0, 4096)\n"
+        "lazy = ['imagefs.files.tree', 'imagefs.files.detect', 'imagefs.files.datamap',\n"
+        "        'imagefs.formats.raw', 'imagefs.blockio.rawsize',\n"
+        "        'imagefs.services.indexprune', 'imagefs.catalog.infotext', 'difflib']\n"
+        "print(names, len(data), [m for m in lazy if m in sys.modules])\n"
+        "cat.lookup('/x.img.info').open()\n"
+        "print('imagefs.catalog.infotext' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0] == "['x.img', 'x.img.files', 'x.img.info'] 4096 []"
+    assert out[1] == "True", "the renderer loads once a .info is opened"
