@@ -238,3 +238,21 @@ def test_index_verb_builds_a_tree_in_parallel(tmp_path: Path, capsys) -> None:
     done = [line for line in captured.err.splitlines() if line.startswith("indexing: 3 images")]
     assert len(done) == 1 and "done in" in done[0], captured.err
     assert len(list((tmp_path / "idx").glob("*.idx"))) == 3
+
+
+def test_a_rapidgzip_pass_counts_each_compressed_byte_once(tmp_path: Path, data: bytes) -> None:
+    # rapidgzip's parallel decoder reads some compressed bytes twice; the
+    # progress of an index pass (.info, imagefs index) must not count them twice.
+    import rapidgzip
+    path = tmp_path / "img.gz"
+    path.write_bytes(subprocess.run(["gzip", "-c"], input=data * 4, stdout=subprocess.PIPE,
+                                    check=True).stdout)
+    counted: list[int] = []
+    dec = rapidgzip.RapidgzipFile(adapters.SourceReader(FileSource(path), counted.append),
+                                  parallelization=2, chunk_size=256 << 10)
+    try:
+        while dec.read(4 << 20):
+            pass
+    finally:
+        dec.close()
+    assert sum(counted) == path.stat().st_size
