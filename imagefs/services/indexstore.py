@@ -147,8 +147,8 @@ class IndexStore:
 def _touch(path: str) -> None:
     """Mark an index as just used (the size cap removes the least recently used)."""
     # Imported only where an index is loaded or saved: a mount of
-    # uncompressed images never does, and json, tempfile and the prune
-    # module cost ~2 ms of its start (bench: start to first byte).
+    # uncompressed images never does, and the prune module with json was
+    # ~1 ms of its start (-X importtime; bench/startup.py).
     from imagefs.services import indexprune
     indexprune.mark_in_use(path)
     try:
