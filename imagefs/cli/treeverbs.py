@@ -252,10 +252,9 @@ def _overall_progress(total: int, count: int,
         if enabled and total and now - last >= PROGRESS_INTERVAL:
             last = now
             rate = done / max(now - started, 1e-3)
-            # A pass may read some compressed bytes twice (rapidgzip): at most 100 %.
-            print(f"indexing: {min(100.0, 100.0 * done / total):.0f}% of {count} images "
-                  f"({rate / 1e6:.0f} MB/s, {max(0.0, (total - done) / max(rate, 1.0)):.0f} s "
-                  "left)", file=sys.stderr, flush=True)
+            print(f"indexing: {100.0 * done / total:.0f}% of {count} images "
+                  f"({rate / 1e6:.0f} MB/s, {(total - done) / max(rate, 1.0):.0f} s left)",
+                  file=sys.stderr, flush=True)
 
     try:
         yield show
