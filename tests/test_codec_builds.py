@@ -60,7 +60,9 @@ class GatedSource:
         self.waiting = threading.Event()   # the build reached the gate
 
     def read_at(self, offset: int, size: int) -> bytes:
-        if offset + size > self.gate_at and threading.current_thread().name == "imagefs-index":
+        # The pass reads on its own thread or on its read-ahead's.
+        if offset + size > self.gate_at and threading.current_thread().name.startswith(
+                ("imagefs-index", "imagefs-readahead")):
             self.waiting.set()
             self.gate.wait()
         return self._file.read_at(offset, size)
