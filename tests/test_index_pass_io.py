@@ -1,20 +1,30 @@
-"""The index passes' input path (codecs/adapters.py).
+"""The index passes' input and output paths (codecs/adapters.py, codecs/zstdstream.py).
 
 The chunk reader reads the next chunk on another thread while a pass
 decodes, carrying a block that runs past a chunk's end to the front of the
-next: whatever the loads, the bytes must be the file's.
+next: whatever the loads, the bytes must be the file's.  The zstd pass
+decodes into reused buffers through the system's libzstd, or, where there is
+none, through python-zstandard with a copy: both must give the same index,
+and damage must be one clear error from both.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from imagefs.codecs import adapters
+from imagefs.codecs import adapters, open_decompressed, zstd, zstdstream
 from imagefs.codecs.adapters import ChunkReader
+from imagefs.codecs.zstdframe import header_length
+from imagefs.errors import FormatError
 from imagefs.io import FileSource
+from imagefs.services.cache import BlockCache
+from test_codecs import _original
 
 
 def _file(tmp_path: Path, size: int) -> tuple[Path, bytes]:
@@ -61,3 +71,102 @@ def test_a_failed_read_ahead_fails_the_load_that_needs_it(
     assert bytes(reader.need(4096, 10, "a block")) == data[4096:4106]
     with pytest.raises(OSError):
         reader.need(8192, 10, "a block")
+
+
+@pytest.fixture(scope="module")
+def zstd_stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """``zstd -T0 -3`` of 24 MiB (three zstdmt jobs of 8 MiB), as Clonezilla writes it."""
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd is not installed")
+    base = bytearray(_original())
+    rnd = random.Random(9)
+    data = bytearray()
+    while len(data) < 24 << 20:
+        for _ in range(64):
+            base[rnd.randrange(len(base))] = rnd.randrange(256)
+        data += base
+    data = data[:24 << 20]
+    path = tmp_path_factory.mktemp("zstdpass") / "img.zst"
+    path.write_bytes(subprocess.run(["zstd", "-q", "-T0", "-3", "-c"], input=bytes(data),
+                                    stdout=subprocess.PIPE, check=True).stdout)
+    return path, bytes(data)
+
+
+def _built(path: Path) -> zstd.ZstdSource:
+    stream = open_decompressed(FileSource(path), cache=BlockCache(64 << 20), spacing=16 << 20)
+    assert isinstance(stream, zstd.ZstdSource)
+    stream.build()
+    return stream
+
+
+def _without_libzstd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zstdstream, "_libzstd", lambda: None)
+
+
+def test_the_pass_decodes_through_the_system_libzstd() -> None:
+    if zstdstream._libzstd() is None:
+        if os.environ.get("CI"):
+            pytest.fail("no libzstd.so.1 on the CI machine (Debian's libzstd1)")
+        pytest.skip("this system has no libzstd.so.1: the pass uses python-zstandard")
+    assert isinstance(zstdstream.frame_decoder(1 << 31, 1 << 20), zstdstream._LibzstdDecoder)
+
+
+def test_both_decoders_build_the_same_index(zstd_stream: tuple[Path, bytes],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    path, data = zstd_stream
+    if zstdstream._libzstd() is None:
+        pytest.skip("this system has no libzstd.so.1")
+    first = _built(path)
+    _without_libzstd(monkeypatch)
+    second = _built(path)
+    a, b = first.index, second.index
+    assert a is not None and b is not None
+    assert (a.size, a.starts, a.meta, a.sums, a.sum_base) == \
+           (b.size, b.starts, b.meta, b.sums, b.sum_base)
+    assert [bytes(x) for x in a.blobs] == [bytes(x) for x in b.blobs]
+    assert a.info["light_points"] > 0 and a.info["resume_points"] > 0   # both kinds tried
+    for stream in (first, second):
+        for off in range(0, len(data), 3 << 20):
+            assert stream.read_at(off, 65536) == data[off:off + 65536]
+        stream.close()
+
+
+def _compressed_block_body(raw: bytes) -> int:
+    """The offset of the first body byte of a compressed block past the middle."""
+    pos = header_length(raw[4])          # the frame header, its magic included
+    while True:
+        bh = int.from_bytes(raw[pos:pos + 3], "little")
+        btype, size = (bh >> 1) & 3, bh >> 3
+        if btype == 2 and pos > len(raw) // 2:
+            return pos + 3
+        assert not bh & 1, "no compressed block in the second half"
+        pos += 3 + (1 if btype == 1 else size)
+
+
+@pytest.mark.parametrize("decoder", ["libzstd", "python-zstandard"])
+@pytest.mark.parametrize("where", ["block", "checksum"])
+def test_damage_is_one_clear_error(zstd_stream: tuple[Path, bytes], tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch,
+                                   decoder: str, where: str) -> None:
+    path, _ = zstd_stream
+    if decoder == "python-zstandard":
+        _without_libzstd(monkeypatch)
+    elif zstdstream._libzstd() is None:
+        pytest.skip("this system has no libzstd.so.1")
+    raw = bytearray(path.read_bytes())
+    # The frame's last four bytes are its content checksum (zstd -T0 writes
+    # one); a compressed block's first byte after its header starts its
+    # literals section (a raw block's damage only the checksum would show).
+    raw[-2 if where == "checksum" else _compressed_block_body(raw)] ^= 0x10
+    bad = tmp_path / "bad.zst"
+    bad.write_bytes(bytes(raw))
+    stream = open_decompressed(FileSource(bad), cache=BlockCache(16 << 20))
+    with pytest.raises(FormatError) as info:
+        stream.build()
+    text = str(info.value)
+    assert "\n" not in text and len(text) < 400
+    if where == "checksum":
+        assert "fails its checksum" in text
+    else:
+        assert "damaged" in text
+    stream.close()

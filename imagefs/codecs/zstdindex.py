@@ -2,7 +2,8 @@
 
 One decoder runs over the stream once, fed large slices of the compressed
 bytes (block-aligned, read in big chunks: no Python per block beyond a
-3-byte header walk), so the pass runs at libzstd's own speed.  Inside a
+3-byte header walk) and writing straight into reused buffers
+(:mod:`~imagefs.codecs.zstdstream`), so the pass runs at libzstd's own speed.  Inside a
 large frame (``zstd -T0`` writes one for the whole image), once
 ``spacing`` bytes have been decoded since the last restart point, the next
 block boundary whose block defines all its entropy tables is tried as a
@@ -69,6 +70,7 @@ from imagefs.codecs.zstdframe import (
     self_contained,
     synth_header,
 )
+from imagefs.codecs.zstdstream import StreamDecoder, ZstdStreamError, frame_decoder
 from imagefs.errors import UnsupportedError
 from imagefs.io.source import ByteSource
 
@@ -98,6 +100,13 @@ MIN_JOB = 1 << 20
 #: The largest output of one block (the format's Block_Maximum_Size): a
 #: bound on what a block not yet fed to the decoder can add.
 BLOCK_MAX = 128 << 10
+#: What the FEED_BLOCKS blocks of one feed can produce at most: the
+#: fallback decoder's output per call (one bytes object per feed; with
+#: python-zstandard's default of 128 KiB a feed's output came in ~14 chunks
+#: that were then joined, a copy of every byte: 1.88 -> 1.59 s on the bench
+#: image) and the size of the segments the output is decoded into.
+OUT_BYTES = FEED_BLOCKS * BLOCK_MAX
+SEGMENT = OUT_BYTES
 
 _ZstdError = (zstandard.ZstdError, pyzstd.ZstdError)
 
@@ -129,8 +138,14 @@ class _Pass:
         self.blobs = build.blobs           # shared with the partial index
         self.blob_futures: list[tuple[int, Future[bytes]]] = []
         self.hasher = PieceHasher()
-        self.history: deque[bytes] = deque()
-        self.history_len = 0
+        # Decoded output, written in place by the decoder: the segments hold
+        # the last ``window`` bytes at least (resume trials take snapshots
+        # from them) and output not yet accounted for (``pending``).
+        self.segments: deque[bytearray] = deque()
+        self.fill = 0                      # bytes written into the last segment
+        self.held = 0                      # bytes in all segments
+        self.pending = 0                   # of those, written but not yet emitted
+        self.spare: list[bytearray] = []
         self.window = 0
         self.keep_history = False
         self.resume_points = 0
@@ -141,28 +156,66 @@ class _Pass:
 
     # -- output ---------------------------------------------------------------
 
-    def emit(self, out: bytes) -> None:
-        if not out:
-            return
-        self.hasher.feed(out)
-        self.out_pos += len(out)
-        if self.keep_history:
-            self.history.append(out)
-            self.history_len += len(out)
-            while self.history and self.history_len - len(self.history[0]) >= self.window:
-                self.history_len -= len(self.history.popleft())
+    def space(self) -> memoryview:
+        """Free room at the end of the last segment (a new one if it is full)."""
+        if not self.segments or self.fill == SEGMENT:
+            keep = max(self.window if self.keep_history else 0, self.pending)
+            while self.segments and self.held - len(self.segments[0]) >= keep:
+                self.held -= len(self.segments[0])
+                self.spare.append(self.segments.popleft())
+            self.segments.append(self.spare.pop() if self.spare else bytearray(SEGMENT))
+            self.fill = 0
+        return memoryview(self.segments[-1])[self.fill:]
+
+    def tail(self, n: int) -> list[memoryview]:
+        """Views of the last ``n`` bytes written, in order."""
+        views: list[memoryview] = []
+        for i in range(len(self.segments) - 1, -1, -1):
+            if n <= 0:
+                break
+            seg = self.segments[i]
+            end = self.fill if i == len(self.segments) - 1 else SEGMENT
+            take = min(n, end)
+            views.append(memoryview(seg)[end - take:end])
+            n -= take
+        views.reverse()
+        return views
+
+    def decode(self, dec: StreamDecoder, data: memoryview, start: int,
+               damaged: str | None = None) -> int:
+        """Decode all of ``data`` (from compressed byte ``start``) into the
+        segments; the bytes written, pending until :meth:`emit`.  ``damaged``:
+        what a refusal by libzstd means here (default: damaged data)."""
+        made = used = 0
+        try:
+            while True:
+                room = self.space()
+                took, wrote = dec.decode_into(data[used:], room)
+                used += took
+                self.fill += wrote
+                self.held += wrote
+                self.pending += wrote
+                made += wrote
+                if used >= len(data) and wrote < len(room):
+                    return made
+                if dec.eof and used < len(data):
+                    raise corrupt(self.src, f"zstd frame ends at compressed byte "
+                                  f"{start + used}, inside its own blocks")
+        except ZstdStreamError as exc:
+            what = damaged or (f"zstd data is damaged between compressed bytes {start} "
+                               f"and {start + len(data)}")
+            raise corrupt(self.src, f"{what} ({exc})") from None
+
+    def emit(self) -> None:
+        """Account for the bytes pending: hashed into the open span."""
+        for view in self.tail(self.pending):
+            self.hasher.feed(view)
+        self.out_pos += self.pending
+        self.pending = 0
 
     def snapshot(self, length: int) -> bytes:
-        """The last ``length`` (at most ``window``) decoded bytes."""
-        need = min(length, self.window)
-        parts: list[bytes | memoryview] = []
-        for piece in reversed(self.history):
-            if need <= 0:
-                break
-            parts.append(piece if len(piece) <= need else memoryview(piece)[len(piece) - need:])
-            need -= len(piece)
-        parts.reverse()
-        return b"".join(parts)
+        """The last ``length`` (at most ``window``) decoded bytes (none pending)."""
+        return b"".join(self.tail(min(length, self.window, self.held)))
 
     def close_span(self, meta: list[Any]) -> None:
         """End the open span at the current output position."""
@@ -184,16 +237,11 @@ class _Pass:
     def need(self, pos: int, n: int, what: str) -> memoryview:
         return self.comp.need(pos, n, what)
 
-    def feed(self, dec: Any, start: int, end: int) -> None:
+    def feed(self, dec: StreamDecoder, start: int, end: int) -> None:
         """Decode compressed ``[start, end)`` (all within the held chunk)."""
-        if end <= start:
-            return
-        try:
-            out = dec.decompress(self.comp.get(start, end - start))
-        except _ZstdError as exc:
-            raise corrupt(self.src, f"zstd data is damaged between compressed bytes {start} "
-                          f"and {end} ({exc})") from None
-        self.emit(out)
+        if end > start:
+            self.decode(dec, self.comp.get(start, end - start), start)
+            self.emit()
 
     # -- the pass -----------------------------------------------------------------
 
@@ -228,16 +276,25 @@ class _Pass:
             raise UnsupportedError(self.src.name, "zstd frame needs an external dictionary",
                                    "decompress it with zstd -D DICT -dc")
         self.frames += 1
-        dec = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompressobj()
-        dec.decompress(head)
+        dec = frame_decoder(MAX_WINDOW, OUT_BYTES)
+        try:
+            return self.frame_blocks(frame_c, fh, dec, hlen)
+        finally:
+            dec.close()
+
+    def frame_blocks(self, frame_c: int, fh: FrameHeader, dec: StreamDecoder, hlen: int) -> int:
+        """The blocks of the frame at ``frame_c`` (its header parsed): its spans."""
+        # A frame's history starts with it.
+        self.spare.extend(self.segments)
+        self.segments.clear()
+        self.fill = self.held = 0
+        self.decode(dec, memoryview(self.need(frame_c, hlen, "a frame header")), frame_c)
         frame_u = self.out_pos
         # Resume points need a window descriptor; single-segment frames
         # (small, content size known) are served whole.
         can_resume = fh.window_byte is not None
         self.window = fh.window
         self.keep_history = can_resume
-        self.history.clear()
-        self.history_len = 0
         span: list[Any] = ["p", ["f", frame_c]]
         anchor_u = frame_u                  # the last full point (or the frame start)
         job = max(MIN_JOB, fh.window << 2)
@@ -300,7 +357,7 @@ class _Pass:
                     if full_due or at_job:
                         block = comp.get(pos, 3 + body)
                         history = fh.window if full_due else light_window
-                        ok, out = self.trial(dec, block, fh.window_byte or 0, history)
+                        ok = self.trial(dec, block, pos, fh.window_byte or 0, history)
                         if ok:
                             self.close_span(span + [pos, 0])
                             blob = len(self.blobs)
@@ -319,7 +376,7 @@ class _Pass:
                             self.rejected += 1
                             if full_due:
                                 skip, backoff = backoff, min(backoff * 2, FEED_BLOCKS)
-                        self.emit(out)
+                        self.emit()
                         feed_from = block_end
             pos = block_end
             pending_blocks += 1
@@ -334,11 +391,9 @@ class _Pass:
             # libzstd checks the content checksum (XXH64 of the frame's output).
             checksum = bytes(self.need(pos, 4, "a frame checksum"))
             pos += 4
-            try:
-                self.emit(dec.decompress(checksum))
-            except _ZstdError as exc:
-                raise corrupt(self.src, f"zstd frame at compressed byte {frame_c} fails its "
-                              f"checksum ({exc})") from None
+            self.decode(dec, memoryview(checksum), pos - 4,
+                        f"zstd frame at compressed byte {frame_c} fails its checksum")
+            self.emit()
         if not dec.eof:
             raise corrupt(self.src, f"zstd frame at compressed byte {frame_c} did not end "
                           "after its last block")
@@ -347,21 +402,17 @@ class _Pass:
                           f"{self.out_pos - frame_u} bytes but its header says "
                           f"{fh.content_size}")
         self.close_span(span + [blocks_end, pos])
-        self.history.clear()
-        self.history_len = 0
         return pos
 
     pending_blob: Future[bytes] | None = None
 
-    def trial(self, dec: Any, block: memoryview, window_byte: int,
-              history: int) -> tuple[bool, bytes]:
-        """Decode ``block`` with the main decoder and with a decoder resumed
-        here from the last ``history`` bytes of output."""
+    def trial(self, dec: StreamDecoder, block: memoryview, pos: int, window_byte: int,
+              history: int) -> bool:
+        """Decode the block at compressed byte ``pos`` with the main decoder (its
+        output left pending) and with a decoder resumed here from the last
+        ``history`` bytes of output: whether both give the same bytes."""
         snap = self.snapshot(history)
-        try:
-            out = dec.decompress(block)
-        except _ZstdError as exc:
-            raise corrupt(self.src, f"zstd data is damaged ({exc})") from None
+        out = b"".join(self.tail(self.decode(dec, block, pos)))
         try:
             trial = resume_decoder(snap)
             trial.decompress(synth_header(window_byte))
@@ -372,7 +423,7 @@ class _Pass:
             # Compressed on another core: the snapshot is needed only once
             # the span it starts is committed (``spacing`` bytes later).
             self.pending_blob = _snapshot_pool().submit(pyzstd.compress, snap, SNAPSHOT_LEVEL)
-        return ok, out
+        return ok
 
     def finish(self, trailing: int | None = None) -> SeekIndex:
         info: dict[str, Any] = {"frames": self.frames, "skippable": self.skippable,
