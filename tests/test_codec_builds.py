@@ -258,3 +258,22 @@ def test_a_rapidgzip_pass_counts_each_compressed_byte_once(tmp_path: Path, data:
     finally:
         dec.close()
     assert sum(counted) == path.stat().st_size
+
+
+def test_partial_indexes_share_the_committed_span_table() -> None:
+    """A reader at the build front asks for a newer partial index at every
+    span: each must not copy the span table (a long stream's pass became
+    quadratic), and each still covers what it covered when it was made."""
+    from imagefs.codecs.building import IndexBuild
+
+    build = IndexBuild("stream", 1 << 30, lambda b: None, lambda index: index)
+    partials = []
+    for i in range(1, 6):
+        build.commit(i << 20, ["span", i], [i, i + 100])
+        partials.append(build.wait(i << 20))
+    first, last = partials[0], partials[-1]
+    assert first.starts is last.starts and first.meta is last.meta
+    assert first.sums is last.sums and first.sum_base is last.sum_base
+    assert [p.size for p in partials] == [i << 20 for i in range(1, 6)]
+    assert last.piece_sum(4, 1) == 105 and last.piece_sum(4, 2) is None
+    assert first.piece_sum(0, 0) == 1 and first.meta[0] == ["span", 1]

@@ -162,16 +162,19 @@ class IndexBuild:
         with self._cond:
             if end <= self._starts[-1]:
                 return
-            self._meta.append(meta)
-            self._starts.append(end)
+            # Partial indexes share these lists and read them without the
+            # lock: the order keeps every span they can see complete (its
+            # sums, then its end, then its meta: ``spans`` counts meta).
             if sums is not None:
                 self._sums.extend(sums)
             self._sum_base.append(len(self._sums))
+            self._starts.append(end)
+            self._meta.append(meta)
             self._cond.notify_all()
 
     def _partial_locked(self, end: int) -> SeekIndex | None:
-        """The partial index if the committed part covers ``end`` (made on demand:
-        each one copies the span table, so only when a reader needs a newer one)."""
+        """The partial index if the committed part covers ``end`` (a newer one
+        only when a reader needs it)."""
         if self._starts[-1] < end:
             return None
         if self._partial is None or self._partial.size < end:
@@ -179,10 +182,15 @@ class IndexBuild:
         return self._partial
 
     def _publish_locked(self) -> None:
-        sums = list(self._sums) if self._sums else None
-        self._partial = SeekIndex(self._starts[-1], list(self._starts), list(self._meta),
+        # The committed lists themselves, not copies: they only grow, and a
+        # reader following the build front asks for a newer partial index
+        # at every span (a copy each time made a long stream's pass
+        # quadratic).  ``size`` bounds what this one covers; spans committed
+        # later are complete too (see :meth:`commit`).
+        sums = self._sums if self._sums else None
+        self._partial = SeekIndex(self._starts[-1], self._starts, self._meta,
                                   self.blobs, {"partial": True}, sums=sums,
-                                  sum_base=list(self._sum_base) if sums else None)
+                                  sum_base=self._sum_base if sums else None)
 
     # -- readers ------------------------------------------------------------------
 
