@@ -172,6 +172,17 @@ class IndexBuild:
             self._meta.append(meta)
             self._cond.notify_all()
 
+    @property
+    def committed(self) -> int:
+        """Where the last committed span ends (0 before the first)."""
+        return self._starts[-1]
+
+    def complete_index(self, size: int, info: dict[str, Any]) -> SeekIndex:
+        """The pass's result: every span it committed (its last ends at ``size``)."""
+        with self._cond:
+            return SeekIndex(size, self._starts, self._meta, list(self.blobs), info,
+                             sums=self._sums, sum_base=self._sum_base)
+
     def _partial_locked(self, end: int) -> SeekIndex | None:
         """The partial index if the committed part covers ``end`` (a newer one
         only when a reader needs it)."""

@@ -227,11 +227,7 @@ class _Lz4Pass:
         self.build = build
         self.cur = ChunkReader(src, build.update)
         self.out_pos = 0
-        self.starts: list[int] = [0]
-        self.meta: list[Any] = []
         self.blobs = build.blobs
-        self.sums: list[int] = []
-        self.sum_base: list[int] = [0]
         self.hasher = PieceHasher()
         self.history: deque[bytes] = deque()
         self.history_len = 0
@@ -251,13 +247,8 @@ class _Lz4Pass:
 
     def commit(self, span: list[Any]) -> None:
         sums = self.hasher.close()
-        if self.out_pos <= self.starts[-1] or not span[2]:
-            return
-        self.meta.append(span)
-        self.starts.append(self.out_pos)
-        self.sums.extend(sums)
-        self.sum_base.append(len(self.sums))
-        self.build.commit(self.out_pos, span, sums)
+        if self.out_pos > self.build.committed and span[2]:
+            self.build.commit(self.out_pos, span, sums)
 
     def snapshot(self) -> int:
         """Store the last 64 KiB of output as a blob; its number (-1: none)."""
@@ -384,5 +375,4 @@ class _Lz4Pass:
                                 "linked": self.linked_any}
         if trailing:
             info["trailing"] = trailing
-        return SeekIndex(self.out_pos, self.starts, self.meta, list(self.blobs), info,
-                         sums=self.sums, sum_base=self.sum_base)
+        return self.build.complete_index(self.out_pos, info)

@@ -131,10 +131,6 @@ class _Pass:
         self.spacing = spacing
         self.comp = ChunkReader(src, build.update)
         self.out_pos = 0
-        self.starts: list[int] = [0]
-        self.meta: list[Any] = []
-        self.sums: list[int] = []
-        self.sum_base: list[int] = [0]
         self.blobs = build.blobs           # shared with the partial index
         self.blob_futures: list[tuple[int, Future[bytes]]] = []
         self.hasher = PieceHasher()
@@ -222,15 +218,9 @@ class _Pass:
         for blob, future in self.blob_futures:
             self.blobs[blob] = future.result()
         self.blob_futures.clear()
-        if self.out_pos <= self.starts[-1]:
-            self.hasher.close()
-            return
         sums = self.hasher.close()
-        self.meta.append(meta)
-        self.starts.append(self.out_pos)
-        self.sums.extend(sums)
-        self.sum_base.append(len(self.sums))
-        self.build.commit(self.out_pos, meta, sums)
+        if self.out_pos > self.build.committed:
+            self.build.commit(self.out_pos, meta, sums)
 
     # -- input ------------------------------------------------------------------
 
@@ -432,8 +422,7 @@ class _Pass:
                                 "rejected": self.rejected, "spacing": self.spacing}
         if trailing is not None:
             info["trailing"] = self.comp.total - trailing
-        return SeekIndex(self.out_pos, self.starts, self.meta, list(self.blobs), info,
-                         sums=self.sums, sum_base=self.sum_base)
+        return self.build.complete_index(self.out_pos, info)
 
 
 def build_zstd_index(src: ByteSource, build: IndexBuild, spacing: int) -> SeekIndex:
