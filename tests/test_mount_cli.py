@@ -194,3 +194,53 @@ def test_request_threads_option_given_by_the_user_wins(src, tmp_path, monkeypatc
     seen.clear()
     mount_mod.run_fuse(mount_mod.plan([str(src), str(mnt), "-o", "max_threads=2"]), None)
     assert str(seen["max_threads"]) == "2", seen
+
+
+def test_fuse_workers_keep_their_python_thread_state(src, tmp_path, monkeypatch):
+    """libfuse calls each operation on a C thread; ctypes used to build a
+    Python thread state for every call and delete it after, and with it
+    everything thread-local (verify on read's scratch buffers among it).
+    Mounted in this process: a thread-local set in one read must still be
+    there in the next read the same worker thread serves."""
+    import threading
+
+    from imagefs.fuse import adapter
+
+    need_fuse()
+    marks = threading.local()
+    seen: dict[int, list[bool]] = {}
+    original = adapter.ImageFS.read_into
+
+    def spying(self, fh, dest, offset):  # type: ignore[no-untyped-def]
+        seen.setdefault(threading.get_native_id(), []).append(getattr(marks, "set", False))
+        marks.set = True
+        return original(self, fh, dest, offset)
+
+    monkeypatch.setattr(adapter.ImageFS, "read_into", spying)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ready = threading.Event()
+    serving = threading.Thread(target=mount_mod.run_fuse,
+                               args=(mount_mod.plan([str(src), str(mnt), "-f"]), ready.set),
+                               daemon=True)
+    serving.start()
+    try:
+        assert ready.wait(30), "the in-process mount did not come up"
+        wait_until(lambda: (mnt / "sda1.img").exists(), what="the image in the mount")
+        fd = os.open(mnt / "sda1.img", os.O_RDONLY | os.O_DIRECT)
+        buf = __import__("mmap").mmap(-1, 4096)      # O_DIRECT: page-aligned
+        try:
+            for i in range(64):                         # each read reaches the daemon
+                os.preadv(fd, [buf], (i % 8) * 4096)
+        finally:
+            os.close(fd)
+            buf.close()
+    finally:
+        unmount(mnt)
+        serving.join(30)
+    assert not serving.is_alive()
+    assert sum(map(len, seen.values())) >= 64, seen
+    again = [calls for calls in seen.values() if len(calls) > 1]
+    assert again, seen                       # some worker served more than one read
+    for calls in again:
+        assert not calls[0] and all(calls[1:]), calls

@@ -136,6 +136,29 @@ class _Handle:
         self.file = file
 
 
+#: Per libfuse worker thread, once its Python thread state is kept.
+_worker_state = threading.local()
+
+
+def _keep_thread_state() -> None:
+    """Keep this libfuse worker thread's Python thread state between callbacks.
+
+    libfuse calls each operation on a C thread of its own.  ctypes gives the
+    call a Python thread state (``PyGILState_Ensure``) and deletes it again
+    when the call returns, so every request built and tore down a thread
+    state (an mmap and munmap of its 16 KiB frame stack each: 2,097 of each
+    over one 2 GiB ``dd``) and lost everything thread-local with it - the
+    reused scratch buffers of verify on read among them, allocated and
+    zero-filled afresh for every request.  One more ``PyGILState_Ensure``,
+    never released, keeps the state for the thread's life.  libfuse's
+    workers are long-lived: there are at most ``max_threads`` of them (10 at
+    most here, libfuse 2's own limit too) and a worker only ends when more
+    than that many would be idle, so at most that many states are kept.
+    """
+    ctypes.pythonapi.PyGILState_Ensure()
+    _worker_state.kept = True
+
+
 class ImageFUSE(mfusepy.FUSE):
     """mfusepy's FUSE with a read callback that fills libfuse's buffer in place.
 
@@ -145,6 +168,12 @@ class ImageFUSE(mfusepy.FUSE):
     (the bench profile put the reply copy at 16% and the checksum-stripping
     join at 10% of a hot sequential read).
     """
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        # Every libfuse callback comes here first (mfusepy binds it per operation).
+        if not getattr(_worker_state, "kept", False):
+            _keep_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         if size <= 0:
