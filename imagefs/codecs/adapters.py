@@ -8,9 +8,8 @@ a large buffer, for the index passes that walk frame and block headers.
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING
 
 from imagefs.codecs import tuning
@@ -30,18 +29,8 @@ PASS_CHUNK = 8 << 20
 #: the largest is an lz4 block (4 MiB, its size word and checksum).
 CARRY = (4 << 20) + 16
 
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-
-
-def _read_pool() -> ThreadPoolExecutor:
-    """The threads that read index passes' next chunks (one per pass slot)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max(2, tuning.BUILD_SLOTS),
-                                       thread_name_prefix="imagefs-readahead")
-        return _pool
+#: The threads that read index passes' next chunks (one per pass slot).
+_read_pool = tuning.LazyPool("imagefs-readahead", lambda: max(2, tuning.BUILD_SLOTS))
 
 
 class SourceReader(io.RawIOBase):
@@ -192,7 +181,7 @@ class ChunkReader:
             read_into(self.src, at, [view])
             return size
 
-        self._ahead, self._ahead_at = _read_pool().submit(read), at
+        self._ahead, self._ahead_at = _read_pool.get().submit(read), at
 
     def _take_ahead(self, pos: int, n: int) -> bool:
         """Make the chunk read ahead the one held, if it serves ``load(pos, n)``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from imagefs.services.cache import BlockCache
@@ -29,22 +30,46 @@ INDEX_THREADS = _CPUS
 BUILD_SLOTS = _CPUS
 
 _lock = threading.Lock()
-_prefetch_pool: ThreadPoolExecutor | None = None
 _default_cache: BlockCache | None = None
+
+
+class LazyPool:
+    """A process-wide thread pool, made on first use (no threads for an
+    uncompressed mount) with as many workers as ``workers()`` says then."""
+
+    def __init__(self, prefix: str, workers: Callable[[], int]) -> None:
+        self._prefix = prefix
+        self._workers = workers
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def get(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers(), thread_name_prefix=self._prefix)
+            return self._pool
+
+    def replace(self) -> None:
+        """The next get() makes a new pool; the old one finishes its queued work."""
+        with self._lock:
+            old, self._pool = self._pool, None
+        if old is not None:
+            old.shutdown(wait=False)
+
+
+#: Background span decoders (streaming.py).
+_prefetch = LazyPool("imagefs-prefetch", lambda: PREFETCH_DEPTH)
 
 
 def set_threads(n: int) -> None:
     """CPU threads for index passes and prefetching; 1 disables prefetching, 0 = one per CPU."""
-    global PREFETCH, PREFETCH_DEPTH, INDEX_THREADS, BUILD_SLOTS, _prefetch_pool
+    global PREFETCH, PREFETCH_DEPTH, INDEX_THREADS, BUILD_SLOTS
     n = n if n > 0 else _CPUS
     PREFETCH = n > 1
     PREFETCH_DEPTH = max(1, min(8, n))
     INDEX_THREADS = n
     BUILD_SLOTS = n
-    with _lock:
-        old, _prefetch_pool = _prefetch_pool, None
-    if old is not None:
-        old.shutdown(wait=False)
+    _prefetch.replace()
 
 
 # -- demand before prefetch --------------------------------------------------
@@ -95,12 +120,7 @@ def yield_to_demand() -> None:
 
 def prefetch_pool() -> ThreadPoolExecutor:
     """The shared pool of background span decoders (created on first use)."""
-    global _prefetch_pool
-    with _lock:
-        if _prefetch_pool is None:
-            _prefetch_pool = ThreadPoolExecutor(max_workers=PREFETCH_DEPTH,
-                                                thread_name_prefix="imagefs-prefetch")
-        return _prefetch_pool
+    return _prefetch.get()
 
 
 def default_cache() -> BlockCache:

@@ -47,14 +47,14 @@ passed are served while the pass goes on (:mod:`~imagefs.codecs.building`).
 from __future__ import annotations
 
 import struct
-import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import pyzstd
 import zstandard
 
+from imagefs.codecs import tuning
 from imagefs.codecs.adapters import ChunkReader
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
@@ -110,16 +110,8 @@ SEGMENT = OUT_BYTES
 
 _ZstdError = (zstandard.ZstdError, pyzstd.ZstdError)
 
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-
-
-def _snapshot_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(1, thread_name_prefix="imagefs-snapshot")
-        return _pool
+#: Compresses window snapshots beside the passes.
+_snapshot_pool = tuning.LazyPool("imagefs-snapshot", lambda: 1)
 
 
 class _Pass:
@@ -412,7 +404,7 @@ class _Pass:
         if ok:
             # Compressed on another core: the snapshot is needed only once
             # the span it starts is committed (``spacing`` bytes later).
-            self.pending_blob = _snapshot_pool().submit(pyzstd.compress, snap, SNAPSHOT_LEVEL)
+            self.pending_blob = _snapshot_pool.get().submit(pyzstd.compress, snap, SNAPSHOT_LEVEL)
         return ok
 
     def finish(self, trailing: int | None = None) -> SeekIndex:
