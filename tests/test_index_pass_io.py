@@ -170,3 +170,20 @@ def test_damage_is_one_clear_error(zstd_stream: tuple[Path, bytes], tmp_path: Pa
     else:
         assert "damaged" in text
     stream.close()
+
+
+def test_a_libzstd_too_old_or_missing_means_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Old:                               # a library without ZSTD_DCtx_setParameter (< 1.4)
+        def __getattr__(self, name: str) -> object:
+            raise AttributeError(name)
+
+    def missing(name: str) -> object:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    for cdll in (lambda name: Old(), missing):
+        monkeypatch.setattr(zstdstream.ctypes, "CDLL", cdll)
+        # Both globals are put back after the test (monkeypatch).
+        monkeypatch.setattr(zstdstream, "_lib", None)
+        monkeypatch.setattr(zstdstream, "_loaded", False)
+        assert zstdstream._libzstd() is None
+        assert isinstance(zstdstream.frame_decoder(1 << 31, 1 << 20), zstdstream._CopyingDecoder)

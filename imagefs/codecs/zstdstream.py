@@ -54,8 +54,13 @@ class _Buffer(ctypes.Structure):
 def _load() -> Any:
     try:
         lib = ctypes.CDLL("libzstd.so.1")
-    except OSError:
+        _declare(lib)
+    except (OSError, AttributeError):       # none, or older than 1.4 (no DCtx parameters)
         return None
+    return lib
+
+
+def _declare(lib: Any) -> None:
     lib.ZSTD_createDCtx.restype = ctypes.c_void_p
     lib.ZSTD_createDCtx.argtypes = []
     lib.ZSTD_freeDCtx.restype = ctypes.c_size_t
@@ -69,7 +74,6 @@ def _load() -> Any:
     lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
     lib.ZSTD_getErrorName.restype = ctypes.c_char_p
     lib.ZSTD_getErrorName.argtypes = [ctypes.c_size_t]
-    return lib
 
 
 _lib: Any = None
