@@ -270,7 +270,7 @@ class _Pass:
         self.spare.extend(self.segments)
         self.segments.clear()
         self.fill = self.held = 0
-        self.decode(dec, memoryview(self.need(frame_c, hlen, "a frame header")), frame_c)
+        self.decode(dec, self.need(frame_c, hlen, "a frame header"), frame_c)
         frame_u = self.out_pos
         # Resume points need a window descriptor; single-segment frames
         # (small, content size known) are served whole.
@@ -371,9 +371,9 @@ class _Pass:
         self.feed(dec, feed_from, pos)
         if fh.checksum:
             # libzstd checks the content checksum (XXH64 of the frame's output).
-            checksum = bytes(self.need(pos, 4, "a frame checksum"))
+            checksum = self.need(pos, 4, "a frame checksum")
             pos += 4
-            self.decode(dec, memoryview(checksum), pos - 4,
+            self.decode(dec, checksum, pos - 4,
                         f"zstd frame at compressed byte {frame_c} fails its checksum")
             self.emit()
         if not dec.eof:
