@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from imagefs import codecs
 from imagefs.errors import NotAnImageError
@@ -53,8 +54,7 @@ class StreamInfo:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass
-class OpenedStream:
+class OpenedStream(NamedTuple):
     """The logical image stream of some pieces, ready to be probed."""
 
     stream: ByteSource

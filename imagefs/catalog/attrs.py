@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Attr:
+class Attr(NamedTuple):
     """The attributes of one node (``mode`` includes the file type bits)."""
 
     mode: int
@@ -37,8 +36,7 @@ class Attr:
         return stat.S_IMODE(self.mode)
 
 
-@dataclass(frozen=True)
-class AttrPolicy:
+class AttrPolicy(NamedTuple):
     """The mount's owner and permission overrides (None: keep the source's)."""
 
     uid: int | None = None

@@ -28,7 +28,6 @@ import os
 import stat
 import threading
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from imagefs.catalog.attrs import Attr
@@ -48,7 +47,6 @@ from imagefs.files import (
     FileStat,
     FilesUnavailable,
     files_supported,
-    image_partition,
     open_tree,
     unsupported_reason,
 )
@@ -104,6 +102,8 @@ class FilesView:
                     raise NotFound(FILES_SUFFIX)
                 entry = self.entry
                 try:
+                    # Loaded with the first view opened, not in every mount's start.
+                    from imagefs.files.partition import image_partition
                     partition = image_partition(entry.partition(), entry.reader())
                     header = entry.header
                     name = os.path.basename(entry.vpath)
@@ -191,7 +191,7 @@ class _FilesNode(Node):
         """Reading is decided by the backup file (see the module docstring)."""
         image = self.view.entry.image_attr()
         perm, _uid, _gid = self.view.access_key()
-        return replace(image, mode=stat.S_IFMT(self._st.mode) | perm)
+        return image._replace(mode=stat.S_IFMT(self._st.mode) | perm)
 
     def access_key(self) -> AccessKey:
         return self.view.access_key()

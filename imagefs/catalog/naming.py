@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Clonezilla's compressor suffixes (docs/formats.md 5.3) plus the common ``.lz``.
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".lz4", ".bz2", ".xz", ".lzo", ".lzip", ".lz",
@@ -38,8 +38,7 @@ def virtual_name(name: str, stem: str | None = None) -> str:
     return base
 
 
-@dataclass(frozen=True)
-class Wanted:
+class Wanted(NamedTuple):
     """One shown entry asking for a name: its display name, source name and companions."""
 
     vname: str                    # the preferred display name

@@ -18,8 +18,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from imagefs.catalog.attrs import Attr
 from imagefs.io.source import FileSource
@@ -61,8 +60,7 @@ def copying_reader(read: Callable[[int, int], bytes]) -> Callable[[int, memoryvi
     return read_into
 
 
-@dataclass(frozen=True)
-class OpenFile:
+class OpenFile(NamedTuple):
     """An opened file node: how to read it and how the kernel may cache it."""
 
     read: Callable[[int, int], bytes]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Scope:
+class Scope(NamedTuple):
     """Where a subtree comes from: its source root and the globs that filter it.
 
     Patterns (fnmatch) match the path relative to the root and the bare

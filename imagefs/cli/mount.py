@@ -21,7 +21,7 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imagefs.cli import exitcodes
 from imagefs.cli.logsetup import level_for
@@ -48,8 +48,7 @@ class MountError(Exception):
         self.code = code
 
 
-@dataclass
-class Plan:
+class Plan(NamedTuple):
     """Everything decided before forking."""
 
     source: str | None

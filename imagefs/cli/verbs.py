@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imagefs.cli import exitcodes, mountopts
 from imagefs.version import __version__
@@ -42,8 +42,7 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}; see {self.prog} --help")
 
 
-@dataclass(frozen=True)
-class Verb:
+class Verb(NamedTuple):
     """One command of ``imagefs``."""
 
     name: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imagefs.errors import FormatError, NotAnImageError, TruncatedError
 from imagefs.formats.base import BlockImage, ImageHeader
@@ -20,8 +20,7 @@ from imagefs.io.source import ByteSource
 PROBE_BYTES = 64
 
 
-@dataclass(frozen=True)
-class FormatEntry:
+class FormatEntry(NamedTuple):
     """One image format: a cheap magic test and its header parser."""
 
     name: str

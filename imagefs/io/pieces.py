@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from imagefs.errors import SourceError
 
@@ -192,8 +193,7 @@ def missing_piece_error(directory: str, missing: str) -> SourceError:
                        "find the missing piece; the set cannot be read without it")
 
 
-@dataclass
-class ResolvedPieces:
+class ResolvedPieces(NamedTuple):
     """The files an image at one path is stored in."""
 
     paths: list[str]               # absolute paths in stream order
@@ -237,8 +237,7 @@ def piece_sets(names: Iterable[str]) -> list[PieceSet]:
     return out
 
 
-@dataclass
-class SizeProblem:
+class SizeProblem(NamedTuple):
     """A split set whose piece sizes break split's rule, and how much of it is sound."""
 
     consistent: int            # stream bytes that are where they belong
