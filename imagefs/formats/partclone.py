@@ -1,4 +1,4 @@
-"""partclone images, format 2 (partclone >= 0.3) and format 1 (0.2.x).
+"""partclone images, format 2 (partclone >= 0.3); format 1 (0.2.x) is in partclone_v1.
 
 Layouts are in docs/formats.md section 2.  Format 2:
 ``[header 110][bitmap ceil(total/8)][bitmap crc 4][blocks with a checksum
@@ -12,7 +12,7 @@ import struct
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from imagefs.errors import (
     CORRUPT_HINT,
@@ -24,17 +24,18 @@ from imagefs.errors import (
 )
 from imagefs.formats.base import BitmapImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
-from imagefs.formats.checksums import pc_crc32, pc_crc32_v1_block, xxhash_module
-from imagefs.formats.groupsums import PartcloneCrc, PartcloneV1Crc, PartcloneXxh
+from imagefs.formats.checksums import pc_crc32, xxhash_module
+from imagefs.formats.groupsums import PartcloneCrc, PartcloneXxh
 from imagefs.formats.layout import GroupedLayout
 from imagefs.formats.magics import PARTCLONE_MAGIC
 from imagefs.io.source import ByteSource
 from imagefs.services.indexstore import IndexStore
 
+if TYPE_CHECKING:
+    from imagefs.formats.partclone_v1 import PartcloneV1Header
+
 MAGIC = PARTCLONE_MAGIC
 V2_HEADER_SIZE = 110
-V1_HEADER_SIZE = 4160
-V1_BITMAP_MAGIC = b"BiTmAgIc"
 
 CHECKSUM_NONE, CHECKSUM_CRC32, CHECKSUM_XXH64, CHECKSUM_XXH128 = 0x00, 0x20, 0x30, 0x31
 CHECKSUM_NAMES = {CHECKSUM_NONE: "none", CHECKSUM_CRC32: "CRC32",
@@ -52,7 +53,8 @@ MAX_DEVICE = 1 << 60
 _SCAN = 4 << 20                  # verify reads in chunks of about this size
 
 
-def _cstr(raw: bytes) -> str:
+def cstr(raw: bytes) -> str:
+    """A NUL-terminated ASCII header field as text (undecodable bytes replaced)."""
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
@@ -66,12 +68,14 @@ def probe(source: ByteSource, volumes: object = None) -> ImageHeader:
     if head[15] == 0 and version == b"0002":
         return PartcloneV2Header.parse(source, head)
     if version == b"0001":
+        # Format 1 (partclone 0.2.x, before 2011) is rare: its module loads only here.
+        from imagefs.formats.partclone_v1 import PartcloneV1Header
         return PartcloneV1Header.parse(source)
     raise UnsupportedError(source.name, f"partclone image version {version!r} is not known",
                            "only image formats 1 and 2 exist; the file may be damaged")
 
 
-def _check_data_length(header: PartcloneV2Header | PartcloneV1Header) -> None:
+def check_data_length(header: PartcloneV2Header | PartcloneV1Header) -> None:
     """Note a short or overlong data area, when the source's length is free to know.
 
     Called when the image is opened and again before ``.info`` is shown (a
@@ -89,7 +93,7 @@ def _check_data_length(header: PartcloneV2Header | PartcloneV1Header) -> None:
         header.add_note(f"{size - expected} unexpected bytes follow the data area (ignored)")
 
 
-def _check_length(header: PartcloneV2Header | PartcloneV1Header, bitmap_end: int) -> None:
+def check_length(header: PartcloneV2Header | PartcloneV1Header, bitmap_end: int) -> None:
     """Cheap length checks at probe time, when the source size is free to know.
 
     A source too short for its bitmap is unusable (error); one too short
@@ -102,12 +106,12 @@ def _check_length(header: PartcloneV2Header | PartcloneV1Header, bitmap_end: int
     if size < bitmap_end:
         raise TruncatedError(header.source.name, f"bitmap is truncated: the image has {size} "
                              f"bytes, the bitmap ends at byte {bitmap_end}", TRUNCATED_HINT)
-    _check_data_length(header)
+    check_data_length(header)
 
 
 # --------------------------------------------------------------------------- v2
 
-@dataclass
+@dataclass(eq=False)
 class PartcloneV2Header(ImageHeader):
     partclone_version: str = ""
     endian: str = "<"
@@ -178,15 +182,15 @@ class PartcloneV2Header(ImageHeader):
         expected = data_start + used * block_size + groups * csize
         header = cls(
             source=source, format_name="partclone", format_version="2",
-            fs_type=_cstr(head[36:52]), device_size=device_size, block_size=block_size,
+            fs_type=cstr(head[36:52]), device_size=device_size, block_size=block_size,
             total_blocks=total, used_blocks=used,
             checksum=CHECKSUM_NAMES[mode] + (f", every {bpc} blocks" if csize else ""),
-            partclone_version=_cstr(head[16:30]), endian=e, fs_used_blocks=fs_used,
+            partclone_version=cstr(head[16:30]), endian=e, fs_used_blocks=fs_used,
             cpu_bits=cpu_bits, checksum_mode=mode, checksum_size=csize,
             blocks_per_checksum=bpc if csize else 0, reseed=bool(reseed),
             bitmap_mode=bitmap_mode, bitmap_bytes=nb, data_start=data_start,
             expected_size=expected)
-        _check_length(header, data_start - 4 if bitmap_mode == 1 else data_start)
+        check_length(header, data_start - 4 if bitmap_mode == 1 else data_start)
         if fs_used != used:
             header.add_note(f"the file system reported {fs_used} used blocks; the "
                                 f"bitmap holds {used} (normal for btrfs and exFAT)")
@@ -267,7 +271,7 @@ class PartcloneImage(BitmapImage):
         self.check_length()
 
     def check_length(self) -> None:
-        _check_data_length(self.header)
+        check_data_length(self.header)
 
     def stats(self) -> dict[str, object]:
         return {"index memory": self.bitmap.memory_bytes()}
@@ -345,144 +349,3 @@ class PartcloneImage(BitmapImage):
             pos += length
             if progress:
                 progress(length)
-
-
-# --------------------------------------------------------------------------- v1
-
-@dataclass
-class PartcloneV1Header(ImageHeader):
-    crc_size: int = 4
-    data_start: int = 0
-    expected_size: int = 0
-
-    @classmethod
-    def parse(cls, source: ByteSource) -> PartcloneV1Header:
-        name = source.name
-        head = source.read_at(0, 64)
-        if len(head) < 64:
-            raise TruncatedError(name, "partclone v1 header is truncated", TRUNCATED_HINT)
-        block_size, device_size, total, used = struct.unpack_from("<IQQQ", head, 36)
-        if not 0 < block_size <= MAX_BLOCK_SIZE:
-            raise FormatError(name, f"partclone block size {block_size} is out of range",
-                              CORRUPT_HINT)
-        if total > MAX_TOTAL_BLOCKS // 8:
-            raise FormatError(name, f"partclone block count {total} is absurd", CORRUPT_HINT)
-        if device_size > MAX_DEVICE:
-            raise FormatError(name, f"partclone device size {device_size} is absurd",
-                              CORRUPT_HINT)
-        if total * block_size > device_size:
-            raise FormatError(name, f"{total} blocks of {block_size} bytes exceed the "
-                              f"device size {device_size}", CORRUPT_HINT)
-        data_start = V1_HEADER_SIZE + total + len(V1_BITMAP_MAGIC)
-        header = cls(source=source, format_name="partclone", format_version="1",
-                   fs_type=_cstr(head[15:30]), device_size=device_size,
-                   block_size=block_size, total_blocks=total, used_blocks=used,
-                   checksum="CRC32 (format 1, every block)", data_start=data_start,
-                   expected_size=0)   # known only once the bitmap is counted
-        _check_length(header, data_start)
-        return header
-
-    def fields(self) -> list[tuple[str, str]]:
-        return [("written by", "partclone 0.2.x (image format 1)"),
-                ("checksum size", f"{self.crc_size} bytes after every block"),
-                ("data area", f"from byte {self.data_start}")]
-
-    def open(self, index_store: IndexStore | None = None,
-             progress: Progress | None = None) -> PartcloneV1Image:
-        return PartcloneV1Image(self)
-
-
-class PartcloneV1Image(BitmapImage):
-    """A partclone format 1 image (one bitmap byte per block)."""
-
-    header: PartcloneV1Header
-
-    def __init__(self, header: PartcloneV1Header) -> None:
-        self.header = header
-        src = header.source
-        name = src.name
-        total = header.total_blocks
-        size = src.cheap_size()
-        if size is not None and size < V1_HEADER_SIZE + total + len(V1_BITMAP_MAGIC):
-            raise TruncatedError(name, "partclone v1 bitmap is truncated", TRUNCATED_HINT)
-        raw = src.read_at(V1_HEADER_SIZE, total + len(V1_BITMAP_MAGIC))
-        if len(raw) < total + len(V1_BITMAP_MAGIC):
-            raise TruncatedError(name, "partclone v1 bitmap is truncated", TRUNCATED_HINT)
-        if raw[total:] != V1_BITMAP_MAGIC:
-            raise FormatError(name, "partclone v1 bitmap is not followed by BiTmAgIc",
-                              CORRUPT_HINT)
-        self.bitmap = RankedBitmap.from_byte_flags(raw[:total], total)
-        del raw
-        used = self.bitmap.count
-        bs = header.block_size
-        header.crc_size = _v1_crc_size(src, header.data_start, used, bs, size)
-        header.expected_size = header.data_start + used * (bs + header.crc_size)
-        if header.used_blocks != used:
-            header.add_note(f"the header says {header.used_blocks} used blocks; the "
-                            f"bitmap holds {used}")
-        self.layout = GroupedLayout(src, header.data_start, bs, 1, header.crc_size)
-        self.attach_checker(PartcloneV1Crc(bs), label="stored block")
-        self.check_length()
-
-    def check_length(self) -> None:
-        _check_data_length(self.header)
-
-    def verify(self, progress: Progress | None = None) -> None:
-        """Check the running v1 register block by block.
-
-        The v1 CRC only sees each block's first byte (docs/formats.md section
-        1), so this mostly checks the stream's structure and length.
-        """
-        h = self.header
-        src = h.source
-        bs, cs = h.block_size, h.crc_size
-        used = self.bitmap.count
-        stride = bs + cs
-        per_read = max(1, (4 << 20) // stride)
-        state = 0xFFFFFFFF
-        rank = 0
-        pos = h.data_start
-        while rank < used:
-            n = min(per_read, used - rank)
-            raw = src.read_at(pos, n * stride)
-            if len(raw) < n * stride:
-                raise TruncatedError(src.name, f"data area ends at byte {pos + len(raw)} "
-                                     f"(expected {h.expected_size})", TRUNCATED_HINT)
-            for i in range(n):
-                off = i * stride
-                state = pc_crc32_v1_block(state, raw[off], bs)
-                stored = int.from_bytes(raw[off + bs:off + bs + 4], "little")
-                if stored != state:
-                    raise ChecksumError(src.name, f"checksum after data block #{rank + i} "
-                                        f"does not match; block starts at image byte "
-                                        f"{pos + off}", CORRUPT_HINT, image_offset=pos + off)
-            rank += n
-            pos += n * stride
-            if progress:
-                progress(n * stride)
-
-
-def _v1_crc_size(src: ByteSource, data_start: int, used: int, bs: int,
-                 size: int | None) -> int:
-    """4, or 8 for the "64-bit bug" variant (docs/formats.md 2.4).
-
-    Told by the stream length when that is free to know, else by which
-    stride makes the second block's CRC register match (the first block's
-    matches with both strides).
-    """
-    if size is not None:
-        return 8 if size == data_start + used * (bs + 8) != data_start + used * (bs + 4) else 4
-    if used < 2:
-        return 4
-    head = src.read_at(data_start, 2 * bs + 16)
-    if len(head) < 2 * bs + 12:
-        return 4
-    state = pc_crc32_v1_block(0xFFFFFFFF, head[0], bs)
-    for stride in (4, 8):
-        second = bs + stride
-        if len(head) < second + bs + 4:
-            continue
-        want = pc_crc32_v1_block(state, head[second], bs)
-        if int.from_bytes(head[second + bs:second + bs + 4], "little") == want:
-            return stride
-    return 4
