@@ -62,27 +62,35 @@ from imagefs.files.errors import (
 )
 from imagefs.files.families import READABLE, TITLES, header_family
 from imagefs.files.filestat import FileStat
-from imagefs.files.partition import (
-    ImagePartition,
-    Partition,
-    PartitionFile,
-    StoredMap,
-    image_partition,
-)
 
 if TYPE_CHECKING:
+    from imagefs.files.partition import (
+        ImagePartition,
+        Partition,
+        PartitionFile,
+        StoredMap,
+        image_partition,
+    )
     from imagefs.files.tree import INO_LIMIT, FileTree
 
 log = logging.getLogger(__name__)
 
 
+_PARTITION_NAMES = ("ImagePartition", "Partition", "PartitionFile", "StoredMap",
+                    "image_partition")
+
+
 def __getattr__(name: str) -> Any:
-    # The tree module (and the signature table of detect) load on first use:
-    # listing a directory of images needs only files_supported and FileStat,
-    # and the rest of the layer cost ~3 ms of every mount's start (issue 12).
+    # The tree and partition modules (and the signature table of detect) load
+    # on first use: listing a directory of images needs only files_supported
+    # and FileStat, and the rest of the layer cost ~4 ms of every mount's
+    # start (issue 12; partition's Protocol classes alone ~1 ms).
     if name in ("FileTree", "INO_LIMIT"):
         from imagefs.files import tree
         return getattr(tree, name)
+    if name in _PARTITION_NAMES:
+        from imagefs.files import partition
+        return getattr(partition, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _LOOP_HINT = "loop-mount the virtual partition instead"

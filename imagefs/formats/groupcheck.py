@@ -38,7 +38,6 @@ each other.
 from __future__ import annotations
 
 import logging
-import mmap
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -68,6 +67,7 @@ _tls = threading.local()
 def _scratch(size: int) -> memoryview:
     """Writable scratch of at least ``size`` bytes, private to this thread."""
     if size > SCRATCH_KEEP:
+        import mmap  # only for groups above 2 MiB: not worth its load in every start
         return memoryview(mmap.mmap(-1, size))
     buf: bytearray | None = getattr(_tls, "buf", None)
     if buf is None or len(buf) < size:

@@ -77,7 +77,7 @@ def _is_pow2(n: int) -> bool:
 
 # --------------------------------------------------------------------------- header
 
-@dataclass
+@dataclass(eq=False)
 class NtfscloneHeader(ImageHeader):
     major: int = 10
     minor: int = 1

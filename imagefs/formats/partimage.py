@@ -121,7 +121,7 @@ def _check_sum(source: ByteSource, block: bytes, stored: bytes, what: str, at: i
                           f"byte {at})", CORRUPT_HINT)
 
 
-@dataclass
+@dataclass(eq=False)
 class PartimageHeader(ImageHeader):
     image_version: str = ""
     volume_id: int = 0

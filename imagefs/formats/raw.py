@@ -82,7 +82,7 @@ def content_type(head: bytes) -> str:
     return "unknown"
 
 
-@dataclass
+@dataclass(eq=False)
 class RawHeader(ImageHeader):
     """A raw partition: the stream is the partition's bytes."""
 

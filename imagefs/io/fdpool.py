@@ -113,9 +113,10 @@ def default_fd_pool() -> FdPool:
     with _default_pool_lock:
         if _default_pool is None:
             try:
-                import resource
-                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            except (ImportError, ValueError, OSError):
+                # RLIMIT_NOFILE's soft limit, as glibc reports it; cheaper than
+                # loading the resource module in every mount's first open.
+                soft = os.sysconf("SC_OPEN_MAX")
+            except (ValueError, OSError):
                 soft = 1024
             # Leave room for FUSE, logging, sockets and the codecs' own files.
             cap = max(16, min(512, soft // 4)) if soft > 0 else 256
