@@ -364,8 +364,8 @@ def test_files_view_name_follows_the_clash_rule(tmp_path):
 
 def test_listing_and_first_read_leave_the_rarely_needed_modules_unloaded(tmp_path):
     # Start-up cost (issue 12): a mount's first byte must not pay for the
-    # files layer, the raw-partition probe, index pruning or the .info
-    # renderer.  A fresh interpreter, since this test run has them all loaded.
+    # files layer, the raw-partition probe, index pruning, the .info
+    # renderer, partclone format 1 or modules only big groups and gzip use.  A fresh interpreter, since this test run has them all loaded.
     import subprocess
     import sys
     write_partclone(tmp_path / "x.img", seed=3)
@@ -378,7 +378,9 @@ def test_listing_and_first_read_leave_the_rarely_needed_modules_unloaded(tmp_pat
         "data = cat.lookup('/x.img').entry.read(0, 4096)\n"
         "lazy = ['imagefs.files.tree', 'imagefs.files.detect', 'imagefs.files.datamap',\n"
         "        'imagefs.formats.raw', 'imagefs.blockio.rawsize',\n"
-        "        'imagefs.services.indexprune', 'imagefs.catalog.infotext', 'difflib']\n"
+        "        'imagefs.services.indexprune', 'imagefs.catalog.infotext', 'difflib',\n"
+        "        'imagefs.files.partition', 'imagefs.formats.partclone_v1', 'mmap',\n"
+        "        'resource']\n"
         "print(names, len(data), [m for m in lazy if m in sys.modules])\n"
         "cat.lookup('/x.img.info').open()\n"
         "print('imagefs.catalog.infotext' in sys.modules)\n")
