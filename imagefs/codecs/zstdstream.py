@@ -16,6 +16,7 @@ where that library cannot be loaded.  ctypes releases the GIL for the call.
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Any, Protocol
 
 import zstandard
@@ -78,13 +79,18 @@ def _declare(lib: Any) -> None:
 
 _lib: Any = None
 _loaded = False
+_load_lock = threading.Lock()
 
 
 def _libzstd() -> Any:
     """The system's libzstd, loaded once (None where there is none)."""
     global _lib, _loaded
     if not _loaded:
-        _lib, _loaded = _load(), True
+        # Two index passes may start at once (BUILD_SLOTS): one loads, the
+        # other waits, so argtypes are never set on a library in use.
+        with _load_lock:
+            if not _loaded:
+                _lib, _loaded = _load(), True
     return _lib
 
 
