@@ -103,7 +103,7 @@ class FilesView:
                 entry = self.entry
                 try:
                     # Loaded with the first view opened, not in every mount's start.
-                    from imagefs.files.partition import image_partition
+                    from imagefs.files import image_partition
                     partition = image_partition(entry.partition(), entry.reader())
                     header = entry.header
                     name = os.path.basename(entry.vpath)
