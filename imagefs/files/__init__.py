@@ -50,6 +50,7 @@ shows, and the documented way to reach them.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -76,22 +77,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-_PARTITION_NAMES = ("ImagePartition", "Partition", "PartitionFile", "StoredMap",
-                    "image_partition")
+#: Names of this API whose modules load on first use: listing a directory of
+#: images needs only files_supported and FileStat, and the rest of the layer
+#: (with the signature table of detect) cost ~4 ms of every mount's start
+#: (issue 12; partition's Protocol classes alone ~1 ms).
+_LAZY = {"FileTree": "tree", "INO_LIMIT": "tree", "ImagePartition": "partition",
+         "Partition": "partition", "PartitionFile": "partition", "StoredMap": "partition",
+         "image_partition": "partition"}
 
 
 def __getattr__(name: str) -> Any:
-    # The tree and partition modules (and the signature table of detect) load
-    # on first use: listing a directory of images needs only files_supported
-    # and FileStat, and the rest of the layer cost ~4 ms of every mount's
-    # start (issue 12; partition's Protocol classes alone ~1 ms).
-    if name in ("FileTree", "INO_LIMIT"):
-        from imagefs.files import tree
-        return getattr(tree, name)
-    if name in _PARTITION_NAMES:
-        from imagefs.files import partition
-        return getattr(partition, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"imagefs.files.{module}"), name)
 
 _LOOP_HINT = "loop-mount the virtual partition instead"
 

@@ -67,7 +67,7 @@ _tls = threading.local()
 def _scratch(size: int) -> memoryview:
     """Writable scratch of at least ``size`` bytes, private to this thread."""
     if size > SCRATCH_KEEP:
-        import mmap  # only for groups above 2 MiB: not worth its load in every start
+        import mmap  # only past SCRATCH_KEEP (10 MiB groups): not worth loading in every start
         return memoryview(mmap.mmap(-1, size))
     buf: bytearray | None = getattr(_tls, "buf", None)
     if buf is None or len(buf) < size:
