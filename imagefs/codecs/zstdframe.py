@@ -7,9 +7,6 @@ decoder (:mod:`~imagefs.codecs.zstd`); docs/formats.md 6.4.
 from __future__ import annotations
 
 import struct
-from typing import Any
-
-import zstandard
 
 from imagefs.codecs.problems import corrupt
 from imagefs.io.source import ByteSource
@@ -109,12 +106,3 @@ def synth_header(window_byte: int) -> bytes:
     # Descriptor 0: no content size, not single segment, no checksum, no
     # dictionary ID; then the original window descriptor.
     return struct.pack("<IBB", ZSTD_MAGIC, 0, window_byte)
-
-
-def resume_decoder(snapshot: bytes | None) -> Any:
-    """A streaming decoder; with ``snapshot`` as raw-content prefix history."""
-    if snapshot:
-        zdict = zstandard.ZstdCompressionDict(snapshot, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-        return zstandard.ZstdDecompressor(dict_data=zdict,
-                                          max_window_size=MAX_WINDOW).decompressobj()
-    return zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompressobj()

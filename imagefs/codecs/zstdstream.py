@@ -11,6 +11,12 @@ output chunks took 1.04 s, libzstd writing straight into a reused buffer
 through ctypes on the system's ``libzstd.so.1`` (the library the ``zstd``
 tool uses; its ABI is stable), and falls back to python-zstandard, copying,
 where that library cannot be loaded.  ctypes releases the GIL for the call.
+
+:func:`prefix_decoder` decodes one block after a resume point with a window
+snapshot as its history (the pass's resume trials): libzstd's
+``ZSTD_DCtx_refPrefix`` references the snapshot where python-zstandard
+copied it twice (into a dictionary, then a digested dictionary) and made
+a new decoder for each trial.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ import zstandard
 
 #: libzstd's ZSTD_d_windowLogMax parameter (zstd.h, ZSTD_dParameter).
 _WINDOW_LOG_MAX = 100
+#: ZSTD_DCtx_reset's ZSTD_reset_session_only (zstd.h, ZSTD_ResetDirective):
+#: a new frame, the parameters (the window limit) kept.
+_RESET_SESSION_ONLY = 1
+#: The largest output of one block (the format's Block_Maximum_Size).
+BLOCK_MAX = 128 << 10
 
 
 class ZstdStreamError(Exception):
@@ -71,6 +82,10 @@ def _declare(lib: Any) -> None:
     lib.ZSTD_decompressStream.restype = ctypes.c_size_t
     lib.ZSTD_decompressStream.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Buffer),
                                           ctypes.POINTER(_Buffer)]
+    lib.ZSTD_DCtx_reset.restype = ctypes.c_size_t
+    lib.ZSTD_DCtx_reset.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.ZSTD_DCtx_refPrefix.restype = ctypes.c_size_t
+    lib.ZSTD_DCtx_refPrefix.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     lib.ZSTD_isError.restype = ctypes.c_uint
     lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
     lib.ZSTD_getErrorName.restype = ctypes.c_char_p
@@ -176,6 +191,95 @@ class _CopyingDecoder:
 
     def close(self) -> None:
         self._pending = memoryview(b"")
+
+
+class PrefixDecoder(Protocol):
+    """Decodes single blocks as the first block of a frame resumed mid-stream."""
+
+    def decode_block(self, prefix: bytes, head: bytes,
+                     block: memoryview) -> memoryview | bytes | None:
+        """What ``block`` decodes to after frame header ``head``, with ``prefix``
+        (a window snapshot) as the history before it; None where the decoder
+        refuses it (an offset reaching before the prefix, missing tables).
+
+        The result may be a view of a reused buffer: valid until the next call.
+        """
+
+    def close(self) -> None:
+        """Free the decoder's memory."""
+
+
+class _LibzstdPrefixDecoder:
+    """One libzstd context reused for every trial of a pass."""
+
+    def __init__(self, lib: Any, window_log_max: int) -> None:
+        self._lib = lib
+        self._dec = _LibzstdDecoder(lib, window_log_max)
+        # One block's output at most; a byte more would show a block that
+        # decodes to more than a block can.
+        self._out = memoryview(bytearray(BLOCK_MAX + 1))
+
+    def decode_block(self, prefix: bytes, head: bytes,
+                     block: memoryview) -> memoryview | bytes | None:
+        dec, lib = self._dec, self._lib
+        try:
+            dec._check(lib.ZSTD_DCtx_reset(dec._dctx, _RESET_SESSION_ONLY))
+            dec.eof = False
+            if prefix:
+                # Referenced, not copied: ``prefix`` is alive for the whole call.
+                dec._check(lib.ZSTD_DCtx_refPrefix(dec._dctx, prefix, len(prefix)))
+            dec.decode_into(memoryview(head), self._out)
+            used = written = 0
+            while True:
+                room = self._out[written:]
+                took, wrote = dec.decode_into(block[used:], room)
+                used += took
+                written += wrote
+                if written > BLOCK_MAX:
+                    return None
+                if used >= len(block) and wrote < len(room):
+                    return self._out[:written]
+                if not (took or wrote):
+                    return None            # the frame ended inside the block
+        except ZstdStreamError:
+            return None
+
+    def close(self) -> None:
+        self._dec.close()
+
+
+class _CopyingPrefixDecoder:
+    """python-zstandard with the prefix as a raw-content dictionary (the fallback)."""
+
+    def __init__(self, max_window: int) -> None:
+        self._max_window = max_window
+
+    def decode_block(self, prefix: bytes, head: bytes,
+                     block: memoryview) -> memoryview | bytes | None:
+        try:
+            if prefix:
+                zdict = zstandard.ZstdCompressionDict(prefix,
+                                                      dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+                dec = zstandard.ZstdDecompressor(dict_data=zdict,
+                                                 max_window_size=self._max_window)
+            else:
+                dec = zstandard.ZstdDecompressor(max_window_size=self._max_window)
+            obj = dec.decompressobj()
+            obj.decompress(head)
+            return obj.decompress(block)
+        except zstandard.ZstdError:
+            return None
+
+    def close(self) -> None:
+        pass
+
+
+def prefix_decoder(max_window: int) -> PrefixDecoder:
+    """A decoder of single resumed blocks, for frames with windows up to ``max_window``."""
+    lib = _libzstd()
+    if lib is not None:
+        return _LibzstdPrefixDecoder(lib, max_window.bit_length() - 1)
+    return _CopyingPrefixDecoder(max_window)
 
 
 def frame_decoder(max_window: int, chunk: int) -> StreamDecoder:
