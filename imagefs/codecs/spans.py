@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import xxhash
@@ -76,6 +77,37 @@ class PieceHasher:
             self._fill = 0
         sums, self.sums = self.sums, []
         return sums
+
+
+#: Hashes the index passes' output beside them: one thread for all, so each
+#: pass's pieces are hashed in the order fed (xxhash releases the GIL).
+_hash_pool = tuning.LazyPool("imagefs-piecesum", lambda: 1)
+
+
+class BackgroundHasher:
+    """A :class:`PieceHasher` run on another thread, so that a pass's own
+    thread only decodes (hashing was 6% of the zstd pass, profiled).
+
+    The views given to :meth:`feed` are read later: their buffers must not be
+    written again before the future it returns is done.
+    """
+
+    __slots__ = ("_hasher",)
+
+    def __init__(self) -> None:
+        self._hasher = PieceHasher()
+
+    def feed(self, views: list[memoryview]) -> Future[None]:
+        """Queue ``views`` (in order) for hashing."""
+        return _hash_pool.get().submit(self._feed, views)
+
+    def _feed(self, views: list[memoryview]) -> None:
+        for view in views:
+            self._hasher.feed(view)
+
+    def close(self) -> Future[list[int]]:
+        """End the span once all it was fed is hashed: its sums."""
+        return _hash_pool.get().submit(self._hasher.close)
 
 
 def piece_sum(data: bytes | memoryview) -> int:

@@ -57,7 +57,7 @@ from imagefs.codecs import tuning
 from imagefs.codecs.adapters import ChunkReader
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
-from imagefs.codecs.spans import PieceHasher
+from imagefs.codecs.spans import BackgroundHasher
 from imagefs.codecs.zstdframe import (
     MAX_WINDOW,
     SKIPPABLE_MAGIC,
@@ -127,7 +127,15 @@ class _Pass:
         self.out_pos = 0
         self.blobs = build.blobs           # shared with the partial index
         self.blob_futures: list[tuple[int, Future[bytes]]] = []
-        self.hasher = PieceHasher()
+        # Piece sums are taken on another thread; a segment is written again
+        # only once its hashing is done (``hashing``, by segment id), and a
+        # finished span is committed once its sums and snapshot are ready
+        # (``commits``: end, meta, sums, snapshots; in order).
+        self.hasher = BackgroundHasher()
+        self.hashing: dict[int, Future[None]] = {}
+        self.commits: deque[tuple[int, list[Any], Future[list[int]],
+                                  list[tuple[int, Future[bytes]]]]] = deque()
+        self.queued_end = 0
         self.prefix = prefix_decoder(MAX_WINDOW)     # the resume trials'
         # Decoded output, written in place by the decoder: the segments hold
         # the last ``window`` bytes at least (resume trials take snapshots
@@ -153,10 +161,17 @@ class _Pass:
             keep = max(self.window if self.keep_history else 0, self.pending)
             while self.segments and self.held - len(self.segments[0]) >= keep:
                 self.held -= len(self.segments[0])
-                self.spare.append(self.segments.popleft())
+                self.retire(self.segments.popleft())
             self.segments.append(self.spare.pop() if self.spare else bytearray(SEGMENT))
             self.fill = 0
         return memoryview(self.segments[-1])[self.fill:]
+
+    def retire(self, segment: bytearray) -> None:
+        """Put ``segment`` among the spares once it is hashed."""
+        hashing = self.hashing.pop(id(segment), None)
+        if hashing is not None:
+            hashing.result()
+        self.spare.append(segment)
 
     def tail(self, n: int) -> list[memoryview]:
         """Views of the last ``n`` bytes written, in order."""
@@ -199,23 +214,44 @@ class _Pass:
 
     def emit(self) -> None:
         """Account for the bytes pending: hashed into the open span."""
-        for view in self.tail(self.pending):
-            self.hasher.feed(view)
-        self.out_pos += self.pending
-        self.pending = 0
+        if self.pending:
+            views = self.tail(self.pending)
+            hashing = self.hasher.feed(views)
+            for view in views:
+                self.hashing[id(view.obj)] = hashing
+            self.out_pos += self.pending
+            self.pending = 0
+        if self.commits:
+            self.commit_ready(wait=False)
 
     def snapshot(self, length: int) -> bytes:
         """The last ``length`` (at most ``window``) decoded bytes (none pending)."""
         return b"".join(self.tail(min(length, self.window, self.held)))
 
     def close_span(self, meta: list[Any]) -> None:
-        """End the open span at the current output position."""
-        for blob, future in self.blob_futures:
-            self.blobs[blob] = future.result()
-        self.blob_futures.clear()
+        """End the open span at the current output position (committed
+        once its sums and snapshot are ready)."""
         sums = self.hasher.close()
-        if self.out_pos > self.build.committed:
-            self.build.commit(self.out_pos, meta, sums)
+        if self.out_pos > self.queued_end:
+            self.commits.append((self.out_pos, meta, sums, self.blob_futures))
+            self.queued_end = self.out_pos
+        else:                              # an empty span: nothing to serve
+            for blob, future in self.blob_futures:
+                self.blobs[blob] = future.result()
+        self.blob_futures = []
+        self.commit_ready(wait=False)
+
+    def commit_ready(self, wait: bool) -> None:
+        """Commit the finished spans whose sums and snapshot are ready (all
+        of them, waiting, with ``wait``)."""
+        while self.commits:
+            end, meta, sums, snapshots = self.commits[0]
+            if not wait and not (sums.done() and all(f.done() for _, f in snapshots)):
+                return
+            for blob, future in snapshots:
+                self.blobs[blob] = future.result()
+            self.build.commit(end, meta, sums.result())
+            self.commits.popleft()
 
     # -- input ------------------------------------------------------------------
 
@@ -270,8 +306,8 @@ class _Pass:
     def frame_blocks(self, frame_c: int, fh: FrameHeader, dec: StreamDecoder, hlen: int) -> int:
         """The blocks of the frame at ``frame_c`` (its header parsed): its spans."""
         # A frame's history starts with it.
-        self.spare.extend(self.segments)
-        self.segments.clear()
+        while self.segments:
+            self.retire(self.segments.popleft())
         self.fill = self.held = 0
         self.decode(dec, self.need(frame_c, hlen, "a frame header"), frame_c)
         frame_u = self.out_pos
@@ -412,6 +448,7 @@ class _Pass:
                                 "rejected": self.rejected, "spacing": self.spacing}
         if trailing is not None:
             info["trailing"] = self.comp.total - trailing
+        self.commit_ready(wait=True)
         return self.build.complete_index(self.out_pos, info)
 
 
