@@ -14,6 +14,9 @@ from imagefs.io.source import ByteSource
 #: Frames written with --long=31 need a 2 GiB window; libzstd refuses more
 #: than 128 MiB unless told.  Memory follows the frame's real window.
 MAX_WINDOW = 1 << 31
+#: The largest output of one block (the format's Block_Maximum_Size): a
+#: bound on what a block not yet decoded can add.
+BLOCK_MAX = 128 << 10
 
 ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_MASK = 0xFFFFFFF0

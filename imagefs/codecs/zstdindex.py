@@ -59,6 +59,7 @@ from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.spans import BackgroundHasher
 from imagefs.codecs.zstdframe import (
+    BLOCK_MAX,
     MAX_WINDOW,
     SKIPPABLE_MAGIC,
     SKIPPABLE_MASK,
@@ -100,9 +101,6 @@ LIGHT_WINDOW_SHIFT = 3
 #: zstdmt's job size is ``1 << max(20, windowLog + 2)`` (zstdmt_compress.c,
 #: ZSTDMT_computeTargetJobLog, without long-distance matching).
 MIN_JOB = 1 << 20
-#: The largest output of one block (the format's Block_Maximum_Size): a
-#: bound on what a block not yet fed to the decoder can add.
-BLOCK_MAX = 128 << 10
 #: What the FEED_BLOCKS blocks of one feed can produce at most: the
 #: fallback decoder's output per call (one bytes object per feed; with
 #: python-zstandard's default of 128 KiB a feed's output came in ~14 chunks

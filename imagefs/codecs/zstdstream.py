@@ -27,13 +27,13 @@ from typing import Any, Protocol
 
 import zstandard
 
+from imagefs.codecs.zstdframe import BLOCK_MAX
+
 #: libzstd's ZSTD_d_windowLogMax parameter (zstd.h, ZSTD_dParameter).
 _WINDOW_LOG_MAX = 100
 #: ZSTD_DCtx_reset's ZSTD_reset_session_only (zstd.h, ZSTD_ResetDirective):
 #: a new frame, the parameters (the window limit) kept.
 _RESET_SESSION_ONLY = 1
-#: The largest output of one block (the format's Block_Maximum_Size).
-BLOCK_MAX = 128 << 10
 
 
 class ZstdStreamError(Exception):
@@ -133,6 +133,14 @@ class _LibzstdDecoder:
             raise ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
         return code
 
+    def restart(self, prefix: bytes) -> None:
+        """Begin a new frame (the window limit kept), with ``prefix`` as its
+        history: referenced, not copied, so it must outlive the frame's decoding."""
+        self._check(self._lib.ZSTD_DCtx_reset(self._dctx, _RESET_SESSION_ONLY))
+        if prefix:
+            self._check(self._lib.ZSTD_DCtx_refPrefix(self._dctx, prefix, len(prefix)))
+        self.eof = False
+
     def decode_into(self, data: memoryview, out: memoryview) -> tuple[int, int]:
         if self.eof:
             return 0, 0
@@ -213,7 +221,6 @@ class _LibzstdPrefixDecoder:
     """One libzstd context reused for every trial of a pass."""
 
     def __init__(self, lib: Any, window_log_max: int) -> None:
-        self._lib = lib
         self._dec = _LibzstdDecoder(lib, window_log_max)
         # One block's output at most; a byte more would show a block that
         # decodes to more than a block can.
@@ -221,13 +228,9 @@ class _LibzstdPrefixDecoder:
 
     def decode_block(self, prefix: bytes, head: bytes,
                      block: memoryview) -> memoryview | bytes | None:
-        dec, lib = self._dec, self._lib
+        dec = self._dec
         try:
-            dec._check(lib.ZSTD_DCtx_reset(dec._dctx, _RESET_SESSION_ONLY))
-            dec.eof = False
-            if prefix:
-                # Referenced, not copied: ``prefix`` is alive for the whole call.
-                dec._check(lib.ZSTD_DCtx_refPrefix(dec._dctx, prefix, len(prefix)))
+            dec.restart(prefix)            # ``prefix`` is alive for the whole call
             dec.decode_into(memoryview(head), self._out)
             used = written = 0
             while True:
