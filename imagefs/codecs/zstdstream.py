@@ -1,4 +1,4 @@
-"""A zstd frame decoder that writes into the caller's buffers (for the index pass).
+"""zstd decoders that write into the caller's buffers (for the index pass).
 
 python-zstandard's and pyzstd's decoders hand back every output as a new
 bytes object: libzstd writes into a buffer of the binding's, which then
@@ -7,9 +7,22 @@ memory, five rounds alternating) python-zstandard's decompressobj with 4 MiB
 output chunks took 1.04 s, libzstd writing straight into a reused buffer
 0.87 s, ``zstd -dc > /dev/null`` 1.09 s: the copy was the gap to the tool.
 
-:func:`frame_decoder` calls libzstd's streaming API (``ZSTD_decompressStream``)
-through ctypes on the system's ``libzstd.so.1`` (the library the ``zstd``
-tool uses; its ABI is stable), and falls back to python-zstandard, copying,
+:func:`block_decoder` goes one copy further.  libzstd's streaming API
+(``ZSTD_decompressStream``) decodes into a window buffer of its own and then
+copies out; its *buffer-less* API (``ZSTD_decompressContinue``, one block
+per call) decodes straight into the caller's memory and reads its matches
+from there, so the pass's output segments are the window.  Decoding the
+bench image into three 4 MiB segments in rotation took 0.93 s that way
+against ~1.1 s through the streaming API (a bare loop, 2026-12-03).  The
+price is the rule that comes with it: libzstd remembers only the region it
+wrote last before the current one, so every block must go into the current
+segment right after the previous block or at the start of a new segment,
+and the segment before must hold a whole window and stay untouched
+(:class:`~imagefs.codecs.zstdoutput.OutputSegments` keeps it).
+
+The functions are called through ctypes on the system's ``libzstd.so.1``
+(the library the ``zstd`` tool uses; the buffer-less API is exported by it
+and stable since 1.0), with python-zstandard, copying, as the fallback
 where that library cannot be loaded.  ctypes releases the GIL for the call.
 
 :func:`prefix_decoder` decodes one block after a resume point with a window
@@ -38,24 +51,6 @@ _RESET_SESSION_ONLY = 1
 
 class ZstdStreamError(Exception):
     """libzstd refused the data (its own message)."""
-
-
-class StreamDecoder(Protocol):
-    """One zstd frame, decoded into buffers the caller provides."""
-
-    @property
-    def eof(self) -> bool:
-        """The frame has ended and all of its output has been written."""
-
-    def decode_into(self, data: memoryview, out: memoryview) -> tuple[int, int]:
-        """Decode from ``data`` into ``out``: (input bytes consumed, output bytes written).
-
-        Call again with the rest of the input, or with none, while input is
-        left or ``out`` was filled: libzstd may hold output back for space.
-        """
-
-    def close(self) -> None:
-        """Free the decoder's memory (its window)."""
 
 
 class _Buffer(ctypes.Structure):
@@ -90,6 +85,13 @@ def _declare(lib: Any) -> None:
     lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
     lib.ZSTD_getErrorName.restype = ctypes.c_char_p
     lib.ZSTD_getErrorName.argtypes = [ctypes.c_size_t]
+    lib.ZSTD_decompressBegin.restype = ctypes.c_size_t
+    lib.ZSTD_decompressBegin.argtypes = [ctypes.c_void_p]
+    lib.ZSTD_nextSrcSizeToDecompress.restype = ctypes.c_size_t
+    lib.ZSTD_nextSrcSizeToDecompress.argtypes = [ctypes.c_void_p]
+    lib.ZSTD_decompressContinue.restype = ctypes.c_size_t
+    lib.ZSTD_decompressContinue.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                            ctypes.c_void_p, ctypes.c_size_t]
 
 
 _lib: Any = None
@@ -169,36 +171,6 @@ class _LibzstdDecoder:
 
     def __del__(self) -> None:
         self.close()
-
-
-class _CopyingDecoder:
-    """python-zstandard's decompressobj, its output copied out (the fallback)."""
-
-    def __init__(self, max_window: int, chunk: int) -> None:
-        self._dec = zstandard.ZstdDecompressor(max_window_size=max_window).decompressobj(
-            write_size=chunk)
-        self._pending = memoryview(b"")
-
-    @property
-    def eof(self) -> bool:
-        return bool(self._dec.eof) and not self._pending
-
-    def decode_into(self, data: memoryview, out: memoryview) -> tuple[int, int]:
-        used = 0
-        if not self._pending and len(data) and not self._dec.eof:
-            try:
-                self._pending = memoryview(self._dec.decompress(data))
-            except zstandard.ZstdError as exc:
-                raise ZstdStreamError(str(exc)) from None
-            # decompressobj stops at the frame's end: what follows is not taken.
-            used = len(data) - len(self._dec.unused_data)
-        n = min(len(out), len(self._pending))
-        out[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return used, n
-
-    def close(self) -> None:
-        self._pending = memoryview(b"")
 
 
 class PrefixDecoder(Protocol):
@@ -285,12 +257,149 @@ def prefix_decoder(max_window: int) -> PrefixDecoder:
     return _CopyingPrefixDecoder(max_window)
 
 
-def frame_decoder(max_window: int, chunk: int) -> StreamDecoder:
-    """A decoder for one zstd frame with a window up to ``max_window`` bytes.
+class BlockDecoder(Protocol):
+    """One zstd frame at a time, decoded block by block into the caller's buffers."""
 
-    ``chunk``: the fallback's output size per call (python-zstandard's).
-    """
+    def begin(self, head: memoryview) -> None:
+        """Start a frame with its header (magic included)."""
+
+    def decode_block(self, block: memoryview, out: memoryview) -> int:
+        """Decode one whole block (its 3-byte header included) into the start
+        of ``out`` (at least BLOCK_MAX bytes): the bytes written.
+
+        ``out`` must start right after the previous block's output or at the
+        start of a buffer not written since, and the previous block's buffer
+        must hold the window before it, untouched, until this frame ends or
+        a block is written into a third buffer (the buffer-less API's rule).
+        """
+
+    def end(self, checksum: memoryview) -> bool:
+        """Give the frame's 4-byte content checksum (empty where it has none):
+        whether the frame is now complete.  A wrong checksum raises."""
+
+    def close(self) -> None:
+        """Free the decoder's memory."""
+
+
+#: libzstd's error codes are the largest size_t values (``ZSTD_isError``:
+#: above ``(size_t)-ZSTD_error_maxCode``; maxCode is 120 in 1.5): comparing
+#: in Python saves one foreign call per block.
+_FIRST_ERROR = (1 << 8 * ctypes.sizeof(ctypes.c_size_t)) - 1000
+
+
+class _LibzstdBlockDecoder:
+    """libzstd's buffer-less API (``ZSTD_decompressContinue``) through ctypes."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self._dctx = lib.ZSTD_createDCtx()
+        if not self._dctx:
+            raise MemoryError("libzstd could not allocate a decoder")
+        self._continue = lib.ZSTD_decompressContinue
+
+    def _fail(self, code: int) -> ZstdStreamError:
+        return ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
+
+    def _feed(self, data: memoryview, out: int, room: int) -> int:
+        """Feed ``data`` in the pieces libzstd asks for: the bytes written at ``out``."""
+        src, keep = _address(_writable(data))
+        used = written = 0
+        while used < len(data):
+            step = self._lib.ZSTD_nextSrcSizeToDecompress(self._dctx)
+            if step == 0 or step > len(data) - used:
+                raise ZstdStreamError("the frame's structure differs from its headers")
+            got = self._continue(self._dctx, out + written, room - written, src + used, step)
+            if got >= _FIRST_ERROR:
+                raise self._fail(got)
+            used += step
+            written += got
+        del keep
+        return written
+
+    def begin(self, head: memoryview) -> None:
+        got = self._lib.ZSTD_decompressBegin(self._dctx)
+        if got >= _FIRST_ERROR:
+            raise self._fail(got)
+        self._feed(head, 0, 0)
+
+    def decode_block(self, block: memoryview, out: memoryview) -> int:
+        # Two calls, header and body, their sizes known from the header: the
+        # pass walks the headers itself, and asking libzstd the next size
+        # would cost a foreign call more per block.  A size that differs
+        # from libzstd's own reading is refused by it (srcSize_wrong).
+        src, keep_in = _address(_writable(block))
+        dst, keep_out = _address(out)
+        room = len(out)
+        got = self._continue(self._dctx, dst, room, src, 3)
+        if got >= _FIRST_ERROR:
+            raise self._fail(got)
+        if len(block) > 3:                  # an empty raw block has no body
+            got = self._continue(self._dctx, dst, room, src + 3, len(block) - 3)
+            if got >= _FIRST_ERROR:
+                raise self._fail(got)
+        del keep_in, keep_out
+        return int(got)
+
+    def end(self, checksum: memoryview) -> bool:
+        if len(checksum):
+            self._feed(checksum, 0, 0)
+        return self._lib.ZSTD_nextSrcSizeToDecompress(self._dctx) == 0
+
+    def close(self) -> None:
+        if self._dctx:
+            self._lib.ZSTD_freeDCtx(self._dctx)
+            self._dctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _writable(data: memoryview) -> memoryview:
+    """``data``, or a writable copy of it (ctypes takes addresses of writable buffers only)."""
+    return memoryview(bytearray(data)) if data.readonly and len(data) else data
+
+
+class _CopyingBlockDecoder:
+    """python-zstandard's decompressobj, a block at a time, copied out (the fallback)."""
+
+    def __init__(self, max_window: int) -> None:
+        self._maker = zstandard.ZstdDecompressor(max_window_size=max_window)
+        self._dec: Any = None
+
+    def begin(self, head: memoryview) -> None:
+        # One block's output at most per call: the whole of it comes back
+        # from the one decompress() call that completes the block.
+        self._dec = self._maker.decompressobj(write_size=BLOCK_MAX)
+        self._decompress(head)
+
+    def _decompress(self, data: memoryview) -> bytes:
+        if self._dec.eof:
+            raise ZstdStreamError("data after the frame's end")
+        try:
+            return bytes(self._dec.decompress(data))
+        except zstandard.ZstdError as exc:
+            raise ZstdStreamError(str(exc)) from None
+
+    def decode_block(self, block: memoryview, out: memoryview) -> int:
+        got = self._decompress(block)
+        if len(got) > len(out):
+            raise ZstdStreamError("a block decodes to more than a block can hold")
+        out[:len(got)] = got
+        return len(got)
+
+    def end(self, checksum: memoryview) -> bool:
+        if len(checksum):
+            self._decompress(checksum)
+        return bool(self._dec.eof)
+
+    def close(self) -> None:
+        self._dec = None
+
+
+def block_decoder(max_window: int) -> BlockDecoder:
+    """A block decoder for frames with windows up to ``max_window`` bytes (the
+    buffer-less libzstd decoder allocates no window: the caller's buffers are it)."""
     lib = _libzstd()
     if lib is not None:
-        return _LibzstdDecoder(lib, max_window.bit_length() - 1)
-    return _CopyingDecoder(max_window, chunk)
+        return _LibzstdBlockDecoder(lib)
+    return _CopyingBlockDecoder(max_window)
