@@ -108,7 +108,7 @@ def test_the_pass_decodes_through_the_system_libzstd() -> None:
         if os.environ.get("CI"):
             pytest.fail("no libzstd.so.1 on the CI machine (Debian's libzstd1)")
         pytest.skip("this system has no libzstd.so.1: the pass uses python-zstandard")
-    assert isinstance(zstdstream.frame_decoder(1 << 31, 1 << 20), zstdstream._LibzstdDecoder)
+    assert isinstance(zstdstream.block_decoder(1 << 31), zstdstream._LibzstdBlockDecoder)
 
 
 def test_both_decoders_build_the_same_index(zstd_stream: tuple[Path, bytes],
@@ -129,6 +129,32 @@ def test_both_decoders_build_the_same_index(zstd_stream: tuple[Path, bytes],
         for off in range(0, len(data), 3 << 20):
             assert stream.read_at(off, 65536) == data[off:off + 65536]
         stream.close()
+
+
+def test_a_window_larger_than_a_segment(tmp_path: Path) -> None:
+    """``zstd --long=25``: a 32 MiB window, matches ~6 MiB back (beyond the
+    4 MiB segments the pass uses for small windows): the buffer-less decoder
+    reads them from the pass's own segments, which must hold the window."""
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd is not installed")
+    base = bytearray(_original())
+    rnd = random.Random(11)
+    data = bytearray()
+    while len(data) < 48 << 20:
+        for _ in range(64):
+            base[rnd.randrange(len(base))] = rnd.randrange(256)
+        data += base
+    path = tmp_path / "long.zst"
+    path.write_bytes(subprocess.run(["zstd", "-q", "-T0", "-3", "--long=25", "-c"],
+                                    input=bytes(data), stdout=subprocess.PIPE,
+                                    check=True).stdout)
+    stream = _built(path)
+    index = stream.index
+    assert index is not None and index.size == len(data)
+    assert index.info["resume_points"] > 0          # 32 MiB snapshots were taken
+    for off in range(0, len(data), 5 << 20):
+        assert stream.read_at(off, 1 << 20) == data[off:off + (1 << 20)]
+    stream.close()
 
 
 def _compressed_block_body(raw: bytes) -> int:
@@ -186,4 +212,4 @@ def test_a_libzstd_too_old_or_missing_means_the_fallback(monkeypatch: pytest.Mon
         monkeypatch.setattr(zstdstream, "_lib", None)
         monkeypatch.setattr(zstdstream, "_loaded", False)
         assert zstdstream._libzstd() is None
-        assert isinstance(zstdstream.frame_decoder(1 << 31, 1 << 20), zstdstream._CopyingDecoder)
+        assert isinstance(zstdstream.block_decoder(1 << 31), zstdstream._CopyingBlockDecoder)
