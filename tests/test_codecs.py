@@ -585,6 +585,15 @@ def test_configure_sets_spacing_and_threads(streams: Streams, monkeypatch) -> No
     monkeypatch.setattr(tuning, "INDEX_THREADS", tuning.INDEX_THREADS)
     codecs.configure(threads=1, zstd_spacing=512 << 10)
     assert tuning.PREFETCH is False and tuning.INDEX_THREADS == 1
+    # One thread means no helper threads either: piece sums and snapshots
+    # are made in the pass's own thread.
+    from imagefs.codecs import spans, zstdindex
+
+    def no_helper() -> None:
+        raise AssertionError("a helper thread was asked for with threads=1")
+
+    for helper in (spans._hash_pool, zstdindex._snapshot_pool):
+        monkeypatch.setattr(helper._pool, "get", no_helper)
     stream = build_index(FileSource(streams.path("zstd")))
     assert stream.spacing == 512 << 10 and stream.index.info["resume_points"] >= 4
     data = b"".join(stream.read_at(o, 1 << 20) for o in range(0, stream.size, 1 << 20))

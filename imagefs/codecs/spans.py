@@ -81,25 +81,27 @@ class PieceHasher:
 
 #: Hashes the index passes' output beside them: one thread for all, so each
 #: pass's pieces are hashed in the order fed (xxhash releases the GIL).
-_hash_pool = tuning.LazyPool("imagefs-piecesum", lambda: 1)
+_hash_pool = tuning.HelperPool("imagefs-piecesum")
 
 
 class BackgroundHasher:
     """A :class:`PieceHasher` run on another thread, so that a pass's own
-    thread only decodes (hashing was 6% of the zstd pass, profiled).
+    thread only decodes (hashing was 6% of the zstd pass, profiled); in the
+    pass's thread with ``--threads 1`` (:class:`~imagefs.codecs.tuning.HelperPool`).
 
     The views given to :meth:`feed` are read later: their buffers must not be
     written again before the future it returns is done.
     """
 
-    __slots__ = ("_hasher",)
+    __slots__ = ("_hasher", "_pool")
 
     def __init__(self) -> None:
         self._hasher = PieceHasher()
+        self._pool = _hash_pool.get()      # one executor for the whole pass: order
 
     def feed(self, views: list[memoryview]) -> Future[None]:
         """Queue ``views`` (in order) for hashing."""
-        return _hash_pool.get().submit(self._feed, views)
+        return self._pool.submit(self._feed, views)
 
     def _feed(self, views: list[memoryview]) -> None:
         for view in views:
@@ -107,7 +109,7 @@ class BackgroundHasher:
 
     def close(self) -> Future[list[int]]:
         """End the span once all it was fed is hashed: its sums."""
-        return _hash_pool.get().submit(self._hasher.close)
+        return self._pool.submit(self._hasher.close)
 
 
 def piece_sum(data: bytes | memoryview) -> int:

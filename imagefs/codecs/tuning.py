@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from imagefs.services.cache import BlockCache
 
 _CPUS = os.cpu_count() or 1
+T = TypeVar("T")
 
 #: Decode the next spans in background threads while a sequential reader
 #: consumes this one (span decoding releases the GIL): the codecs whose
@@ -55,6 +57,35 @@ class LazyPool:
             old, self._pool = self._pool, None
         if old is not None:
             old.shutdown(wait=False)
+
+
+class _Inline:
+    """Runs each task at once in the caller's thread (the ``submit`` of a pool)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        done: Future[T] = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 -- delivered where the pool's would be
+            done.set_exception(exc)
+        return done
+
+
+_INLINE = _Inline()
+
+
+class HelperPool:
+    """One helper thread beside the index passes (piece sums, snapshots), or
+    none when the user asked for one CPU thread (``--threads 1``): then each
+    task runs in the pass's own thread, in order."""
+
+    def __init__(self, prefix: str) -> None:
+        self._pool = LazyPool(prefix, lambda: 1)
+
+    def get(self) -> ThreadPoolExecutor | _Inline:
+        """Where to submit the next task (decide once per pass and keep it:
+        tasks that must run in order need the one executor)."""
+        return self._pool.get() if INDEX_THREADS > 1 else _INLINE
 
 
 #: Background span decoders (streaming.py).

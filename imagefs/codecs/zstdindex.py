@@ -103,7 +103,7 @@ EMIT_BYTES = 1 << 20
 
 
 #: Compresses window snapshots beside the passes.
-_snapshot_pool = tuning.LazyPool("imagefs-snapshot", lambda: 1)
+_snapshot_pool = tuning.HelperPool("imagefs-snapshot")
 
 
 class _Pass:
