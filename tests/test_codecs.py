@@ -284,6 +284,21 @@ def test_index_is_persisted_and_reloaded(streams: Streams, name: str, tmp_path: 
     second.close()
 
 
+def test_an_index_kept_nowhere_is_not_serialized(streams: Streams,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an index store the payload (every snapshot joined) is not made."""
+    from imagefs.codecs.seekindex import SeekIndex
+
+    def refuse(*args: object) -> bytes:
+        raise AssertionError("an index without a store was serialized")
+
+    monkeypatch.setattr(SeekIndex, "to_payload", refuse)
+    stream = build_index(FileSource(streams.path("zstd")))
+    assert stream.read_at(0, 4096) == streams.data[:4096]
+    assert "saved" not in stream.index_state()
+    stream.close()
+
+
 @pytest.mark.parametrize("name", ["zstd", "gzip", "lz4", "bzip2", "xz"])
 def test_stale_index_is_rebuilt(streams: Streams, name: str, tmp_path: Path) -> None:
     store = IndexStore(str(tmp_path / "idx"))
