@@ -73,19 +73,25 @@ def test_a_failed_read_ahead_fails_the_load_that_needs_it(
         reader.need(8192, 10, "a block")
 
 
+def _edited_copies(size: int, seed: int) -> bytes:
+    """``size`` bytes of copies of test_codecs' ~6 MiB original, each with 64
+    bytes changed: long-range matches, as in a partition image."""
+    base = bytearray(_original())
+    rnd = random.Random(seed)
+    data = bytearray()
+    while len(data) < size:
+        for _ in range(64):
+            base[rnd.randrange(len(base))] = rnd.randrange(256)
+        data += base
+    return bytes(data[:size])
+
+
 @pytest.fixture(scope="module")
 def zstd_stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     """``zstd -T0 -3`` of 24 MiB (three zstdmt jobs of 8 MiB), as Clonezilla writes it."""
     if shutil.which("zstd") is None:
         pytest.skip("zstd is not installed")
-    base = bytearray(_original())
-    rnd = random.Random(9)
-    data = bytearray()
-    while len(data) < 24 << 20:
-        for _ in range(64):
-            base[rnd.randrange(len(base))] = rnd.randrange(256)
-        data += base
-    data = data[:24 << 20]
+    data = _edited_copies(24 << 20, seed=9)
     path = tmp_path_factory.mktemp("zstdpass") / "img.zst"
     path.write_bytes(subprocess.run(["zstd", "-q", "-T0", "-3", "-c"], input=bytes(data),
                                     stdout=subprocess.PIPE, check=True).stdout)
@@ -137,13 +143,7 @@ def test_a_window_larger_than_a_segment(tmp_path: Path) -> None:
     reads them from the pass's own segments, which must hold the window."""
     if shutil.which("zstd") is None:
         pytest.skip("zstd is not installed")
-    base = bytearray(_original())
-    rnd = random.Random(11)
-    data = bytearray()
-    while len(data) < 48 << 20:
-        for _ in range(64):
-            base[rnd.randrange(len(base))] = rnd.randrange(256)
-        data += base
+    data = _edited_copies(48 << 20, seed=11)
     path = tmp_path / "long.zst"
     path.write_bytes(subprocess.run(["zstd", "-q", "-T0", "-3", "--long=25", "-c"],
                                     input=bytes(data), stdout=subprocess.PIPE,

@@ -117,14 +117,29 @@ def _address(view: memoryview) -> tuple[int, Any]:
     return ctypes.addressof(anchor), anchor
 
 
-class _LibzstdDecoder:
-    """libzstd's ZSTD_decompressStream, called through ctypes."""
+class _Context:
+    """A libzstd decompression context, freed with its owner."""
 
-    def __init__(self, lib: Any, window_log_max: int) -> None:
+    def __init__(self, lib: Any) -> None:
         self._lib = lib
         self._dctx = lib.ZSTD_createDCtx()
         if not self._dctx:
             raise MemoryError("libzstd could not allocate a decoder")
+
+    def close(self) -> None:
+        if self._dctx:
+            self._lib.ZSTD_freeDCtx(self._dctx)
+            self._dctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class _LibzstdDecoder(_Context):
+    """libzstd's ZSTD_decompressStream, called through ctypes."""
+
+    def __init__(self, lib: Any, window_log_max: int) -> None:
+        super().__init__(lib)
         self._check(lib.ZSTD_DCtx_setParameter(self._dctx, _WINDOW_LOG_MAX, window_log_max))
         self._in = _Buffer()
         self._out = _Buffer()
@@ -163,14 +178,6 @@ class _LibzstdDecoder:
         self.eof = left == 0
         del keep_in, keep_out
         return src.pos, dst.pos
-
-    def close(self) -> None:
-        if self._dctx:
-            self._lib.ZSTD_freeDCtx(self._dctx)
-            self._dctx = None
-
-    def __del__(self) -> None:
-        self.close()
 
 
 class PrefixDecoder(Protocol):
@@ -287,14 +294,11 @@ class BlockDecoder(Protocol):
 _FIRST_ERROR = (1 << 8 * ctypes.sizeof(ctypes.c_size_t)) - 1000
 
 
-class _LibzstdBlockDecoder:
+class _LibzstdBlockDecoder(_Context):
     """libzstd's buffer-less API (``ZSTD_decompressContinue``) through ctypes."""
 
     def __init__(self, lib: Any) -> None:
-        self._lib = lib
-        self._dctx = lib.ZSTD_createDCtx()
-        if not self._dctx:
-            raise MemoryError("libzstd could not allocate a decoder")
+        super().__init__(lib)
         self._continue = lib.ZSTD_decompressContinue
 
     def _fail(self, code: int) -> ZstdStreamError:
@@ -344,14 +348,6 @@ class _LibzstdBlockDecoder:
         if len(checksum):
             self._feed(checksum, 0, 0)
         return self._lib.ZSTD_nextSrcSizeToDecompress(self._dctx) == 0
-
-    def close(self) -> None:
-        if self._dctx:
-            self._lib.ZSTD_freeDCtx(self._dctx)
-            self._dctx = None
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def _writable(data: memoryview) -> memoryview:
