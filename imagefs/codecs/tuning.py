@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from imagefs.services.cache import BlockCache
 
 _CPUS = os.cpu_count() or 1
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 #: Decode the next spans in background threads while a sequential reader
 #: consumes this one (span decoding releases the GIL): the codecs whose
@@ -62,8 +62,8 @@ class LazyPool:
 class _Inline:
     """Runs each task at once in the caller's thread (the ``submit`` of a pool)."""
 
-    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
-        done: Future[T] = Future()
+    def submit(self, fn: Callable[..., _T], /, *args: Any) -> Future[_T]:
+        done: Future[_T] = Future()
         try:
             done.set_result(fn(*args))
         except Exception as exc:  # noqa: BLE001 -- delivered where the pool's would be

@@ -126,6 +126,8 @@ class _Pass:
                                   list[tuple[int, Future[bytes]]]]] = deque()
         self.queued_end = 0
         self.prefix = prefix_decoder(MAX_WINDOW)     # the resume trials'
+        # One main decoder for every frame: each begins it afresh.
+        self.dec = block_decoder(MAX_WINDOW)
         # Decoded output, written in place by the decoder (the window it reads
         # its matches from); resume trials take their snapshots from it.
         self.out = OutputSegments(self.hasher)
@@ -217,11 +219,7 @@ class _Pass:
             raise UnsupportedError(self.src.name, "zstd frame needs an external dictionary",
                                    "decompress it with zstd -D DICT -dc")
         self.frames += 1
-        dec = block_decoder(MAX_WINDOW)
-        try:
-            return self.frame_blocks(frame_c, fh, dec, hlen)
-        finally:
-            dec.close()
+        return self.frame_blocks(frame_c, fh, self.dec, hlen)
 
     def frame_blocks(self, frame_c: int, fh: FrameHeader, dec: BlockDecoder, hlen: int) -> int:
         """The blocks of the frame at ``frame_c`` (its header parsed): its spans."""
@@ -358,3 +356,4 @@ def build_zstd_index(src: ByteSource, build: IndexBuild, spacing: int) -> SeekIn
         return state.run()
     finally:
         state.prefix.close()
+        state.dec.close()

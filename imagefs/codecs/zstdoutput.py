@@ -12,8 +12,8 @@ free, and of the older segments only those the rule, the pending bytes
 and the snapshots no longer need are reused.
 
 Decoded bytes are *pending* until :meth:`OutputSegments.emit` hands them to
-the piece hasher (on another thread); a segment is written again only once
-its hashing is done.
+the piece hasher (on another thread, or at once with ``--threads 1``); a
+segment is written again only once its hashing is done.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ copies out; its *buffer-less* API (``ZSTD_decompressContinue``, one block
 per call) decodes straight into the caller's memory and reads its matches
 from there, so the pass's output segments are the window.  Decoding the
 bench image into three 4 MiB segments in rotation took 0.93 s that way
-against ~1.1 s through the streaming API (a bare loop, 2026-12-03).  The
+against ~1.1 s through the streaming API (a bare loop, 2026-12-03); the
+whole pass gained nothing measurable from it (bench/RESULTS.md, eighth
+session), and keeps it for the simpler pass and the memory.  The
 price is the rule that comes with it: libzstd remembers only the region it
 wrote last before the current one, so every block must go into the current
 segment right after the previous block or at the start of a new segment,
