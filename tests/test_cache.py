@@ -53,3 +53,24 @@ def test_cache_does_not_remember_failures():
     with pytest.raises(OSError):
         cache.get_or_load("k", flaky)
     assert cache.get_or_load("k", flaky) == b"ok"
+
+
+def test_add_never_replaces_and_never_waits_for_a_load():
+    cache = BlockCache(100)
+    assert cache.add("a", b"first")
+    assert not cache.add("a", b"other") and cache.get("a") == b"first"
+    loading, release = threading.Event(), threading.Event()
+
+    def slow() -> bytes:
+        loading.set()
+        release.wait(30)
+        return b"loaded"
+
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(cache.get_or_load, "b", slow)
+        assert loading.wait(30)
+        assert not cache.add("b", b"offered")   # returns at once: the load owns the key
+        release.set()
+        assert future.result() == b"loaded"
+    assert cache.get("b") == b"loaded"
+    assert not cache.add("big", bytes(101))    # larger than the cache: not kept

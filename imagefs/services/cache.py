@@ -64,18 +64,30 @@ class BlockCache:
         with self._lock:
             self.loads += 1
             del self._pending[key]
-            if 0 < len(value) <= self.capacity:
-                old = self._data.pop(key, None)
-                if old is not None:
-                    self.size -= len(old)
-                self._data[key] = value
-                self.size += len(value)
-                while self.size > self.capacity:
-                    _, evicted = self._data.popitem(last=False)
-                    self.size -= len(evicted)
+            self._insert_locked(key, value)
         pending.value = value
         pending.event.set()
         return value
+
+    def add(self, key: Hashable, value: bytes) -> bool:
+        """Cache ``value`` under ``key`` unless it is cached or being loaded
+        (never waits for that load): whether it was added."""
+        with self._lock:
+            if key in self._data or key in self._pending:
+                return False
+            self._insert_locked(key, value)
+            return key in self._data
+
+    def _insert_locked(self, key: Hashable, value: bytes) -> None:
+        if 0 < len(value) <= self.capacity:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self.size -= len(old)
+            self._data[key] = value
+            self.size += len(value)
+            while self.size > self.capacity:
+                _, evicted = self._data.popitem(last=False)
+                self.size -= len(evicted)
 
     def get(self, key: Hashable) -> bytes | None:
         with self._lock:
