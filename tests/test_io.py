@@ -210,3 +210,43 @@ def test_fd_pool_shares_one_descriptor_between_threads(tmp_path):
     # Concurrent first opens may race, but readers never churn descriptors.
     assert pool.opens <= 8
     assert pool.open_count() == 1
+
+
+def test_scatter_parts_copies_every_cutting_exactly() -> None:
+    # Long copies go through memmove with the GIL released, short ones and
+    # read-only or non-bytes ones through slice assignment: all the same bytes.
+    from imagefs.io.scatter import RELEASED_COPY, scatter_parts
+    rng = random.Random(5)
+    blobs = [rng.randbytes(rng.choice([100, RELEASED_COPY - 1, RELEASED_COPY, 3 << 20]))
+             for _ in range(12)]
+    parts: list[tuple[bytes, int, int]] = []
+    for blob in blobs:
+        lo = rng.randrange(len(blob) // 2)
+        parts.append((blob, lo, len(blob) - lo - rng.randrange(len(blob) - lo)))
+    parts.append((bytearray(b"not bytes" * 20000), 7, 150000))   # type: ignore[arg-type]
+    want = b"".join(bytes(d[lo:lo + n]) for d, lo, n in parts)
+    for sizes in ([len(want)], [1 << 20] * (len(want) >> 20) + [len(want) % (1 << 20)],
+                  [rng.randrange(1, 200000) for _ in range(400)]):
+        bufs = [bytearray(s) for s in sizes]
+        views = [memoryview(b) for b in bufs]
+        copied = scatter_parts(parts, views)
+        got = b"".join(bufs)
+        assert copied == min(len(want), len(got)) and got[:copied] == want[:copied]
+    with pytest.raises(TypeError):       # a read-only destination is refused, never written
+        scatter_parts(parts, [memoryview(bytes(len(want)))])
+
+
+def test_join_released_equals_join() -> None:
+    import mmap
+
+    from imagefs.io.scatter import join_released
+    rng = random.Random(6)
+    seg = mmap.mmap(-1, 4 << 20)
+    seg[:] = rng.randbytes(4 << 20)
+    view = memoryview(seg)
+    cuts = [view[0:100], view[100:(3 << 20)], view[(3 << 20):(3 << 20)], view[(3 << 20) + 5:]]
+    assert join_released(cuts) == b"".join(cuts)
+    assert join_released([view[:10]]) == bytes(view[:10])       # short: the plain join
+    assert join_released([memoryview(b"read-only" * 10000)]) == b"read-only" * 10000
+    del cuts, view
+    seg.close()

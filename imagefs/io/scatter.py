@@ -8,6 +8,7 @@ at scratch space; other sources are read with ``read_at`` and copied once.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -76,6 +77,73 @@ def scatter(pieces: Iterable[bytes | memoryview], views: Sequence[memoryview]) -
         if vi >= len(views):
             break
     return copied
+
+
+#: Copies at least this long run with the GIL released (``ctypes.memmove``):
+#: a slice assignment holds it, and the FUSE threads' copies of decoded
+#: pieces into reply buffers were a quarter of the time the GIL was held in
+#: a sequential zstd read through the mount (py-spy --gil), time in which
+#: the decoding threads could not even start their next call.  Below it the
+#: ~1 µs of a foreign call is not worth it.
+RELEASED_COPY = 64 << 10
+
+
+def _bytes_address(data: bytes) -> int:
+    """The address of the contents of ``data`` (valid while it is referenced)."""
+    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    assert address is not None
+    return address
+
+
+def scatter_parts(parts: Iterable[tuple[bytes, int, int]], views: Sequence[memoryview]) -> int:
+    """:func:`scatter` of ``(data, start, length)`` slices of bytes objects;
+    long copies run with the GIL released.  Returns bytes copied."""
+    vi, vpos, copied = 0, 0, 0
+    dst: int | None = None                   # the address of views[vi], once needed
+    for data, spos, n in parts:
+        send = spos + n
+        src: int | None = None
+        while spos < send and vi < len(views):
+            view = views[vi]
+            take = min(len(view) - vpos, send - spos)
+            if take >= RELEASED_COPY and type(data) is bytes and not view.readonly:
+                if src is None:
+                    src = _bytes_address(data)
+                if dst is None:
+                    dst = ctypes.addressof(ctypes.c_char.from_buffer(view))
+                ctypes.memmove(dst + vpos, src + spos, take)
+            else:
+                view[vpos:vpos + take] = memoryview(data)[spos:spos + take]
+            vpos += take
+            spos += take
+            copied += take
+            if vpos >= len(view):
+                vi, vpos, dst = vi + 1, 0, None
+        if vi >= len(views):
+            break
+    return copied
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype = ctypes.py_object
+_new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
+
+def join_released(views: Sequence[memoryview]) -> bytes:
+    """``b"".join(views)`` of writable views (an index pass's output memory),
+    copied with the GIL released (see RELEASED_COPY)."""
+    total = sum(map(len, views))
+    if total < RELEASED_COPY or any(view.readonly for view in views):
+        return b"".join(views)
+    # A bytes object made with no contents is filled before anyone else sees
+    # it: how C code builds one.
+    out: bytes = _new_bytes(None, total)
+    dst = _bytes_address(out)
+    for view in views:
+        if view:
+            ctypes.memmove(dst, ctypes.addressof(ctypes.c_char.from_buffer(view)), len(view))
+            dst += len(view)
+    return out
 
 
 def split_views(views: Sequence[memoryview], size: int
