@@ -141,3 +141,20 @@ def test_library_stderr_is_held_back(data: bytes, tmp_path: Path) -> None:
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("imagefs: ") and "incomplete" in lines[0], \
         run.stderr
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_lz4_frame_failing_its_content_checksum_is_damaged(
+        data: bytes, tmp_path: Path, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The checksum is taken on a helper thread beside the pass (inline with
+    # --threads 1): either way a frame whose bytes do not match it is damage.
+    from imagefs.codecs import tuning
+    monkeypatch.setattr(tuning, "INDEX_THREADS", threads)
+    path = _compress("lz4", data, tmp_path / "img.lz4")
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x40                          # the frame's last 4 bytes: its XXH32
+    path.write_bytes(bytes(raw))
+    stream = open_decompressed(FileSource(path), cache=BlockCache(16 << 20), progress=False)
+    with pytest.raises(ImageError, match="fails its content checksum"):
+        stream.build()
+    stream.close()

@@ -213,3 +213,31 @@ def test_a_libzstd_too_old_or_missing_means_the_fallback(monkeypatch: pytest.Mon
         monkeypatch.setattr(zstdstream, "_loaded", False)
         assert zstdstream._libzstd() is None
         assert isinstance(zstdstream.block_decoder(1 << 31), zstdstream._CopyingBlockDecoder)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_pass_checks_the_content_checksum_libzstd_leaves_to_it(
+        zstd_stream: tuple[Path, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        threads: int) -> None:
+    # libzstd is told to skip the frame's XXH64 (a sixth of the pass's time);
+    # the pass's hasher takes it instead, on its thread or (--threads 1) inline.
+    from imagefs.codecs import tuning
+    if zstdstream._libzstd() is None:
+        pytest.skip("this system has no libzstd.so.1")
+    decoder = zstdstream.block_decoder(1 << 27)
+    assert not decoder.checks_content          # else this tests libzstd's own check
+    decoder.close()
+    monkeypatch.setattr(tuning, "INDEX_THREADS", threads)
+    path, data = zstd_stream
+    stream = open_decompressed(FileSource(path), cache=BlockCache(16 << 20))
+    stream.build()                             # the right sum passes
+    assert stream.read_at(len(data) - 4096, 4096) == data[-4096:]
+    stream.close()
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01                            # the stored XXH64's top byte
+    bad = tmp_path / "bad.zst"
+    bad.write_bytes(bytes(raw))
+    stream = open_decompressed(FileSource(bad), cache=BlockCache(16 << 20))
+    with pytest.raises(FormatError, match="fails its checksum"):
+        stream.build()
+    stream.close()

@@ -10,6 +10,13 @@ waits until the pass has passed it (:meth:`IndexBuild.wait`).  Codecs
 whose spans are known only at the end (rapidgzip's checkpoints) make
 readers beyond the head wait for the whole pass.
 
+A pass that decodes (zstd, lz4) also hands its output to the stream's
+cache where a reader waits for it or reads close behind it
+(:meth:`IndexBuild.offer`, FOLLOW_BYTES past the read): a reader following
+the pass, the usual first read of a fresh backup, finds each piece there
+instead of decoding it a second time, and the pass waits briefly for such
+a reader rather than leave it behind (:meth:`IndexBuild.following`).
+
 The build survives the reader that started it: closing a file or a
 ``CodecSource`` leaves it running; only :func:`cancel_all` (interpreter
 exit) stops builds, at their next progress report.
@@ -35,6 +42,21 @@ from imagefs.codecs.seekindex import SeekIndex
 from imagefs.services.units import human
 
 log = logging.getLogger("imagefs.codecs")
+
+#: A reader that had to wait for the pass is *following* it: the pass hands
+#: what it decodes from that read on to the reader's cache
+#: (:meth:`IndexBuild.offer`) for this far past the read, so a sequential
+#: reader finds each piece there instead of decoding it a second time.
+#: 64 MiB: a quarter of the mount's default 256 MiB cache, and 8 spans of
+#: the bench's zstd image; each later read near the pass extends it.  A
+#: smaller cache gets a quarter of its size (``IndexBuild.follow_bytes``):
+#: pieces handed over and evicted before their read are decoded again.
+FOLLOW_BYTES = 64 << 20
+#: The longest the pass waits at once for a follower to read on (see
+#: :meth:`IndexBuild.following`): one that does not read a piece in this
+#: long has stopped or is much slower than the pass, and decodes for itself.
+PACE_LIMIT = 0.25
+
 
 class BuildCancelled(Exception):
     """Raised inside a build's progress callback once it was cancelled."""
@@ -88,6 +110,13 @@ class IndexBuild:
         #: Observers of progress (the ``index`` verb's overall bar): told
         #: the compressed bytes of each update.
         self.listeners: list[Callable[[int], None]] = []
+        #: Where the stream's reader caches piece k of span i that the pass
+        #: decoded (set by the reader; passes that decode call :meth:`offer`).
+        self.sink: Callable[[int, int, bytes], None] | None = None
+        self._follow: list[tuple[int, int]] = []   # output ranges readers wait in
+        self.follow_bytes = FOLLOW_BYTES   # how far past a read (set by the reader)
+        self._waiters = 0                  # readers blocked in wait()
+        self._paced = 0.0                  # seconds the pass waited for followers
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -128,6 +157,7 @@ class IndexBuild:
         """Stop the pass at its next progress report (waiters get the error)."""
         with self._cond:
             self.cancelled = True
+            self._cond.notify_all()        # a pass waiting for a follower stops waiting
 
     def join(self, timeout: float | None = None) -> None:
         thread = self._thread
@@ -172,10 +202,64 @@ class IndexBuild:
             self._meta.append(meta)
             self._cond.notify_all()
 
+    def following(self, start: int, end: int) -> bool:
+        """Whether a reader waits for output ``[start, end)`` (the pass then
+        hands those pieces to :meth:`offer`); ranges the pass has passed
+        are forgotten.
+
+        A follower whose range ends before ``end`` is about to be left
+        behind: unless some reader waits for the pass, the pass waits for
+        the follower to read on (at most PACE_LIMIT each time, and never
+        for longer in all than it has worked), so that a reader a little
+        slower than the pass keeps being handed every piece.
+        """
+        with self._cond:
+            if self.sink is None or not self._follow:
+                return False
+            deadline = None
+            while (not self._waiters and not self.cancelled
+                   and self._behind_locked(start, end)):
+                now = time.monotonic()
+                if deadline is None:
+                    worked = now - (self.started or now) - self._paced
+                    deadline = now + min(PACE_LIMIT, max(0.0, worked - self._paced))
+                if now >= deadline:
+                    break
+                self._cond.wait(deadline - now)
+                self._paced += time.monotonic() - now
+            self._follow = [r for r in self._follow if r[1] > start]
+            return any(lo < end for lo, _hi in self._follow)
+
+    def _behind_locked(self, start: int, end: int) -> bool:
+        """Whether a follower's range ends inside ``(start, end]`` while it
+        still has committed bytes to read (its last read ended
+        ``follow_bytes`` before its range does): it can catch up."""
+        committed = self._starts[-1]
+        return any(start < hi <= end and hi - self.follow_bytes < committed
+                   for _lo, hi in self._follow)
+
+    def offer(self, span: int, piece: int, data: bytes) -> None:
+        """Piece ``piece`` of span ``span`` (numbered as committed), decoded by
+        the pass for a reader following it."""
+        sink = self.sink
+        if sink is not None:
+            sink(span, piece, data)
+
+    def unfollow(self) -> None:
+        """The stream's reader closed: hand nothing more to it."""
+        with self._cond:
+            self._follow.clear()
+            self._cond.notify_all()        # a pass waiting for that reader goes on
+
     @property
     def committed(self) -> int:
         """Where the last committed span ends (0 before the first)."""
         return self._starts[-1]
+
+    @property
+    def spans_committed(self) -> int:
+        """How many spans are committed (the open span's number)."""
+        return len(self._starts) - 1
 
     def complete_index(self, size: int, info: dict[str, Any]) -> SeekIndex:
         """The pass's result: every span it committed (its last ends at ``size``)."""
@@ -205,10 +289,15 @@ class IndexBuild:
 
     # -- readers ------------------------------------------------------------------
 
-    def wait(self, end: int) -> SeekIndex:
+    def wait(self, end: int, start: int | None = None) -> SeekIndex:
         """An index covering ``[0, end)``: the partial one if it does, else the
-        complete one once the pass is done (raises the pass's error)."""
+        complete one once the pass is done (raises the pass's error).
+
+        ``start``: the waiting read begins there; from it to ``follow_bytes``
+        past ``end`` the pass hands its output to the reader's cache.
+        """
         with self._cond:
+            followed = False
             while True:
                 if self.index is not None:
                     return self.index
@@ -217,14 +306,43 @@ class IndexBuild:
                 partial = self._partial_locked(end)
                 if partial is not None:
                     return partial
-                self._cond.wait()
+                if start is not None and not followed:
+                    self._follow_locked(start, end + self.follow_bytes)
+                    followed = True
+                self._waiters += 1         # the pass does not wait for followers now
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiters -= 1
 
-    def covering(self, end: int) -> SeekIndex | None:
-        """The complete or partial index if it already covers ``end``, else None."""
+    def _follow_locked(self, start: int, end: int) -> None:
+        """A reader waits in ``[start, end)``: hand it the pass's output there."""
+        for n, (lo, hi) in enumerate(self._follow):
+            if lo <= end and start <= hi:      # overlapping ranges merge: one per reader
+                if end > hi:
+                    self._follow[n] = (min(lo, start), end)
+                    self._cond.notify_all()    # a pass waiting for this reader goes on
+                return
+        self._follow.append((start, end))
+        self._cond.notify_all()
+
+    def covering(self, end: int, start: int | None = None) -> SeekIndex | None:
+        """The complete or partial index if it already covers ``end``, else None.
+
+        ``start``: a read from there to ``end`` is served from the partial
+        index; if it is less than ``follow_bytes`` behind the pass, the reader
+        follows it on (the pass keeps handing it pieces: a reader that is
+        checking checksums, or sharing the cores with the pass, falls a
+        little behind it and would otherwise decode everything again).
+        """
         with self._cond:
             if self.index is not None:
                 return self.index
-            return self._partial_locked(end)
+            partial = self._partial_locked(end)
+            if (partial is not None and start is not None
+                    and start + self.follow_bytes >= self._starts[-1]):
+                self._follow_locked(start, end + self.follow_bytes)
+            return partial
 
     def state(self, codec: str) -> str:
         """The progress line for ``.info``: percent, rate, time left, readable part."""

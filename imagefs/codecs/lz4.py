@@ -14,18 +14,20 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future
 from typing import Any, NamedTuple
 
 import lz4.block
 import lz4.frame
 import xxhash
 
+from imagefs.codecs import tuning
 from imagefs.codecs.adapters import ChunkReader, StreamCursor
 from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
-from imagefs.codecs.spans import PieceHasher
+from imagefs.codecs.spans import PieceHasher, PieceOffers
 from imagefs.errors import UnsupportedError
 from imagefs.io.source import ByteSource
 from imagefs.services.units import human
@@ -108,7 +110,7 @@ class Lz4Source(CodecSource):
             cur.need(1, "a frame header")   # header checksum (damage shows in the blocks)
             yield ("frame", linked)
             history = b""
-            hasher = xxhash.xxh32() if content_sum else None
+            hasher = _ContentSum() if content_sum else None
             produced = 0
             while True:
                 (word,) = struct.unpack("<I", cur.need(4, "a block size"))
@@ -212,6 +214,37 @@ def _decode_block(src: ByteSource, data: bytes | memoryview, raw: bool, limit: i
         raise corrupt(src, f"lz4 block at byte {c_off} is damaged ({exc})") from None
 
 
+#: Frame content checksums are taken beside the pass: inline, XXH32 was
+#: half of the lz4 pass's samples (py-spy, the bench's 1.4 GB image), and
+#: xxhash releases the GIL.  With ``--threads 1`` they run in the pass.
+_sum_pool = tuning.HelperPool("imagefs-lz4sum")
+#: At most this many blocks (4 MiB each as lz4 writes them) wait for the
+#: checksum: the memory a lagging helper may hold.
+SUM_BACKLOG = 4
+
+
+class _ContentSum:
+    """A frame's XXH32, fed its output in order on the helper thread."""
+
+    __slots__ = ("_hash", "_pool", "_pending")
+
+    def __init__(self) -> None:
+        self._hash = xxhash.xxh32()
+        self._pool = _sum_pool.get()       # one executor: updates run in order
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, data: bytes) -> None:
+        self._pending.append(self._pool.submit(self._hash.update, data))
+        while len(self._pending) > SUM_BACKLOG:
+            self._pending.popleft().result()
+
+    def intdigest(self) -> int:
+        """The checksum of everything fed (waits for the helper)."""
+        while self._pending:
+            self._pending.popleft().result()
+        return self._hash.intdigest()
+
+
 class _Lz4Pass:
     """The index pass: one walk of the frames, spans committed as they end.
 
@@ -229,6 +262,7 @@ class _Lz4Pass:
         self.out_pos = 0
         self.blobs = build.blobs
         self.hasher = PieceHasher()
+        self.offers = PieceOffers(build)   # for a reader following the pass
         self.history: deque[bytes] = deque()
         self.history_len = 0
         self.frames = self.blocks = 0
@@ -238,6 +272,7 @@ class _Lz4Pass:
         if not out:
             return
         self.hasher.feed(out)
+        self.offers.feed(out)
         self.out_pos += len(out)
         if linked:
             self.history.append(out)
@@ -248,6 +283,7 @@ class _Lz4Pass:
     def commit(self, span: list[Any]) -> None:
         sums = self.hasher.close()
         if self.out_pos > self.build.committed and span[2]:
+            self.offers.span_ends()
             self.build.commit(self.out_pos, span, sums)
 
     def snapshot(self) -> int:
@@ -299,7 +335,7 @@ class _Lz4Pass:
         if linked:
             dec = lz4.frame.LZ4FrameDecompressor()
             self._feed(dec, frame_c, frame_c + head_len)
-        hasher = xxhash.xxh32() if content_sum and not linked else None
+        hasher = _ContentSum() if content_sum and not linked else None
         span: list[Any] = [int(linked), -1, [], bmax]
         span_u = self.out_pos
         target = LINKED_SPAN_TARGET if linked else SPAN_TARGET

@@ -33,14 +33,14 @@ from bisect import bisect_right
 from collections.abc import Generator, Iterator, Sequence
 from functools import partial
 
-from imagefs.codecs.building import IndexBuild
+from imagefs.codecs.building import FOLLOW_BYTES, IndexBuild
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import INDEX_VERSION, SeekIndex
 from imagefs.codecs.sequential import SEQ_CHUNK, SequentialDecoder
 from imagefs.codecs.spans import SUB_CHUNK, SpanDecoder
 from imagefs.codecs.streaming import STREAM_MIN_READ, StreamTracker
 from imagefs.codecs.tuning import default_cache
-from imagefs.io.scatter import copy_read, scatter
+from imagefs.io.scatter import copy_read, scatter_parts
 from imagefs.io.source import ByteSource
 from imagefs.services.cache import BlockCache
 from imagefs.services.indexstore import IndexStore, PersistedIndex
@@ -121,14 +121,14 @@ class CodecSource:
             raise ValueError("negative offset or size")
         if size == 0:
             return b""
-        index = self._covering(offset + size)
+        index = self._covering(offset + size, offset)
         if index is None and offset + size <= HEAD_LIMIT:
             # A stream read from its start continues past the head: follow it,
             # so the first indexed read already counts as streaming.
             self._stream.follow(offset, offset + size)
             return self._read_sequential(offset, size)
         if index is None:
-            index = self._index_for(offset + size)
+            index = self._index_for(offset + size, offset)
         size = min(size, index.size - offset)
         if size <= 0:
             return b""
@@ -157,16 +157,16 @@ class CodecSource:
 
     def _fill(self, offset: int, views: Sequence[memoryview], peek: bool) -> None:
         total = sum(map(len, views))
-        index = self._covering(offset + total)
+        index = self._covering(offset + total, offset)
         if offset < 0 or total == 0 or (index is None and offset + total <= HEAD_LIMIT):
             copy_read(self, offset, views)            # the head, or nothing to do
             return
         if index is None:
-            index = self._index_for(offset + total)
+            index = self._index_for(offset + total, offset)
         if offset + total > index.size or index.info.get("slow"):
             copy_read(self, offset, views)            # short: raises TruncatedError
             return
-        if scatter(self._pieces(index, offset, offset + total, peek), views) != total:
+        if scatter_parts(self._parts(index, offset, offset + total, peek), views) != total:
             raise corrupt(self.source, f"{self.codec} stream is shorter than its index says")
 
     def close(self) -> None:
@@ -179,6 +179,8 @@ class CodecSource:
             build = self._build
             if build is not None and build.error is not None:
                 self._build = None
+        if build is not None:
+            build.unfollow()
         self._spans.close()
         self._seq.close()
         self._stream.reset()
@@ -222,9 +224,14 @@ class CodecSource:
 
     # -- internals ------------------------------------------------------------
 
-    def _pieces(self, index: SeekIndex, offset: int, end: int,
-                peek: bool = False) -> Iterator[bytes | memoryview]:
-        """The decoded bytes of ``[offset, end)`` as cached pieces or views of them.
+    def _pieces(self, index: SeekIndex, offset: int, end: int) -> Iterator[bytes | memoryview]:
+        """The decoded bytes of ``[offset, end)`` as cached pieces or views of them."""
+        for data, lo, n in self._parts(index, offset, end):
+            yield data if (lo == 0 and n == len(data)) else memoryview(data)[lo:lo + n]
+
+    def _parts(self, index: SeekIndex, offset: int, end: int,
+               peek: bool = False) -> Iterator[tuple[bytes, int, int]]:
+        """The decoded bytes of ``[offset, end)`` as (cached piece, start, length).
 
         ``peek``: a check reads ahead of (or behind) the reader; the stream
         position and the delivered counts are left as they are.
@@ -256,7 +263,7 @@ class CodecSource:
                 raise corrupt(self.source, f"{self.codec} span {i} is shorter than its index says")
             if streaming:
                 self._stream.delivered(i, k, n, len(data))
-            yield data if (lo == 0 and n == len(data)) else memoryview(data)[lo:lo + n]
+            yield data, lo, n
             offset += n
             if offset >= starts[i + 1]:
                 i += 1
@@ -279,17 +286,19 @@ class CodecSource:
             offset += len(piece)
         return b"".join(out)
 
-    def _covering(self, end: int) -> SeekIndex | None:
-        """An index already covering ``[0, end)`` (complete or partial), else None."""
+    def _covering(self, end: int, start: int | None = None) -> SeekIndex | None:
+        """An index already covering ``[0, end)`` (complete or partial), else
+        None; a read from ``start`` close behind a running pass follows it."""
         index = self._index
         if index is not None:
             return index
         build = self._build
-        return None if build is None else build.covering(end)
+        return None if build is None else build.covering(end, start)
 
-    def _index_for(self, end: int) -> SeekIndex:
+    def _index_for(self, end: int, start: int | None = None) -> SeekIndex:
         """An index covering ``[0, end)``: waits for the build to pass ``end``
-        (or to finish, for codecs that publish nothing before the end)."""
+        (or to finish, for codecs that publish nothing before the end); a
+        read from ``start`` then follows the pass (``IndexBuild.wait``)."""
         index = self._index
         if index is not None:
             return index
@@ -298,7 +307,7 @@ class CodecSource:
             index = self._index
             assert index is not None              # loaded by _start
             return index
-        return build.wait(end)
+        return build.wait(end, start)
 
     def _ensure_index(self) -> SeekIndex:
         """The complete index (waits for the build)."""
@@ -323,6 +332,8 @@ class CodecSource:
                 return None
             build = IndexBuild(self.name, self.source.size, self._pass,
                                partial(self._finish, store, time.monotonic()))
+            build.sink = self._spans.offer
+            build.follow_bytes = min(FOLLOW_BYTES, self._cache.capacity // 4)
             self._build = build
         build.start()
         return build

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -27,8 +27,12 @@ from imagefs.codecs import tuning
 from imagefs.codecs.cursors import SpanCursor, cursors
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import SeekIndex
+from imagefs.io.scatter import join_released
 from imagefs.io.source import ByteSource
 from imagefs.services.cache import BlockCache
+
+if TYPE_CHECKING:
+    from imagefs.codecs.building import IndexBuild
 
 #: Spans are cached in pieces of this size (see the module docstring).
 SUB_CHUNK = 1 << 20
@@ -93,23 +97,95 @@ class BackgroundHasher:
     written again before the future it returns is done.
     """
 
-    __slots__ = ("_hasher", "_pool")
+    __slots__ = ("_hasher", "_pool", "_content")
 
     def __init__(self) -> None:
         self._hasher = PieceHasher()
         self._pool = _hash_pool.get()      # one executor for the whole pass: order
+        self._content: Any = None          # the open frame's XXH64, if taken here
 
-    def feed(self, views: list[memoryview]) -> Future[None]:
-        """Queue ``views`` (in order) for hashing."""
-        return self._pool.submit(self._feed, views)
+    def begin_content(self) -> None:
+        """Take the XXH64 of the bytes fed from now on (a zstd frame's
+        content checksum, where the decoder leaves it to the pass)."""
+        self._content = xxhash.xxh64()
 
-    def _feed(self, views: list[memoryview]) -> None:
+    def content_sum(self) -> Future[int]:
+        """The XXH64 of the bytes fed since :meth:`begin_content`, once hashed."""
+        content, self._content = self._content, None
+        return self._pool.submit(content.intdigest)
+
+    def feed(self, views: list[memoryview],
+             publish: Callable[[bytes], None] | None = None) -> Future[None]:
+        """Queue ``views`` (in order) for hashing; ``publish``, if given, is
+        handed a copy of them joined (one whole piece: see
+        :meth:`~imagefs.codecs.building.IndexBuild.offer`)."""
+        return self._pool.submit(self._feed, views, publish, self._content)
+
+    def _feed(self, views: list[memoryview], publish: Callable[[bytes], None] | None,
+              content: Any) -> None:
+        if publish is not None:
+            data = join_released(views)    # the one copy a follower of the pass needs
+            self._hasher.feed(data)
+            if content is not None:
+                content.update(data)
+            publish(data)
+            return
         for view in views:
             self._hasher.feed(view)
+            if content is not None:
+                content.update(view)
 
     def close(self) -> Future[list[int]]:
         """End the span once all it was fed is hashed: its sums."""
         return self._pool.submit(self._hasher.close)
+
+
+class PieceOffers:
+    """Whole pieces of a pass's output for the readers following it.
+
+    For passes whose output is ``bytes`` (lz4): fed each output in order,
+    with the build committing spans synchronously (the open span starts
+    at ``build.committed``); a piece a reader waits in
+    (:meth:`IndexBuild.following`) is handed to :meth:`IndexBuild.offer`
+    once whole, or at the span's end (:meth:`span_ends`).
+    """
+
+    __slots__ = ("_build", "_pos", "_parts", "_piece_start", "_keep")
+
+    def __init__(self, build: IndexBuild) -> None:
+        self._build = build
+        self._pos = 0                      # output offset of the next byte fed
+        self._parts: list[bytes | memoryview] = []
+        self._piece_start = 0              # of the piece being collected
+        self._keep = False                 # whether it is being collected
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        span_start = self._build.committed
+        while view:
+            rel = self._pos - span_start
+            if rel % SUB_CHUNK == 0:       # a piece starts here
+                self._piece_start = self._pos
+                self._keep = self._build.following(self._pos, self._pos + SUB_CHUNK)
+            step = min(len(view), SUB_CHUNK - rel % SUB_CHUNK)
+            if self._keep:
+                self._parts.append(view[:step])
+            self._pos += step
+            view = view[step:]
+            if (self._pos - span_start) % SUB_CHUNK == 0:
+                self._offer_piece()
+
+    def span_ends(self) -> None:
+        """The open span ends here (call before committing it): its last piece."""
+        self._offer_piece()
+
+    def _offer_piece(self) -> None:
+        """Hand over the piece collected so far (if a reader follows it)."""
+        if self._keep and self._parts:
+            k = (self._piece_start - self._build.committed) // SUB_CHUNK
+            self._build.offer(self._build.spans_committed, k, b"".join(self._parts))
+        self._parts = []
+        self._keep = False
 
 
 def piece_sum(data: bytes | memoryview) -> int:
@@ -258,6 +334,12 @@ class SpanDecoder:
         with self._cond:
             self._inflight.pop(j, None)
             self._cond.notify_all()
+
+    def offer(self, i: int, k: int, data: bytes) -> None:
+        """Piece ``k`` of span ``i`` as the index pass decoded it: cached for a
+        reader following the pass (the pass's own output is what the piece
+        sums were taken from, so it is not checked against them)."""
+        self._cache.add(self.key(i, k), data)
 
     def close(self) -> None:
         """Drop this stream's paused cursors."""

@@ -43,6 +43,10 @@ sequential decode, which the frame's content checksum covers.
 
 Spans are committed as they are finished, so reads inside the part already
 passed are served while the pass goes on (:mod:`~imagefs.codecs.building`).
+A reader that had to wait for the pass is handed the pieces the pass decodes
+past its read (a copy of each, made by the hasher's thread): reading a fresh
+image from its start decodes it once, not once for the index and again for
+the reader.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from concurrent.futures import Future
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyzstd
@@ -58,7 +63,7 @@ from imagefs.codecs import tuning
 from imagefs.codecs.adapters import ChunkReader
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
-from imagefs.codecs.spans import BackgroundHasher
+from imagefs.codecs.spans import SUB_CHUNK, BackgroundHasher
 from imagefs.codecs.zstdframe import (
     MAX_WINDOW,
     SKIPPABLE_MAGIC,
@@ -97,9 +102,6 @@ LIGHT_WINDOW_SHIFT = 3
 #: zstdmt's job size is ``1 << max(20, windowLog + 2)`` (zstdmt_compress.c,
 #: ZSTDMT_computeTargetJobLog, without long-distance matching).
 MIN_JOB = 1 << 20
-#: Decoded bytes are handed to the piece hasher in batches of about 1 MiB:
-#: one thread hand-off per 8 blocks, and the hasher stays a batch behind.
-EMIT_BYTES = 1 << 20
 
 
 #: Compresses window snapshots beside the passes.
@@ -124,7 +126,12 @@ class _Pass:
         self.hasher = BackgroundHasher()
         self.commits: deque[tuple[int, list[Any], Future[list[int]],
                                   list[tuple[int, Future[bytes]]]]] = deque()
-        self.queued_end = 0
+        self.queued_end = 0                # where the open span starts
+        self.span_no = 0                   # the open span's number in the index
+        # Decoded bytes go to the hasher a piece at a time (one thread
+        # hand-off per 1 MiB, about 8 blocks), so that a piece can also be
+        # handed whole to a reader following the pass (IndexBuild.offer).
+        self.piece_end = SUB_CHUNK
         self.prefix = prefix_decoder(MAX_WINDOW)     # the resume trials'
         # One main decoder for every frame: each begins it afresh.
         self.dec = block_decoder(MAX_WINDOW)
@@ -141,7 +148,7 @@ class _Pass:
 
     def decode(self, dec: BlockDecoder, block: memoryview, pos: int) -> memoryview:
         """Decode the block at compressed byte ``pos`` after the output so far:
-        its output (pending until :meth:`emit`)."""
+        its output (pending until :meth:`emit_to`)."""
         room = self.out.room()
         try:
             n = dec.decode_block(block, room)
@@ -151,9 +158,20 @@ class _Pass:
         self.out.wrote(n)
         return room[:n]
 
-    def emit(self) -> None:
-        """Account for the bytes pending: hashed into the open span."""
-        self.out_pos += self.out.emit()
+    def emit_to(self, end: int) -> None:
+        """Hand the pending output below ``end`` to the hasher, one piece per
+        feed (``end`` is the open piece's end or the open span's), and each
+        piece a reader waits in to the build too (:meth:`IndexBuild.offer`)."""
+        while self.out_pos < end:
+            start = self.out_pos
+            n = min(end, self.piece_end) - start
+            publish = None
+            if self.build.following(start, start + n):
+                k = (start - self.queued_end) // SUB_CHUNK
+                publish = partial(self.build.offer, self.span_no, k)
+            self.out_pos += self.out.emit(n, publish)
+            if self.out_pos == self.piece_end:
+                self.piece_end += SUB_CHUNK
         if self.commits:
             self.commit_ready(wait=False)
 
@@ -164,6 +182,8 @@ class _Pass:
         if self.out_pos > self.queued_end:
             self.commits.append((self.out_pos, meta, sums, self.blob_futures))
             self.queued_end = self.out_pos
+            self.span_no += 1
+            self.piece_end = self.out_pos + SUB_CHUNK
         else:                              # an empty span: nothing to serve
             for blob, future in self.blob_futures:
                 self.blobs[blob] = future.result()
@@ -231,6 +251,9 @@ class _Pass:
             raise corrupt(self.src, f"zstd frame header at compressed byte {frame_c} "
                           f"is refused ({exc})") from None
         frame_u = self.out_pos
+        own_sum = fh.checksum and not dec.checks_content
+        if own_sum:
+            self.hasher.begin_content()     # the frame's XXH64, beside the pass
         # Resume points need a window descriptor; single-segment frames
         # (small, content size known) are served whole.
         can_resume = fh.window_byte is not None
@@ -274,10 +297,10 @@ class _Pass:
                     # fresh ones whatever its first block is (half of the
                     # bench image's jobs start with a raw block).
                     tried = True
-                    self.emit()                # the span before ends here
                     history = fh.window if full_due else light_window
                     snapshot = self.trial(dec, block, pos, fh.window_byte or 0, history)
                     if snapshot is not None:
+                        self.emit_to(at)           # the span before ends here
                         self.close_span(span + [pos, 0])
                         blob = len(self.blobs)
                         self.blobs.append(b"")      # filled before the span commits
@@ -299,14 +322,15 @@ class _Pass:
             pos += len(block)
             if last:
                 break
-            if out.pending >= EMIT_BYTES:
-                self.emit()
+            while self.out_pos + out.pending >= self.piece_end:
+                self.emit_to(self.piece_end)
         blocks_end = pos
-        self.emit()
+        self.emit_to(self.out_pos + out.pending)
         checksum = self.need(pos, 4, "a frame checksum") if fh.checksum else memoryview(b"")
         pos += len(checksum)
         try:
-            # libzstd checks the content checksum (XXH64 of the frame's output).
+            # The decoder checks the content checksum, or leaves it to the hasher
+            # (checks_content: the XXH64 of the frame's output, compared below).
             complete = dec.end(checksum)
         except ZstdStreamError as exc:
             raise corrupt(self.src, f"zstd frame at compressed byte {frame_c} fails its "
@@ -314,6 +338,10 @@ class _Pass:
         if not complete:
             raise corrupt(self.src, f"zstd frame at compressed byte {frame_c} did not end "
                           "after its last block")
+        if own_sum and self.hasher.content_sum().result() & 0xFFFFFFFF != \
+                int.from_bytes(checksum, "little"):
+            raise corrupt(self.src, f"zstd frame at compressed byte {frame_c} fails its "
+                          "checksum (the XXH64 of its content differs)")
         if fh.content_size is not None and fh.content_size != self.out_pos - frame_u:
             raise corrupt(self.src, f"zstd frame at compressed byte {frame_c} holds "
                           f"{self.out_pos - frame_u} bytes but its header says "

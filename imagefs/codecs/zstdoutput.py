@@ -12,18 +12,21 @@ free, and of the older segments only those the rule, the pending bytes
 and the snapshots no longer need are reused.
 
 Decoded bytes are *pending* until :meth:`OutputSegments.emit` hands them to
-the piece hasher (on another thread, or at once with ``--threads 1``); a
-segment is written again only once its hashing is done.
+the piece hasher (on another thread, or at once with ``--threads 1``), a
+piece at a time, and a copy of the piece to a reader following the pass
+when there is one; a segment is written again only once its hashing is done.
 """
 
 from __future__ import annotations
 
 import mmap
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from imagefs.codecs.spans import BackgroundHasher
 from imagefs.codecs.zstdframe import BLOCK_MAX
+from imagefs.io.scatter import join_released
 
 #: The smallest segment: 32 blocks (4 MiB), so that starting a new one is
 #: rare next to the blocks and a few of them in rotation (current, previous,
@@ -111,17 +114,26 @@ class OutputSegments:
         views.reverse()
         return views
 
-    def emit(self) -> int:
-        """Hand the pending bytes to the hasher: how many they were."""
-        n = self.pending
+    def emit(self, n: int | None = None,
+             publish: Callable[[bytes], None] | None = None) -> int:
+        """Hand the first ``n`` (all) pending bytes to the hasher, and a copy
+        of them to ``publish`` if given: how many they were."""
+        n = self.pending if n is None else min(n, self.pending)
         if n:
-            views = self.tail(n)
-            hashing = self._hasher.feed(views)
+            views = self.tail(self.pending)
+            cut = n
+            for j, view in enumerate(views):     # keep the first n bytes
+                if cut <= len(view):
+                    views[j] = view[:cut]
+                    del views[j + 1:]
+                    break
+                cut -= len(view)
+            hashing = self._hasher.feed(views, publish)
             for view in views:
                 self._hashing[id(view.obj)] = hashing
-            self.pending = 0
+            self.pending -= n
         return n
 
     def snapshot(self, length: int) -> bytes:
         """A copy of the last ``length`` (at most ``window``) bytes written."""
-        return b"".join(self.tail(min(length, self.window, self.held)))
+        return join_released(self.tail(min(length, self.window, self.held)))
