@@ -185,9 +185,7 @@ class Lz4Source(CodecSource):
         kind = "linked" if info.get("linked") else "independent"
         text = (f"{info.get('frames', 0)} frame(s), {info.get('blocks', 0)} {kind} blocks "
                 f"in {index.spans} spans (about {human(index.size / max(index.spans, 1))} each)")
-        if info.get("trailing"):
-            text += f"; {info['trailing']} trailing bytes after the last frame ignored"
-        return text
+        return text + self._trailing_note(index, "the last frame")
 
 
 def _keep_history(history: bytes, block: bytes) -> bytes:

@@ -202,6 +202,4 @@ class LzipSource(CodecSource):
     def _describe(self, index: SeekIndex) -> str:
         n = index.info.get("members", index.spans)
         text = f"{n} members (about {human(index.size / max(n, 1))} each)"
-        if index.info.get("trailing"):
-            text += f"; {index.info['trailing']} trailing bytes after the last member ignored"
-        return text
+        return text + self._trailing_note(index, "the last member")

@@ -184,9 +184,7 @@ class _RapidSource(CodecSource):
         n = index.spans
         text = (f"{n} checkpoint{'s' if n != 1 else ''} (about "
                 f"{human(index.size / max(n, 1))} apart)")
-        if index.info.get("trailing"):
-            text += f"; {index.info['trailing']} trailing bytes after the stream ignored"
-        return text
+        return text + self._trailing_note(index, "the stream")
 
     def _close_decoders(self) -> None:
         self._pool.close_all()

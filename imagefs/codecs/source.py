@@ -398,6 +398,13 @@ class CodecSource:
     def _describe(self, index: SeekIndex) -> str:
         return f"{index.spans} spans"
 
+    @staticmethod
+    def _trailing_note(index: SeekIndex, after: str) -> str:
+        """``_describe``'s note on bytes after the stream's end (``after``
+        names what they follow), or "" where there are none."""
+        trailing = index.info.get("trailing")
+        return f"; {trailing} trailing bytes after {after} ignored" if trailing else ""
+
     def _check_loaded(self, index: SeekIndex) -> None:
         """Codec-specific validation of a loaded index (raise ValueError)."""
 

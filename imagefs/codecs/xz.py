@@ -219,9 +219,9 @@ class XzSource(CodecSource):
     def _describe(self, index: SeekIndex) -> str:
         info = index.info
         text = f"{info.get('streams', 1)} stream(s), {info.get('blocks', 0)} blocks"
-        if info.get("trailing"):
-            text += f", {info['trailing']} trailing bytes after the last stream ignored"
         if info.get("slow"):
-            return text + (": no restart points, reads decode from the start (slow path; "
-                           "recompress with xz -T0 or pixz for random access)")
-        return text + f" (about {human(index.size / max(index.spans, 1))} each)"
+            text += (": no restart points, reads decode from the start (slow path; "
+                     "recompress with xz -T0 or pixz for random access)")
+        else:
+            text += f" (about {human(index.size / max(index.spans, 1))} each)"
+        return text + self._trailing_note(index, "the last stream")

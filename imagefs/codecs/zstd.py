@@ -171,9 +171,7 @@ class ZstdSource(CodecSource):
                      "point did not reproduce the stream)")
         if light_off:
             text += ", light points unused (this stream reaches further back than they keep)"
-        if info.get("trailing"):
-            text += f"; {info['trailing']} trailing bytes after the last frame ignored"
-        return text
+        return text + self._trailing_note(index, "the last frame")
 
     # Span decoding ---------------------------------------------------------
 

@@ -213,7 +213,7 @@ class _Pass:
         pos = 0
         while pos < total:
             if self.frames and pos + 4 > total:
-                return self.finish(trailing=pos)
+                return self.finish(frames_end=pos)
             head = self.need(pos, 4, "a frame magic")
             (magic,) = struct.unpack("<I", head)
             if magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC:
@@ -225,7 +225,7 @@ class _Pass:
                 continue
             if magic != ZSTD_MAGIC:
                 if self.frames:
-                    return self.finish(trailing=pos)
+                    return self.finish(frames_end=pos)
                 raise corrupt(self.src, f"no zstd frame at compressed byte {pos}")
             pos = self.frame(pos)
         return self.finish()
@@ -366,13 +366,15 @@ class _Pass:
         # span it starts is committed (``spacing`` bytes later).
         return _snapshot_pool.get().submit(pyzstd.compress, snap, SNAPSHOT_LEVEL)
 
-    def finish(self, trailing: int | None = None) -> SeekIndex:
+    def finish(self, frames_end: int | None = None) -> SeekIndex:
+        """The complete index; ``frames_end``: where the last frame ends, when
+        bytes that are no frame follow it."""
         info: dict[str, Any] = {"frames": self.frames, "skippable": self.skippable,
                                 "resume_points": self.resume_points,
                                 "light_points": self.light_points,
                                 "rejected": self.rejected, "spacing": self.spacing}
-        if trailing is not None:
-            info["trailing"] = self.comp.total - trailing
+        if frames_end is not None:
+            info["trailing"] = self.comp.total - frames_end
         self.commit_ready(wait=True)
         return self.build.complete_index(self.out_pos, info)
 
