@@ -155,6 +155,26 @@ class CodecSource:
         """
         self._fill(offset, views, peek=True)
 
+    def peek_views(self, offset: int, size: int) -> list[memoryview] | None:
+        """``[offset, offset + size)`` as views of the cached pieces, peeked
+        (see :meth:`peek_into`), with no copy: a checksum over bytes a reader
+        asks for next needs only to read them.  None where they are not
+        served from pieces (the head of a stream not yet indexed, a slow
+        index): the caller then copies them with :meth:`peek_into`."""
+        end = offset + size
+        index = self._covering(end, offset)
+        if offset < 0 or size <= 0 or (index is None and end <= HEAD_LIMIT):
+            return None
+        if index is None:
+            index = self._index_for(end, offset)
+        if end > index.size or index.info.get("slow"):
+            return None
+        views = [memoryview(data)[lo:lo + n]
+                 for data, lo, n in self._parts(index, offset, end, peek=True)]
+        if sum(map(len, views)) != size:
+            raise corrupt(self.source, f"{self.codec} stream is shorter than its index says")
+        return views
+
     def _fill(self, offset: int, views: Sequence[memoryview], peek: bool) -> None:
         total = sum(map(len, views))
         index = self._covering(offset + total, offset)

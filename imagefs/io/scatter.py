@@ -46,6 +46,15 @@ def read_into(source: ByteSource, offset: int, views: Sequence[memoryview],
     copy_read(source, offset, views)
 
 
+def peek_views(source: ByteSource, offset: int, size: int) -> list[memoryview] | None:
+    """``size`` bytes of ``source`` at ``offset`` as read-only views of memory
+    the source already holds (a decompressed stream's cached pieces), read as
+    a peek (see :func:`read_into`); None where the source has no such
+    memory: read them with ``read_into(..., peek=True)`` instead."""
+    views = getattr(source, "peek_views", None)
+    return None if views is None else views(offset, size)
+
+
 def copy_read(source: ByteSource, offset: int, views: Sequence[memoryview]) -> None:
     """:func:`read_into` done with ``read_at`` and one copy (for any source)."""
     total = sum(map(len, views))

@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 from imagefs.errors import TRUNCATED_HINT, SourceChangedError, SourceError, TruncatedError
 from imagefs.io.fdpool import FdPool, default_fd_pool
 from imagefs.io.identity import CHANGED_HINT, Identity, describe_change, identity_of, not_a_file
-from imagefs.io.scatter import preadv_fully, read_into, split_views
+from imagefs.io.scatter import peek_views, preadv_fully, read_into, split_views
 
 
 @runtime_checkable
@@ -248,6 +248,13 @@ class SliceSource:
     def peek_into(self, offset: int, views: Sequence[memoryview]) -> None:
         """:meth:`read_into` as a peek of the base (see :func:`imagefs.io.scatter.read_into`)."""
         self._fill(offset, views, True)
+
+    def peek_views(self, offset: int, size: int) -> list[memoryview] | None:
+        """The base's views of these bytes, if it has them (see
+        :func:`imagefs.io.scatter.peek_views`)."""
+        if self._length is not None and offset + size > self._length:
+            return None                    # peek_into raises the truncation
+        return peek_views(self.base, self.start + offset, size)
 
     def _fill(self, offset: int, views: Sequence[memoryview], peek: bool) -> None:
         if self._length is not None:
