@@ -158,3 +158,36 @@ def test_an_lz4_frame_failing_its_content_checksum_is_damaged(
     with pytest.raises(ImageError, match="fails its content checksum"):
         stream.build()
     stream.close()
+
+
+#: Zeros to compress: 128 KB of gzip, less for the others, all of it in the
+#: first read of the file; decoded at once it is four times the bound below.
+ZEROS = 128 << 20
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS) + ["lzop"])
+def test_the_head_of_a_highly_compressed_stream_is_decoded_a_little_at_a_time(
+        name: str, tmp_path: Path) -> None:
+    """A few compressed bytes may stand for gigabytes (zeros): reading the
+    head of such a stream must not decode all that a read of the file holds
+    at once (100 KB of zstd held 3 GiB: a 4 KiB read took 17 s and 6 GiB)."""
+    import tracemalloc
+
+    cmd = TOOLS.get(name, ["lzop", "-c"])
+    if shutil.which(cmd[0]) is None:
+        pytest.skip(f"{cmd[0]} is not installed")
+    path = tmp_path / f"zeros.{name}"
+    with open(path, "wb") as out:
+        zeros = subprocess.Popen(["head", "-c", str(ZEROS), "/dev/zero"], stdout=subprocess.PIPE)
+        subprocess.run(cmd, stdin=zeros.stdout, stdout=out, check=True)
+        assert zeros.wait() == 0
+    stream = open_decompressed(FileSource(str(path)), cache=BlockCache(16 << 20))
+    tracemalloc.start()
+    try:
+        assert stream.read_at(0, 4096) == bytes(4096)
+        assert stream.read_at((8 << 20) - 4096, 4096) == bytes(4096)   # the head's end
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        stream.close()
+    assert peak < 32 << 20, f"{name}: {peak >> 20} MiB to read the head"

@@ -2,15 +2,16 @@
 
 :class:`SourceReader` is a read-only, seekable raw file object (rapidgzip
 wants one); :class:`StreamCursor` reads compressed bytes sequentially with
-a large buffer, for the index passes that walk frame and block headers.
+a large buffer, for the index passes that walk frame and block headers;
+:func:`drain` feeds a library's streaming decoder with its output bounded.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imagefs.codecs import tuning
 from imagefs.codecs.problems import truncated
@@ -28,6 +29,32 @@ PASS_CHUNK = 8 << 20
 #: block that runs past a chunk's end is loaded again from its start, and
 #: the largest is an lz4 block (4 MiB, its size word and checksum).
 CARRY = (4 << 20) + 16
+
+#: The most a head decoder (:func:`drain`) hands out per step.
+DRAIN_STEP = 1 << 20
+
+
+def drain(dec: Any, data: bytes) -> Iterator[bytes]:
+    """What the streaming decoder ``dec`` makes of ``data``, DRAIN_STEP bytes at
+    a time, until it needs more input or its stream ends (``dec.eof``).
+
+    A few compressed bytes may stand for gigabytes (100 KB of zstd held 3 GiB
+    of zeros): decoding a whole read at once made a 4 KiB read of such a
+    stream's head take 17 s and 6 GiB.  ``dec`` is a decompressor of zlib
+    (the input it did not take is left in ``unconsumed_tail``) or of lzma,
+    bz2 or pyzstd (kept inside, ``needs_input`` false while output is left).
+    """
+    while True:
+        out = dec.decompress(data, DRAIN_STEP)
+        if out:
+            yield out
+        if dec.eof:
+            return
+        tail = getattr(dec, "unconsumed_tail", b"")
+        if not (tail or len(out) == DRAIN_STEP or getattr(dec, "needs_input", True) is False):
+            return
+        data = tail
+
 
 #: The threads that read index passes' next chunks (one per pass slot).
 _read_pool = tuning.LazyPool("imagefs-readahead", lambda: max(2, tuning.BUILD_SLOTS))

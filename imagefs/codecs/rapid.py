@@ -30,7 +30,7 @@ from typing import Any
 import rapidgzip
 
 from imagefs.codecs import rapidpool, tuning
-from imagefs.codecs.adapters import SourceReader
+from imagefs.codecs.adapters import SourceReader, drain
 from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.rapidpool import DecoderPool
@@ -240,11 +240,9 @@ def _members(src: ByteSource, new: Callable[[], Any], error: type[Exception], ma
             data = src.read_at(pos, min(1 << 20, total - pos))
             pos += len(data)
         try:
-            out = dec.decompress(data)
+            yield from drain(dec, data)
         except (error, EOFError) as exc:
             raise corrupt(src, f"{codec} data is damaged ({exc})") from None
-        if out:
-            yield out
         if dec.eof:
             rest = dec.unused_data
             if not rest and pos < total:

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Generator
 from typing import Any
 
+from imagefs.codecs.adapters import drain
 from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
@@ -91,12 +92,10 @@ class XzSource(CodecSource):
                     return                    # trailing bytes after the last stream
                 dec = lzma.LZMADecompressor(lzma.FORMAT_XZ)
             try:
-                out = dec.decompress(pending)
+                yield from drain(dec, pending)
             except lzma.LZMAError as exc:
                 raise corrupt(src, f"xz data is damaged ({exc})") from None
             pending = dec.unused_data if dec.eof else b""
-            if out:
-                yield out
         if not dec.eof:
             raise truncated(src, "xz stream ends before its footer")
 

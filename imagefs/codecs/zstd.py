@@ -25,8 +25,8 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import pyzstd
-import zstandard
 
+from imagefs.codecs.adapters import drain
 from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
@@ -45,12 +45,11 @@ from imagefs.services.units import human
 
 log = logging.getLogger("imagefs.codecs")
 
-# Two bindings of the same libzstd, each for what it does best here:
-# python-zstandard's decompressobj for the index pass and the head probes
-# (fast, and it reports where a frame ends); pyzstd for spans (its
-# max_length writes each piece straight into a buffer of the piece's size)
-# and for the window snapshots.
-_ZstdError = (zstandard.ZstdError, pyzstd.ZstdError)
+# The index pass decodes through the system libzstd itself (zstdstream);
+# spans, the head probes and the window snapshots through pyzstd, whose
+# max_length writes each piece straight into a buffer of the piece's size
+# and bounds what a few compressed bytes may expand to (adapters.drain).
+_ZstdError = pyzstd.ZstdError
 
 #: Output between resume points inside one frame.  32 MiB keeps a random
 #: read under ~40 ms at zstd's ~1 GB/s and the snapshots (one window each,
@@ -119,14 +118,12 @@ class ZstdSource(CodecSource):
                 continue
             if magic != ZSTD_MAGIC:
                 return                        # trailing data after the last frame
-            dec = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompressobj()
+            dec = pyzstd.ZstdDecompressor(option=_DECODER_OPTIONS)   # one frame
             while True:
                 try:
-                    out = dec.decompress(buf)
+                    yield from drain(dec, buf)
                 except _ZstdError as exc:
                     raise corrupt(src, f"zstd data is damaged ({exc})") from None
-                if out:
-                    yield out
                 if dec.eof:
                     buf = dec.unused_data
                     break
