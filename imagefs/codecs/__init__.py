@@ -126,9 +126,9 @@ def configure(*, threads: int | None = None, zstd_spacing: int | None = None) ->
 def codec_versions() -> dict[str, str]:
     """Versions of the codec libraries and of the C libraries that really decode.
 
-    zstd is decoded by two bindings (codecs/zstd.py): python-zstandard for
-    the index pass and reads from a stream's start, pyzstd for spans from
-    resume points; each brings its own libzstd, so both are named.
+    zstd is decoded by the system libzstd (the index pass, codecs/zstdstream.py;
+    python-zstandard where it cannot be loaded) and by pyzstd (spans and reads
+    from a stream's start); each brings its own libzstd, so all are named.
     """
     import lzma  # here, not at import: a mount imports this package at start-up
     import zlib
@@ -147,16 +147,20 @@ def codec_versions() -> dict[str, str]:
 
         libzstd = ".".join(map(str, zstandard.ZSTD_VERSION))
         out["zstandard"] = (f"{version('zstandard')} (libzstd {libzstd}, {zstandard.backend}; "
-                            "decodes the index pass and reads from a stream's start)")
+                            "decodes the index pass where the system libzstd cannot be loaded)")
     except (ImportError, PackageNotFoundError):
         out["zstandard"] = "missing"
     try:
         import pyzstd
 
         out["pyzstd"] = (f"{version('pyzstd')} (libzstd {pyzstd.zstd_version}; decodes spans "
-                         "from resume points, compresses their windows)")
+                         "and reads from a stream's start, compresses the index's windows)")
     except (ImportError, PackageNotFoundError):
         out["pyzstd"] = "missing"
+    from imagefs.codecs.zstdstream import system_version
+    system = system_version()
+    out["libzstd"] = (f"{system} (the system's; decodes the index pass)" if system
+                      else "missing (the index pass uses python-zstandard)")
     out["lzo"] = library_version()
     out["zlib"] = zlib.ZLIB_RUNTIME_VERSION
     out["liblzma"] = "stdlib lzma module" if lzma else "missing"

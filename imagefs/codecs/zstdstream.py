@@ -113,6 +113,17 @@ def _libzstd() -> Any:
     return _lib
 
 
+def system_version() -> str | None:
+    """The system libzstd's version (the index pass's decoder), None where
+    it cannot be loaded."""
+    lib = _libzstd()
+    if lib is None:
+        return None
+    lib.ZSTD_versionString.restype = ctypes.c_char_p
+    lib.ZSTD_versionString.argtypes = []
+    return str(lib.ZSTD_versionString().decode())
+
+
 def _address(view: memoryview) -> tuple[int, Any]:
     """The address of a non-empty writable ``view``, and what keeps it valid."""
     anchor = ctypes.c_char.from_buffer(view)
