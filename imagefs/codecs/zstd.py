@@ -26,6 +26,7 @@ from typing import Any
 
 import pyzstd
 
+from imagefs.codecs import zstdspan
 from imagefs.codecs.adapters import drain
 from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.problems import corrupt, truncated
@@ -40,6 +41,7 @@ from imagefs.codecs.zstdframe import (
     synth_header,
 )
 from imagefs.codecs.zstdindex import build_zstd_index
+from imagefs.codecs.zstdstream import ZstdStreamError
 from imagefs.io.source import ByteSource
 from imagefs.services.units import human
 
@@ -203,20 +205,39 @@ class ZstdSource(CodecSource):
         # Stream the span in sub-chunk pieces: a random read stops at the
         # piece it needs, and a sequential reader continues the same decoder.
         # Each piece is checked against its sum by the span decoder.
-        #
-        # pyzstd's max_length lets the decoder write each piece straight
-        # into a buffer of the piece's size: whole pieces need no join (a
-        # join of fresh memory cost as much as a third of the decoding).
         j = self._origin_span(index, i)
         _kind, origin, blocks_end, frame_end = index.meta[i]
         origin = index.meta[j][1]
         skip = index.starts[i] - index.starts[j]
         src = self.source
+        prefix = None if origin[0] == "f" else pyzstd.decompress(index.blobs[origin[3]])
+        if zstdspan.decodable(origin, prefix):
+            # Through the system libzstd with the GIL released (zstdspan).
+            blocks = zstdspan.SpanBlocks(src, origin, prefix, blocks_end, frame_end, skip,
+                                         self._count)
+            try:
+                yield from blocks.pieces()
+            except ZstdStreamError as exc:
+                if origin[0] != "f":
+                    raise SpanMismatch() from None  # perhaps a point that does not fit its span
+                raise corrupt(src, f"zstd span {i} does not decode ({exc})") from None
+            return
+        yield from self._iter_span_pyzstd(i, origin, prefix, blocks_end, frame_end, skip)
+
+    def _iter_span_pyzstd(self, i: int, origin: list[Any], prefix: bytes | None,
+                          blocks_end: int, frame_end: int, skip: int) -> Iterator[bytes]:
+        """:meth:`_iter_span` through pyzstd (no system libzstd, or a snapshot
+        that libzstd's buffer-less API would take for a dictionary).
+
+        pyzstd's max_length lets the decoder write each piece straight into
+        a buffer of the piece's size: whole pieces need no join (a join of
+        fresh memory cost as much as a third of the decoding)."""
+        src = self.source
         if origin[0] == "f":
             dec = pyzstd.EndlessZstdDecompressor(option=_DECODER_OPTIONS)
             pending = b""
         else:
-            snapshot = pyzstd.ZstdDict(pyzstd.decompress(index.blobs[origin[3]]), is_raw=True)
+            snapshot = pyzstd.ZstdDict(prefix or b"", is_raw=True)
             dec = pyzstd.EndlessZstdDecompressor(zstd_dict=snapshot.as_prefix,
                                                  option=_DECODER_OPTIONS)
             pending = synth_header(origin[2])

@@ -89,6 +89,9 @@ def _declare(lib: Any) -> None:
     lib.ZSTD_getErrorName.argtypes = [ctypes.c_size_t]
     lib.ZSTD_decompressBegin.restype = ctypes.c_size_t
     lib.ZSTD_decompressBegin.argtypes = [ctypes.c_void_p]
+    lib.ZSTD_decompressBegin_usingDict.restype = ctypes.c_size_t
+    lib.ZSTD_decompressBegin_usingDict.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
+                                                   ctypes.c_size_t]
     lib.ZSTD_nextSrcSizeToDecompress.restype = ctypes.c_size_t
     lib.ZSTD_nextSrcSizeToDecompress.argtypes = [ctypes.c_void_p]
     lib.ZSTD_decompressContinue.restype = ctypes.c_size_t
@@ -111,6 +114,11 @@ def _libzstd() -> Any:
             if not _loaded:
                 _lib, _loaded = _load(), True
     return _lib
+
+
+def available() -> bool:
+    """Whether the system libzstd (the buffer-less decoders) can be used."""
+    return _libzstd() is not None
 
 
 def system_version() -> str | None:
@@ -326,11 +334,14 @@ class _LibzstdBlockDecoder(_Context):
     reads every byte anyway.
     """
 
-    def __init__(self, lib: Any) -> None:
+    def __init__(self, lib: Any, check_content: bool = False) -> None:
         super().__init__(lib)
         self._continue = lib.ZSTD_decompressContinue
-        code = lib.ZSTD_DCtx_setParameter(self._dctx, _FORCE_IGNORE_CHECKSUM, 1)
-        self.checks_content = code >= _FIRST_ERROR    # an older libzstd checks it itself
+        self.checks_content = True
+        if not check_content:
+            code = lib.ZSTD_DCtx_setParameter(self._dctx, _FORCE_IGNORE_CHECKSUM, 1)
+            self.checks_content = code >= _FIRST_ERROR    # an older libzstd checks it itself
+        self._prefix: bytes | None = None
 
     def _fail(self, code: int) -> ZstdStreamError:
         return ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
@@ -351,8 +362,16 @@ class _LibzstdBlockDecoder(_Context):
         del keep
         return written
 
-    def begin(self, head: memoryview) -> None:
-        got = self._lib.ZSTD_decompressBegin(self._dctx)
+    def begin(self, head: memoryview, prefix: bytes | None = None) -> None:
+        """Begin the frame whose header is ``head``; ``prefix``: the history
+        before its first block (a window snapshot), referenced until the next
+        begin, not copied.  A prefix is raw content unless it starts with
+        the dictionary magic (:data:`DICT_MAGIC`): the caller avoids those."""
+        self._prefix = prefix
+        if prefix:
+            got = self._lib.ZSTD_decompressBegin_usingDict(self._dctx, prefix, len(prefix))
+        else:
+            got = self._lib.ZSTD_decompressBegin(self._dctx)
         if got >= _FIRST_ERROR:
             raise self._fail(got)
         self._feed(head, 0, 0)
@@ -423,6 +442,19 @@ class _CopyingBlockDecoder:
 
     def close(self) -> None:
         self._dec = None
+
+
+#: A prefix starting with these bytes (ZSTD_MAGIC_DICTIONARY) would be read
+#: by ZSTD_decompressBegin_usingDict as a formatted dictionary, not as content.
+DICT_MAGIC = (0xEC30A437).to_bytes(4, "little")
+
+
+def span_block_decoder() -> _LibzstdBlockDecoder | None:
+    """A buffer-less block decoder that checks content checksums itself and
+    begins frames after a prefix (decoding spans), None without the system
+    libzstd."""
+    lib = _libzstd()
+    return None if lib is None else _LibzstdBlockDecoder(lib, check_content=True)
 
 
 def block_decoder(max_window: int) -> BlockDecoder:
