@@ -145,6 +145,8 @@ def test_flipped_running_crc_record_fails_its_group_and_the_next(factory, tmp_pa
     _flip(path, image.layout.data_offset(bad * checker.group_bytes) + checker.group_bytes + 1)
     image, vp = _open(path)
     _expect_only(image, vp, truth, {bad, bad + 1})
+    with pytest.raises(ChecksumError, match=f"block group {bad} "):
+        image.verify()
 
 
 @pytest.mark.parametrize("mode,reseed", [(0x30, True), (0x31, True), (0x30, False),
@@ -158,9 +160,14 @@ def test_xxh_modes(factory, tmp_path, mode, reseed):
     checker = image.layout.checker
     assert checker is not None and checker.algo.sequential is (not reseed)
     assert vp.read(0, vp.size) == truth and checker.complete
+    image.verify()                 # the whole-image check reads the same records
     bad = checker.groups // 2
-    _flip(path, image.layout.data_offset(bad * checker.group_bytes + 99))
+    target = image.layout.data_offset(bad * checker.group_bytes + 99)
+    _flip(path, target)
     image, vp = _open(path)
+    with pytest.raises(ChecksumError, match=f"block group {bad} ") as err:
+        image.verify()
+    assert err.value.image_offset is not None and err.value.image_offset <= target
     # A running digest cannot be trusted after a damaged group: those reads fail too.
     failing = {bad} if reseed else set(range(bad, checker.groups))
     _expect_only(image, vp, truth, failing)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 from imagefs.errors import (
     CORRUPT_HINT,
@@ -24,8 +23,8 @@ from imagefs.errors import (
 )
 from imagefs.formats.base import BitmapImage, ImageHeader, Progress
 from imagefs.formats.bitmap import RankedBitmap
-from imagefs.formats.checksums import pc_crc32, xxhash_module
-from imagefs.formats.groupsums import PartcloneCrc, PartcloneXxh
+from imagefs.formats.checksums import pc_crc32
+from imagefs.formats.groupsums import GroupSum, PartcloneCrc, PartcloneXxh
 from imagefs.formats.layout import GroupedLayout
 from imagefs.formats.magics import PARTCLONE_MAGIC
 from imagefs.io.source import ByteSource
@@ -262,12 +261,9 @@ class PartcloneImage(BitmapImage):
             self.bitmap = RankedBitmap(b"\xff" * ((total + 7) // 8), total)
         self.layout = GroupedLayout(src, header.data_start, header.block_size,
                                     header.blocks_per_checksum, header.checksum_size)
-        mode = header.checksum_mode
-        if mode == CHECKSUM_CRC32:
-            self.attach_checker(PartcloneCrc(header.endian, header.reseed))
-        elif mode in (CHECKSUM_XXH64, CHECKSUM_XXH128):
-            self.attach_checker(PartcloneXxh(64 if mode == CHECKSUM_XXH64 else 128,
-                                             header.endian, header.reseed))
+        group_sum = self._group_sum()
+        if group_sum is not None:
+            self.attach_checker(group_sum)
         self.check_length()
 
     def check_length(self) -> None:
@@ -276,28 +272,19 @@ class PartcloneImage(BitmapImage):
     def stats(self) -> dict[str, object]:
         return {"index memory": self.bitmap.memory_bytes()}
 
-    def _checksum_fn(self) -> tuple[Callable[[], Any], Callable[[Any, memoryview], Any],
-                                    Callable[[Any], bytes]]:
-        """Return (fresh_state, update(state, data) -> state, digest(state) -> bytes)."""
+    def _group_sum(self) -> GroupSum | None:
+        """The algorithm of this image's checksum records (None: it has none).
+
+        One object serves verify on read and :meth:`verify`, so the two can
+        never disagree on what a record means.
+        """
         h = self.header
-        e = h.endian
         if h.checksum_mode == CHECKSUM_CRC32:
-            return (lambda: 0xFFFFFFFF, lambda state, data: pc_crc32(data, state),
-                    lambda s: struct.pack(e + "I", s))
-        xx = xxhash_module()
-        if h.checksum_mode == CHECKSUM_XXH64:
-            algo, size = xx.xxh64, 8
-        else:
-            algo, size = xx.xxh3_128, 16
-        order: Literal["little", "big"] = "little" if e == "<" else "big"
-
-        def update(state: Any, data: memoryview) -> Any:
-            state.update(data)
-            return state
-
-        # XXH3-128's struct {low64, high64} is written raw: little-endian
-        # u128 on a little-endian writer.
-        return (algo, update, lambda s: s.intdigest().to_bytes(size, order))
+            return PartcloneCrc(h.endian, h.reseed)
+        if h.checksum_mode in (CHECKSUM_XXH64, CHECKSUM_XXH128):
+            return PartcloneXxh(64 if h.checksum_mode == CHECKSUM_XXH64 else 128,
+                                h.endian, h.reseed)
+        return None
 
     def verify(self, progress: Progress | None = None) -> None:
         h = self.header
@@ -311,12 +298,17 @@ class PartcloneImage(BitmapImage):
             if progress:
                 progress(h.expected_size)
             return
-        fresh, update, digest = self._checksum_fn()
+        algo = self._group_sum()
+        assert algo is not None            # a checksum mode with a size has one
         bs, bpc, cs = h.block_size, h.blocks_per_checksum, h.checksum_size
         used = self.bitmap.count
         group_len = bpc * bs + cs
         groups_per_read = max(1, _SCAN // group_len)
-        state = fresh()
+        # A running digest (XXH without reseed) is carried across groups;
+        # every other sum decides a group from its data and, for a running
+        # CRC register, the record before it.
+        state = algo.fresh() if algo.sequential else None
+        prev: memoryview | None = None
         rank = 0
         pos = h.data_start
         group_no = 0
@@ -332,11 +324,16 @@ class PartcloneImage(BitmapImage):
             off = 0
             for _ in range(ngroups):
                 n = min(bpc, used - rank)
-                if h.reseed:
-                    state = fresh()
-                state = update(state, mv[off:off + n * bs])
-                stored = bytes(mv[off + n * bs:off + n * bs + cs])
-                if digest(state) != stored:
+                data = mv[off:off + n * bs]
+                record = mv[off + n * bs:off + n * bs + cs]
+                if state is not None:
+                    state.update(data)
+                    ok = algo.digest(state) == bytes(record)
+                else:
+                    ok = algo.check(group_no, [data], record, prev)
+                if algo.needs_prev:
+                    prev = memoryview(bytes(record))   # raw is replaced by the next read
+                if not ok:
                     block = self.bitmap.select(rank)
                     raise ChecksumError(
                         name, f"checksum of block group {group_no} (blocks with data "
