@@ -205,3 +205,30 @@ def test_files_vanishing_under_a_scan_are_skipped(tmp_path, monkeypatch):
     removed = indexprune.evict(str(idx), 1)
     assert [os.path.basename(r.path) for r in removed] == ["codec-gzip-b.idx"]
     indexprune.prune(str(idx))                    # raises nothing either
+
+
+def test_supersede_parses_each_unchanged_record_once(tmp_path, monkeypatch):
+    # Every save runs supersede over the records of its kind: `imagefs index`
+    # of N images over a directory of M older records must not parse N x M.
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    old = [idx / f"codec-zstd-old{i}.idx" for i in range(4)]
+    for i, path in enumerate(old):
+        path.write_bytes(b"x")
+        indexprune.write_record(str(path), "codec-zstd", [(f"/b/{i}.zst", 10, 1)])
+    monkeypatch.setattr(indexprune, "_in_use", set())       # written by "another run"
+    parsed: list[str] = []
+    real = indexprune._read_record
+    monkeypatch.setattr(indexprune, "_read_record",
+                        lambda p: parsed.append(os.path.basename(p)) or real(p))
+    for n in range(3):
+        new = idx / f"codec-zstd-new{n}.idx"
+        assert indexprune.supersede(str(new), "codec-zstd", [(f"/b/new{n}.zst", 1, 1)]) == []
+    assert sorted(parsed) == sorted(p.name for p in old)
+    # A rewritten record (os.replace: a new file) is read again and acted on.
+    indexprune.write_record(str(old[0]), "codec-zstd", [("/b/new0.zst", 1, 1)])
+    monkeypatch.setattr(indexprune, "_in_use", set())
+    removed = indexprune.supersede(str(idx / "codec-zstd-new0.idx"), "codec-zstd",
+                                   [("/b/new0.zst", 1, 1)])
+    assert [os.path.basename(r.path) for r in removed] == [old[0].name]
+    assert parsed.count(old[0].name) == 2 and not old[0].exists()

@@ -87,6 +87,33 @@ def _read_record(index_path: str) -> tuple[str, list[tuple[str, int, int]]] | No
         return None
 
 
+#: record path -> ((inode, size, mtime), what it says): every save runs
+#: supersede over every record of its kind, so ``imagefs index`` of N images
+#: would parse N x N records; a record is rewritten by os.replace (a new
+#: inode), so an unchanged stamp means unchanged contents.
+_seen_records: dict[str, tuple[tuple[int, int, int],
+                               tuple[str, list[tuple[str, int, int]]] | None]] = {}
+_seen_lock = threading.Lock()
+
+
+def _read_record_once(index_path: str) -> tuple[str, list[tuple[str, int, int]]] | None:
+    """:func:`_read_record`, parsed again only when the record file changed."""
+    path = record_path(index_path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _seen_lock:
+        seen = _seen_records.get(path)
+    if seen is not None and seen[0] == stamp:
+        return seen[1]
+    record = _read_record(index_path)
+    with _seen_lock:
+        _seen_records[path] = (stamp, record)
+    return record
+
+
 def supersede(index_path: str, kind: str, files: Iterable[tuple[str, int, int]]) -> list[Removed]:
     """Remove the other indexes of ``kind`` over exactly ``files`` (see the module doc).
 
@@ -102,7 +129,7 @@ def supersede(index_path: str, kind: str, files: Iterable[tuple[str, int, int]])
         if not (entry.name.startswith(prefix) and entry.name.endswith(INDEX_SUFFIX)) \
                 or os.path.abspath(path) == keep or _is_in_use(path):
             continue
-        record = _read_record(path)
+        record = _read_record_once(path)
         if record is None or record[0] != kind or record[1] != wanted:
             continue
         size = _size(path)
@@ -139,6 +166,8 @@ def _size(index_path: str) -> int:
 
 
 def _remove(index_path: str) -> None:
+    with _seen_lock:
+        _seen_records.pop(record_path(index_path), None)
     for p in (index_path, record_path(index_path)):
         try:
             os.unlink(p)
