@@ -9,7 +9,11 @@ round by round with the compressed file in the page cache:
 * the tool decompresses it to /dev/null (image bytes per second);
 * a fresh imagefs mount reads its virtual partition in 1 MiB reads
   (partition bytes per second; about 10% of them are unstored blocks,
-  zeros that cost no decoding).
+  zeros that cost no decoding);
+* another fresh mount reads it with O_DIRECT 1 MiB reads: the daemon's
+  own speed, without the kernel filling new page-cache pages (on a VM
+  with free page reporting that fill alone swings from run to run; see
+  measures.sequential_direct).
 
 docs/design.md's target: imagefs >= 0.8 x the slower of the tool and the
 passthrough ceiling (the head-to-head's hot-source passthrough figure).
@@ -90,9 +94,14 @@ def _tool_mibps(cmd: list[str], path: Path, out_bytes: int) -> float:
 
 
 def series(image: Path, work: Path, options: str | None, rounds: int, time_limit: float,
-           budget_left, ceiling_mibps: float | None) -> dict:
-    """Tool vs mount for every codec in CODECS whose tools are installed."""
-    out: dict = {"ceiling_mibps": ceiling_mibps}
+           budget_left, ceiling_mibps: float | None,
+           direct_ceiling_mibps: float | None = None) -> dict:
+    """Tool vs mount for every codec in CODECS whose tools are installed.
+
+    ``ceiling_mibps``/``direct_ceiling_mibps``: the passthrough's buffered
+    and O_DIRECT figures of the same run (see measures.sequential_direct).
+    """
+    out: dict = {"ceiling_mibps": ceiling_mibps, "direct_ceiling_mibps": direct_ceiling_mibps}
     last_offset = last_stored_offset(image)
     for name, (comp, dec, _) in CODECS.items():
         if not (have(comp[0]) and have(dec[0])):
@@ -107,7 +116,7 @@ def series(image: Path, work: Path, options: str | None, rounds: int, time_limit
             opts = ",".join(filter(None, [options, f"index_dir={idx}"]))
             c = ct.imagefs(path.parent, image.name, opts)
             mnt = work / f"mnt-codec-{name}"
-            tool, mount, first, last = [], [], [], []
+            tool, mount, direct, first, last = [], [], [], [], []
             for r in range(rounds):
                 _warm(path)
                 tool.append(_tool_mibps(dec, path, image.stat().st_size))
@@ -123,15 +132,24 @@ def series(image: Path, work: Path, options: str | None, rounds: int, time_limit
                     mount.append(ms.sequential_hot(c.path(mnt), time_limit)["mibps"])
                 finally:
                     ct.stop(m)
+                m = ct.start(c, mnt, work)           # fresh: no pieces left in its cache
+                try:
+                    direct.append(ms.sequential_direct(c.path(mnt), time_limit)["mibps"])
+                finally:
+                    ct.stop(m)
             tool_s = image.stat().st_size / MiB / median(tool)
             entry = {"tool": " ".join(dec), "tool_mibps": median(tool),
                      "mount_mibps": median(mount), "mount_range": f"{min(mount):.0f}-{max(mount):.0f}",
+                     "direct_mibps": median(direct),
+                     "direct_range": f"{min(direct):.0f}-{max(direct):.0f}",
                      "compressed_mib": path.stat().st_size / MiB,
                      "first_byte_s": median(first), "last_byte_s": median(last),
                      "tool_s": tool_s, "last_vs_tool": median(last) / tool_s,
                      "path": str(path)}
             bound = min(x for x in (entry["tool_mibps"], ceiling_mibps) if x)
             entry["ratio"] = entry["mount_mibps"] / bound
+            dbound = min(x for x in (entry["tool_mibps"], direct_ceiling_mibps) if x)
+            entry["direct_ratio"] = entry["direct_mibps"] / dbound
             out[name] = entry
             log(f"codec through the mount {name}: {entry}")
         except Exception as exc:  # noqa: BLE001 - one codec failing must not stop the bench
@@ -259,14 +277,18 @@ def random_stage(image: Path, work: Path, options: str | None, res: dict,
 def table(res: dict) -> str:
     """Markdown for the report."""
     ceiling = res.get("ceiling_mibps")
+    dceiling = res.get("direct_ceiling_mibps")
     lines = ["Compressed images through the mount (image in the page cache, fresh mount, "
              "1 MiB reads; target ≥ 0.8 × the slower of the tool and the passthrough ceiling"
-             + (f", {ceiling:.0f} MiB/s in this run" if ceiling else "") + "):\n",
+             + (f", {ceiling:.0f} MiB/s in this run" if ceiling else "")
+             + (f"; O_DIRECT reads, the daemon alone: ceiling {dceiling:.0f} MiB/s" if dceiling
+                else "") + "):\n",
              "| codec | compressed (MiB) | tool to /dev/null (MiB/s) | imagefs mount (MiB/s) "
-             "| imagefs / min(tool, ceiling) | unindexed: first byte (s) | unindexed: last stored block (s) "
+             "| imagefs / min(tool, ceiling) | O_DIRECT (MiB/s) | O_DIRECT / min(tool, ceiling) "
+             "| unindexed: first byte (s) | unindexed: last stored block (s) "
              "| tool (s) | last / tool | 16-thread random 4 KiB p50 / p99 (ms), "
              f"{'/'.join(FAST_RANDOM)} | the same, all codecs in one mount |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rnd = res.get("random") if isinstance(res.get("random"), dict) else {}
     rnd_all = res.get("random_all") if isinstance(res.get("random_all"), dict) else {}
     for name in CODECS:
@@ -274,12 +296,13 @@ def table(res: dict) -> str:
         if not isinstance(e, dict):
             continue
         if "tool_mibps" not in e:
-            lines.append(f"| {name} | {e.get('skipped') or e.get('error')} | | | | | | | | | |")
+            lines.append(f"| {name} | {e.get('skipped') or e.get('error')} | | | | | | | | | | | |")
             continue
         rtext = " | ".join(f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}" if r else ""
                            for r in (rnd.get(name, {}), rnd_all.get(name, {})))
         lines.append(f"| {name} | {e['compressed_mib']:.0f} | {e['tool_mibps']:.0f} (`{e['tool']}`) | "
                      f"{e['mount_mibps']:.0f} ({e['mount_range']}) | {e['ratio']:.2f}× | "
+                     f"{e['direct_mibps']:.0f} ({e['direct_range']}) | {e['direct_ratio']:.2f}× | "
                      f"{e['first_byte_s']:.3f} | {e['last_byte_s']:.2f} | {e['tool_s']:.2f} | "
                      f"{e['last_vs_tool']:.2f}× | {rtext} |")
     for key, stage in (("", rnd), (" (all codecs)", rnd_all)):

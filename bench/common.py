@@ -9,6 +9,7 @@ undone in a ``finally`` block by the caller through :class:`Cleanup`.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import shutil
 import statistics
@@ -172,13 +173,17 @@ def loop_mount(path: Path, mnt: Path, options: str = "loop,ro",
 
 
 def read_file_seq(path: str | os.PathLike, block: int = MiB,
-                  limit: int | None = None, time_limit: float | None = None) -> tuple[int, float]:
+                  limit: int | None = None, time_limit: float | None = None,
+                  direct: bool = False) -> tuple[int, float]:
     """Read sequentially in ``block`` reads; return (bytes, seconds).
 
     ``limit``/``time_limit`` bound slow contenders: the figure is then the
-    throughput over the part that was read.
+    throughput over the part that was read.  ``direct``: O_DIRECT reads into
+    one page-aligned buffer, so every read reaches the file system and none
+    fills the page cache (see measures.sequential_direct for why).
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    buf = mmap.mmap(-1, block) if direct else None     # page-aligned, as O_DIRECT needs
     try:
         total = 0
         t0 = time.perf_counter()
@@ -187,15 +192,20 @@ def read_file_seq(path: str | os.PathLike, block: int = MiB,
             n = block if limit is None else min(block, limit - total)
             if n <= 0:
                 break
-            data = os.read(fd, n)
-            if not data:
+            if buf is not None:
+                got = os.preadv(fd, [memoryview(buf)[:n]], total)
+            else:
+                got = len(os.read(fd, n))
+            if not got:
                 break
-            total += len(data)
+            total += got
             if deadline and time.perf_counter() > deadline:
                 break
         return total, time.perf_counter() - t0
     finally:
         os.close(fd)
+        if buf is not None:
+            buf.close()
 
 
 def peak_rss_kib(pid: int) -> int | None:

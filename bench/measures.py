@@ -60,6 +60,20 @@ def sequential_hot(path: Path, time_limit: float) -> dict:
     return {"bytes": n, "seconds": dt, "mibps": n / dt / MiB if dt else float("nan")}
 
 
+def sequential_direct(path: Path, time_limit: float) -> dict:
+    """Sequential O_DIRECT 1 MiB reads of a fresh mount (backing file in the page cache).
+
+    The daemon's own speed: a buffered read also makes the kernel copy every
+    byte into new page-cache pages, and on a VM that reports freed memory to
+    its host (virtio-balloon free page reporting) touching those pages costs
+    host faults that swing one 2 GiB pass through a bare passthrough from
+    0.6 to 3.4 s (bench/RESULTS.md, twelfth session).  O_DIRECT reads land
+    in one reused buffer instead, so this figure holds from run to run.
+    """
+    n, dt = read_file_seq(path, MiB, time_limit=time_limit, direct=True)
+    return {"bytes": n, "seconds": dt, "mibps": n / dt / MiB if dt else float("nan")}
+
+
 def random_reads(path: Path, threads: int, reads_per_thread: int, time_limit: float,
                  seed: int = 42) -> dict:
     """Cold-cache random 4 KiB preads at page-aligned offsets, ``threads`` at once.

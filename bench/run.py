@@ -128,6 +128,8 @@ def one_test(c: ct.Contender, test: str, work: Path, cfg: dict) -> dict:
             out.update(ms.sequential(target, cfg["seq_time"]))
         elif test == "seqhot":
             out.update(ms.sequential_hot(target, cfg["seq_time"]))
+        elif test == "seqdirect":
+            out.update(ms.sequential_direct(target, cfg["seq_time"]))
         elif test in ("rand1", "rand8"):
             threads = 1 if test == "rand1" else 8
             out.update(ms.random_reads(target, threads, cfg["rand_reads"] // threads,
@@ -152,7 +154,7 @@ def storage_ceiling(image: Path, cfg: dict) -> float:
 def head_to_head(cs: list[ct.Contender], rounds: int, cfg: dict, work: Path,
                  budget: Budget, image: Path | None = None) -> dict:
     """Every test for every contender, contenders rotating round by round."""
-    tests = ["seq", "seqhot", "rand1", "rand8", "loopcopy"]
+    tests = ["seq", "seqhot", "seqdirect", "rand1", "rand8", "loopcopy"]
     raw: dict = {c.name: {t: [] for t in tests} for c in cs}
     errors: dict = {}
     storage: list[float] = []
@@ -181,7 +183,7 @@ def head_to_head(cs: list[ct.Contender], rounds: int, cfg: dict, work: Path,
 
 
 def _brief(test: str, res: dict) -> str:
-    if test in ("seq", "seqhot", "loopcopy"):
+    if test in ("seq", "seqhot", "seqdirect", "loopcopy"):
         return f"{res['mibps']:8.1f} MiB/s  ({res['bytes'] / MiB:.0f} MiB in {res['seconds']:.2f} s)"
     return f"{res['iops']:8.0f} IOPS  p99 {res['p99_ms']:.2f} ms"
 
@@ -197,6 +199,8 @@ def summarize(raw: dict) -> dict:
             "seqwarm_mibps": median([r.get("warm_mibps", float("nan")) for r in tests["seq"]]),
             "seqhot_mibps": median([r["mibps"] for r in tests["seqhot"]]),
             "seqhot_range": _range([r["mibps"] for r in tests["seqhot"]]),
+            "seqdirect_mibps": median([r["mibps"] for r in tests["seqdirect"]]),
+            "seqdirect_range": _range([r["mibps"] for r in tests["seqdirect"]]),
             "rand1_range": _range([r["iops"] for r in tests["rand1"]]),
             "rand8_range": _range([r["iops"] for r in tests["rand8"]]),
             "seq_complete": all(r.get("complete") for r in tests["seq"]) if tests["seq"] else None,
@@ -231,6 +235,8 @@ def ratios(summary: dict, a: str, b: str) -> dict:
     return {"seq": div(x["seq_mibps"], y["seq_mibps"]),
             "seqwarm": div(x.get("seqwarm_mibps", float("nan")), y.get("seqwarm_mibps", float("nan"))),
             "seqhot": div(x.get("seqhot_mibps", float("nan")), y.get("seqhot_mibps", float("nan"))),
+            "seqdirect": div(x.get("seqdirect_mibps", float("nan")),
+                             y.get("seqdirect_mibps", float("nan"))),
             "rand1": div(x["rand1_iops"], y["rand1_iops"]),
             "rand8": div(x["rand8_iops"], y["rand8_iops"]),
             "first_byte": div(y["first_byte_s"], x["first_byte_s"]),
@@ -521,6 +527,8 @@ def report(res: dict) -> str:
                 ("second read of the same bytes, warm (MiB/s)", "seqwarm_mibps", "seqwarm", ".0f"),
                 ("sequential 1 MiB, image in page cache, fresh mount (MiB/s)", "seqhot_mibps",
                  "seqhot", ".0f"),
+                ("the same with O_DIRECT reads: the daemon alone, no page-cache fill (MiB/s)",
+                 "seqdirect_mibps", "seqdirect", ".0f"),
                 ("random 4 KiB, 1 thread, cold (IOPS)", "rand1_iops", "rand1", ".0f"),
                 ("random 4 KiB, 8 threads, cold (IOPS)", "rand8_iops", "rand8", ".0f"),
                 ("random 4 KiB p99, 1 thread (ms)", "rand1_p99_ms", None, ".2f"),
@@ -731,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
             hot = res.get("head_to_head", {}).get("summary", {}).get("passthrough", {})
             res["codecs_mount"] = codecs_mount.series(
                 fx.image, work, opts, rounds, cfg["seq_time"], budget.left,
-                hot.get("seqhot_mibps"))
+                hot.get("seqhot_mibps"), hot.get("seqdirect_mibps"))
     except Exception:
         res["fatal"] = traceback.format_exc()
         log(res["fatal"])
