@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import contenders as ct
@@ -127,16 +128,9 @@ def series(image: Path, work: Path, options: str | None, rounds: int, time_limit
                     first.append(f_s)
                     last.append(l_s)
                 _warm(path)
-                m = ct.start(c, mnt, work)
-                try:
-                    mount.append(ms.sequential_hot(c.path(mnt), time_limit)["mibps"])
-                finally:
-                    ct.stop(m)
-                m = ct.start(c, mnt, work)           # fresh: no pieces left in its cache
-                try:
-                    direct.append(ms.sequential_direct(c.path(mnt), time_limit)["mibps"])
-                finally:
-                    ct.stop(m)
+                # A fresh mount each: no pieces left in its cache from the other.
+                mount.append(_on_fresh_mount(c, mnt, work, ms.sequential_hot, time_limit))
+                direct.append(_on_fresh_mount(c, mnt, work, ms.sequential_direct, time_limit))
             tool_s = image.stat().st_size / MiB / median(tool)
             entry = {"tool": " ".join(dec), "tool_mibps": median(tool),
                      "mount_mibps": median(mount), "mount_range": f"{min(mount):.0f}-{max(mount):.0f}",
@@ -168,6 +162,16 @@ def series(image: Path, work: Path, options: str | None, rounds: int, time_limit
             out[key] = {"error": str(exc)}
             log(f"random stage ({key}) FAILED: {exc}")
     return out
+
+
+def _on_fresh_mount(c: ct.Contender, mnt: Path, work: Path,
+                    measure: Callable[[Path, float], dict], time_limit: float) -> float:
+    """MiB/s of ``measure`` over ``c``'s file on a mount made for it alone."""
+    m = ct.start(c, mnt, work)
+    try:
+        return measure(c.path(mnt), time_limit)["mibps"]
+    finally:
+        ct.stop(m)
 
 
 def last_stored_offset(image: Path) -> int:

@@ -56,7 +56,10 @@ def sequential_hot(path: Path, time_limit: float) -> dict:
     is the per-request cost of FUSE + the daemon's Python, which is steady
     where the cold figure swings with the host's disk.
     """
-    n, dt = read_file_seq(path, MiB, time_limit=time_limit)
+    return _throughput(*read_file_seq(path, MiB, time_limit=time_limit))
+
+
+def _throughput(n: int, dt: float) -> dict:
     return {"bytes": n, "seconds": dt, "mibps": n / dt / MiB if dt else float("nan")}
 
 
@@ -70,8 +73,7 @@ def sequential_direct(path: Path, time_limit: float) -> dict:
     0.6 to 3.4 s (bench/RESULTS.md, twelfth session).  O_DIRECT reads land
     in one reused buffer instead, so this figure holds from run to run.
     """
-    n, dt = read_file_seq(path, MiB, time_limit=time_limit, direct=True)
-    return {"bytes": n, "seconds": dt, "mibps": n / dt / MiB if dt else float("nan")}
+    return _throughput(*read_file_seq(path, MiB, time_limit=time_limit, direct=True))
 
 
 def random_reads(path: Path, threads: int, reads_per_thread: int, time_limit: float,

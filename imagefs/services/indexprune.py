@@ -89,8 +89,9 @@ def _read_record(index_path: str) -> tuple[str, list[tuple[str, int, int]]] | No
 
 #: record path -> ((inode, size, mtime), what it says): every save runs
 #: supersede over every record of its kind, so ``imagefs index`` of N images
-#: would parse N x N records; a record is rewritten by os.replace (a new
-#: inode), so an unchanged stamp means unchanged contents.
+#: over M records of earlier runs would parse N x M of them; a record is
+#: rewritten by os.replace (a new inode), so an unchanged stamp means
+#: unchanged contents.
 _seen_records: dict[str, tuple[tuple[int, int, int],
                                tuple[str, list[tuple[str, int, int]]] | None]] = {}
 _seen_lock = threading.Lock()
