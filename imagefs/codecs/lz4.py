@@ -79,6 +79,7 @@ class Lz4Source(CodecSource):
     """An lz4 frame stream (one or more frames, skippable frames allowed)."""
 
     codec = "lz4"
+    FAST_DECODER = True
 
     def _walk(self, update: Callable[[int], None] | None = None) -> Iterator[tuple[Any, ...]]:
         """Yield ("frame", linked) / ("block", c_off, csize, raw, ulen, data) / ("end",)."""

@@ -93,6 +93,7 @@ class LzopSource(CodecSource):
     """An lzop file (single member)."""
 
     codec = "lzop"
+    FAST_DECODER = True
 
     def _header(self, cur: StreamCursor) -> int:
         """Parse the file header; return the flags."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_right
+from collections import deque
 from typing import TYPE_CHECKING
 
 from imagefs.codecs import tuning
@@ -45,10 +46,17 @@ MAX_TRACKED_PIECES = 4096
 class StreamTracker:
     """The sequential-reader state of one decompressed stream."""
 
-    def __init__(self, spans: SpanDecoder, cache: BlockCache) -> None:
+    def __init__(self, spans: SpanDecoder, cache: BlockCache, fast_decoder: bool = False) -> None:
+        """``fast_decoder``: one core decodes faster than replies go out
+        (see :func:`~imagefs.codecs.tuning.prefetch_lanes`)."""
         self._spans = spans
         self._cache = cache
+        self._fast_decoder = fast_decoder
         self._lock = threading.Lock()
+        #: Claimed spans waiting for a lane, in stream order, and the lanes
+        #: (prefetch-pool tasks) draining them now.
+        self._queue: deque[tuple[SeekIndex, int]] = deque()
+        self._lanes = 0
         self._last_end: int | None = None  # where the streaming reader's reads reach
         self._stream_start = 0             # where that stream began
         self._consumed: dict[tuple[int, int], int] = {}  # piece -> bytes delivered
@@ -137,14 +145,50 @@ class StreamTracker:
             if budget < 0:
                 break
             if self._spans.claim(j):
-                try:
-                    tuning.prefetch_pool().submit(self._spans.prefetch_span, index, j)
-                except RuntimeError:           # the interpreter is shutting down
-                    self._spans.unclaim(j)
+                with self._lock:
+                    self._queue.append((index, j))
             j += 1
+        self._open_lanes()
+
+    def _open_lanes(self) -> None:
+        """Start lanes for the queued spans, up to this stream's share of the pool."""
+        with self._lock:
+            wanted = min(len(self._queue),
+                         tuning.prefetch_lanes(self._fast_decoder) - self._lanes)
+            self._lanes += max(0, wanted)
+        for _ in range(wanted):
+            try:
+                tuning.prefetch_pool().submit(self._drain)
+            except RuntimeError:               # the interpreter is shutting down
+                with self._lock:
+                    self._lanes -= 1
+                self._drop_queue()
+
+    def _drain(self) -> None:
+        """One lane (a prefetch-pool task): decode queued spans in order until none is left."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._lanes -= 1
+                        return
+                    index, j = self._queue.popleft()
+                self._spans.prefetch_span(index, j)
+        except BaseException:
+            with self._lock:
+                self._lanes -= 1
+            raise
+
+    def _drop_queue(self) -> None:
+        """Give up the spans no lane has started (their readers decode them)."""
+        with self._lock:
+            dropped, self._queue = list(self._queue), deque()
+        for _index, j in dropped:
+            self._spans.unclaim(j)
 
     def reset(self) -> None:
         """Forget the stream (the source was closed; the next read starts afresh)."""
         with self._lock:
             self._last_end = None
             self._consumed.clear()
+        self._drop_queue()

@@ -78,6 +78,7 @@ class ZstdSource(CodecSource):
     """A zstd stream (one or many frames) with frame and resume-point spans."""
 
     codec = "zstd"
+    FAST_DECODER = True
 
     def __init__(self, source: ByteSource, *, spacing: int | None = None, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
