@@ -118,3 +118,18 @@ def test_a_damaged_block_is_one_error_not_wrong_bytes(packed: Path, data: bytes,
     assert stream.read_at(0, 4096) == data[:4096]       # other spans still read
     good.close()
     stream.close()
+
+
+def test_a_sequential_reader_takes_one_decoder_on_through_the_frames_spans(
+        packed: Path, data: bytes) -> None:  # noqa: F811
+    # Each span resumes where the one before ended: going on with the same
+    # decoder gives the same bytes without loading the next span's snapshot.
+    stream = _indexed(packed)
+    index = stream.index
+    assert index is not None and index.spans > 4
+    stream._stream.prefetch = False                  # the reader's own decoding
+    got = b"".join(stream.read_at(o, 1 << 20) for o in range(0, stream.size, 1 << 20))
+    assert got == data
+    frames = sum(1 for m in index.meta if m[1][0] == "f")
+    assert stream._spans.spans_decoded == frames < index.spans
+    stream.close()

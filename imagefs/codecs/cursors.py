@@ -23,14 +23,25 @@ MAX_CURSOR_BYTES = 32 << 20
 class SpanCursor:
     """A paused decoder inside span ``span``; ``k`` is its next sub-chunk."""
 
-    __slots__ = ("span", "k", "it", "buf", "pos")
+    __slots__ = ("span", "k", "it", "run", "buf", "pos")
 
     def __init__(self, span: int, it: Iterator[bytes]) -> None:
         self.span = span
         self.k = 0
         self.it: Iterator[bytes] | None = it
+        self.run: Any = it                   # the codec's decoder, kept past the span's end
         self.buf = b""
         self.pos = 0
+
+    def go_on(self, index: Any, span: int) -> bool:
+        """At the end of its span: continue into ``span`` (the next one) if
+        the codec's decoder can (an ``into(index, span)`` method that says
+        whether it now yields that span's bytes)."""
+        into = getattr(self.run, "into", None)
+        if into is None or self.held() or not into(index, span):
+            return False
+        self.span, self.k, self.it, self.buf, self.pos = span, 0, self.run, b"", 0
+        return True
 
     def take(self, n: int, count: Callable[[int], None]) -> bytes:
         """Up to ``n`` more decoded bytes (fewer only at the end of the span)."""
@@ -64,9 +75,10 @@ class SpanCursor:
         return len(self.buf) - self.pos
 
     def close(self) -> None:
-        it, self.it = self.it, None
-        if it is not None and hasattr(it, "close"):
-            it.close()
+        it, run, self.it, self.run = self.it, self.run, None, None
+        for obj in (it, run) if run is not it else (it,):
+            if obj is not None and hasattr(obj, "close"):
+                obj.close()
         self.buf = b""
 
 

@@ -296,7 +296,12 @@ class SpanDecoder:
                 if cur.take(1, self._count):
                     raise corrupt(self._source, f"{self._codec} span {i} decoded to more "
                                   f"bytes than its index says ({span_len})")
-                cur.close()
+                # A sequential reader's next span: the same decoder goes on
+                # where the codec can (zstd within a frame), else it is done.
+                if i + 1 < index.spans and cur.go_on(index, i + 1):
+                    cursors.put(self._owner, cur)
+                else:
+                    cur.close()
             else:
                 cursors.put(self._owner, cur)
         except BaseException:

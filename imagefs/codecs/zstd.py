@@ -214,16 +214,9 @@ class ZstdSource(CodecSource):
         prefix = None if origin[0] == "f" else pyzstd.decompress(index.blobs[origin[3]])
         if zstdspan.decodable(origin, prefix):
             # Through the system libzstd with the GIL released (zstdspan).
-            blocks = zstdspan.SpanBlocks(src, origin, prefix, blocks_end, frame_end, skip,
-                                         self._count)
-            try:
-                yield from blocks.pieces()
-            except ZstdStreamError as exc:
-                if origin[0] != "f":
-                    raise SpanMismatch() from None  # perhaps a point that does not fit its span
-                raise corrupt(src, f"zstd span {i} does not decode ({exc})") from None
-            return
-        yield from self._iter_span_pyzstd(i, origin, prefix, blocks_end, frame_end, skip)
+            return _SpanRun(self, zstdspan.SpanBlocks(src, origin, prefix, blocks_end, frame_end,
+                                                      skip, self._count), i)
+        return self._iter_span_pyzstd(i, origin, prefix, blocks_end, frame_end, skip)
 
     def _iter_span_pyzstd(self, i: int, origin: list[Any], prefix: bytes | None,
                           blocks_end: int, frame_end: int, skip: int) -> Iterator[bytes]:
@@ -277,6 +270,51 @@ class ZstdSource(CodecSource):
 
     def _decode_span(self, index: SeekIndex, i: int) -> bytes:
         return b"".join(self._iter_span(index, i))
+
+
+class _SpanRun:
+    """The pieces of span ``i`` from one libzstd decoder, which a sequential
+    reader's cursor takes on into the next span of the frame
+    (:meth:`~imagefs.codecs.cursors.SpanCursor.go_on`): that span's resume
+    point is where the decoder stands, so its snapshot need not be loaded."""
+
+    def __init__(self, stream: ZstdSource, blocks: zstdspan.SpanBlocks, i: int) -> None:
+        self._stream = stream
+        self._blocks = blocks
+        self._legs = self._leg(i)
+
+    def __iter__(self) -> _SpanRun:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._legs)
+
+    def _leg(self, i: int) -> Generator[bytes, None, None]:
+        blocks = self._blocks
+        try:
+            yield from blocks.leg()
+        except ZstdStreamError as exc:
+            blocks.close()
+            if blocks.origin[0] != "f":
+                raise SpanMismatch() from None  # perhaps a point that does not fit its span
+            raise corrupt(blocks.src, f"zstd span {i} does not decode ({exc})") from None
+        except BaseException:
+            blocks.close()
+            raise
+
+    def into(self, index: SeekIndex, j: int) -> bool:
+        """Go on into span ``j`` if it resumes where this decoder stands."""
+        _kind, origin, blocks_end, frame_end = index.meta[j]
+        if (origin[0] == "f" or self._stream._origin_span(index, j) != j
+                or not self._blocks.can_extend(origin[1])):
+            return False
+        self._blocks.extend(blocks_end, frame_end)
+        self._legs = self._leg(j)
+        return True
+
+    def close(self) -> None:
+        self._legs.close()
+        self._blocks.close()
 
 
 def _anchor_before(index: SeekIndex, i: int) -> int:

@@ -92,6 +92,13 @@ class SpanBlocks:
     of a resume point, ``end`` where the blocks to decode end (with a frame
     start, up to the frame's end: its checksum is then checked), ``skip``
     how many bytes of output come before the span (a fallback origin).
+
+    :meth:`pieces` decodes the span and lets go of the decoder; a
+    sequential reader instead runs :meth:`leg` and, at the span's end,
+    :meth:`extend` into the next span of the same frame, whose resume point
+    is where this decoder stands: no snapshot to load and no priming (those
+    were a tenth of a prefetch worker's time, py-spy through the mount).
+    The owner then calls :meth:`close`.
     """
 
     def __init__(self, src: ByteSource, origin: list[Any], prefix: bytes | None, blocks_end: int,
@@ -103,39 +110,40 @@ class SpanBlocks:
         self.frame_end = frame_end if origin[0] == "f" else 0
         self.skip = skip
         self.count = count                   # told the bytes decoded only to be dropped
+        # Decoder state between legs (set up by the first leg).
+        self._dec: Any = None
+        self._buf = bytearray()
+        self._segments: list[mmap.mmap] = []
+        self._outs: list[memoryview] = []    # the segments' views
+        self._lo = self._hi = self._pos = 0  # compressed bytes [lo, hi) are in buf[:hi - lo]
+        self._cur = self._fill = 0           # the segment written, and how far
+        self._size = 0                       # of a segment
+        self._ended = False                  # the frame's end was checked: no more legs
 
     def pieces(self) -> Iterator[bytes]:
         """The span's pieces; ZstdStreamError where libzstd refuses the data."""
-        dec = span_block_decoder()
-        if dec is None:
-            raise ZstdStreamError("the system libzstd cannot be loaded")
+        try:
+            yield from self.leg()
+        finally:
+            self.close()
+
+    def leg(self) -> Iterator[bytes]:
+        """The pieces up to the current end (the decoder stays open: see :meth:`extend`)."""
+        if self._dec is None:
+            self._begin()
         src = self.src
-        buf = bytearray(_CARRY + READ_CHUNK)
+        buf = self._buf
         view = memoryview(buf)
-        lo = hi = 0                          # compressed bytes [lo, hi) are in buf[:hi - lo]
-        segments: list[mmap.mmap] = []
-        outs: list[memoryview] = []          # the segments' views
+        lo, hi, pos = self._lo, self._hi, self._pos
+        outs, size = self._outs, self._size
+        cur, fill = self._cur, self._fill
+        dec = self._dec
         parts: list[memoryview] = []         # the open piece's bytes
         out = view[:0]
+        produced = -self.skip                # output before the span is dropped
+        self.skip = 0
+        open_len = 0
         try:
-            if self.origin[0] == "f":
-                pos = self.origin[1]
-                head = src.read_at(pos, 18)  # the longest frame header
-                hlen = header_length(head[4]) if len(head) > 4 else 18
-                window = FrameHeader(head[:hlen], str(pos), src).window
-                dec.begin(memoryview(bytearray(head[:hlen])))
-                pos += hlen
-            else:
-                pos = self.origin[1]
-                window = window_of(self.origin[2])
-                dec.begin(memoryview(bytearray(synth_header(self.origin[2]))), self.prefix)
-            lo = hi = pos
-            size = max(SEGMENT_MIN, window + BLOCK_MAX)
-            segments = [_segment(size), _segment(size)]
-            outs = [memoryview(m) for m in segments]
-            cur = fill = 0
-            produced = -self.skip            # output before the span is dropped
-            open_len = 0
             while pos < self.blocks_end:
                 if hi - pos < _CARRY and hi < self.blocks_end:
                     rest = hi - pos          # the cut block's start moves to the front
@@ -169,7 +177,9 @@ class SpanBlocks:
                     if open_len == SUB_CHUNK:
                         yield join_released(parts)
                         parts, open_len = [], 0
+            self._lo, self._hi, self._pos, self._cur, self._fill = lo, hi, pos, cur, fill
             if self.frame_end > self.blocks_end:
+                self._ended = True
                 checksum = src.read_at(self.blocks_end, self.frame_end - self.blocks_end)
                 if len(checksum) != self.frame_end - self.blocks_end:
                     raise truncated(src, f"zstd stream ends at byte {self.blocks_end}, "
@@ -179,12 +189,58 @@ class SpanBlocks:
             if parts:
                 yield join_released(parts)
         finally:
-            dec.close()
-            # The views go first: a segment with a view of it open cannot be closed.
-            del parts[:], outs[:]
+            # Views of the segments go first: close() must be able to give
+            # the segments back.
+            del parts[:]
             out = view[:0]
-            for segment in segments:
-                _give_back(segment)
+
+    def can_extend(self, pos: int) -> bool:
+        """Whether this decoder stands at compressed byte ``pos``, able to go on."""
+        return self._dec is not None and not self._ended and self._pos == pos
+
+    def extend(self, blocks_end: int, frame_end: int) -> None:
+        """Make the next :meth:`leg` decode on to ``blocks_end`` (the next
+        span's end; ``frame_end`` if that span ends the frame: its checksum
+        is checked when the decoder began at the frame's start)."""
+        self.blocks_end = blocks_end
+        self.frame_end = frame_end if self.origin[0] == "f" else 0
+
+    def _begin(self) -> None:
+        dec = span_block_decoder()
+        if dec is None:
+            raise ZstdStreamError("the system libzstd cannot be loaded")
+        self._dec = dec
+        src = self.src
+        if self.origin[0] == "f":
+            pos = self.origin[1]
+            head = src.read_at(pos, 18)      # the longest frame header
+            hlen = header_length(head[4]) if len(head) > 4 else 18
+            window = FrameHeader(head[:hlen], str(pos), src).window
+            dec.begin(memoryview(bytearray(head[:hlen])))
+            pos += hlen
+        else:
+            pos = self.origin[1]
+            window = window_of(self.origin[2])
+            dec.begin(memoryview(bytearray(synth_header(self.origin[2]))), self.prefix)
+        self._lo = self._hi = self._pos = pos
+        self._buf = bytearray(_CARRY + READ_CHUNK)
+        self._size = max(SEGMENT_MIN, window + BLOCK_MAX)
+        self._segments = [_segment(self._size), _segment(self._size)]
+        self._outs = [memoryview(m) for m in self._segments]
+
+    def close(self) -> None:
+        """Let go of the decoder and give its segments back (idempotent)."""
+        dec, self._dec = self._dec, None
+        self._ended = True
+        if dec is not None:
+            dec.close()
+        # The views go first: a segment with a view of it open cannot be closed.
+        for v in self._outs:
+            v.release()
+        self._outs = []
+        segments, self._segments = self._segments, []
+        for segment in segments:
+            _give_back(segment)
 
 
 def decodable(origin: list[Any], prefix: bytes | None) -> bool:
