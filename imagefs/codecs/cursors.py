@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imagefs.codecs.seekindex import SeekIndex
 
 #: Paused span decoders kept for continuation, over all sources: a bound on
 #: their number and on the decoded bytes they hold outside the cache (a
@@ -33,7 +36,7 @@ class SpanCursor:
         self.buf = b""
         self.pos = 0
 
-    def go_on(self, index: Any, span: int) -> bool:
+    def go_on(self, index: SeekIndex, span: int) -> bool:
         """At the end of its span: continue into ``span`` (the next one) if
         the codec's decoder can (an ``into(index, span)`` method that says
         whether it now yields that span's bytes)."""
@@ -75,10 +78,10 @@ class SpanCursor:
         return len(self.buf) - self.pos
 
     def close(self) -> None:
-        it, run, self.it, self.run = self.it, self.run, None, None
-        for obj in (it, run) if run is not it else (it,):
-            if obj is not None and hasattr(obj, "close"):
-                obj.close()
+        # ``it`` is ``run`` or None (spent): closing ``run`` closes the decoder.
+        run, self.it, self.run = self.run, None, None
+        if run is not None and hasattr(run, "close"):
+            run.close()
         self.buf = b""
 
 

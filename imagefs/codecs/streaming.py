@@ -156,13 +156,16 @@ class StreamTracker:
             wanted = min(len(self._queue),
                          tuning.prefetch_lanes(self._fast_decoder) - self._lanes)
             self._lanes += max(0, wanted)
+        started = 0
         for _ in range(wanted):
             try:
                 tuning.prefetch_pool().submit(self._drain)
             except RuntimeError:               # the interpreter is shutting down
                 with self._lock:
-                    self._lanes -= 1
+                    self._lanes -= wanted - started
                 self._drop_queue()
+                return
+            started += 1
 
     def _drain(self) -> None:
         """One lane (a prefetch-pool task): decode queued spans in order until none is left."""
