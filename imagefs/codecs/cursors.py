@@ -15,12 +15,16 @@ if TYPE_CHECKING:
     from imagefs.codecs.seekindex import SeekIndex
 
 #: Paused span decoders kept for continuation, over all sources: a bound on
-#: their number and on the decoded bytes they hold outside the cache (a
-#: codec that decodes whole units leaves the rest of the unit in its cursor).
-#: A paused zstd decoder also holds its window (2-8 MiB), so few are kept:
-#: one per concurrent sequential reader is what pays off.
+#: their number and on the memory they pin outside the cache -- the decoded
+#: bytes not yet taken (a codec that decodes whole units leaves the rest of
+#: the unit in its cursor) plus what the decoder itself keeps resident (a
+#: paused zstd decoder holds two window-sized output segments, its input
+#: buffer and its snapshot: ~10 MiB at ``zstd -3``'s 2 MiB window, but
+#: 4 GiB at ``--long=31``).  One cursor per concurrent sequential reader is
+#: what pays off; 64 MiB keeps four at the usual windows, and the newest one
+#: is always kept, so a huge-window stream still goes on with one decoder.
 MAX_CURSORS = 4
-MAX_CURSOR_BYTES = 32 << 20
+MAX_CURSOR_BYTES = 64 << 20
 
 
 class SpanCursor:
@@ -75,7 +79,15 @@ class SpanCursor:
         return b"".join(parts)              # the one copy of these bytes
 
     def held(self) -> int:
+        """Decoded bytes buffered here, not yet taken."""
         return len(self.buf) - self.pos
+
+    def weight(self) -> int:
+        """The memory this paused cursor pins: :meth:`held` plus the
+        decoder's own resident bytes, where it reports them (a
+        ``resident()`` method on the codec's decoder)."""
+        resident = getattr(self.run, "resident", None)
+        return self.held() + (resident() if resident is not None else 0)
 
     def close(self) -> None:
         # ``it`` is ``run`` or None (spent): closing ``run`` closes the decoder.
@@ -86,7 +98,7 @@ class SpanCursor:
 
 
 class CursorPool:
-    """Paused span decoders of every source, least recently used first."""
+    """Paused span decoders of every source, least recently parked first."""
 
     def __init__(self, max_count: int, max_bytes: int) -> None:
         self._lock = threading.Lock()
@@ -105,17 +117,25 @@ class CursorPool:
             return None if best is None else self._items.pop(best)[1]
 
     def put(self, owner: Any, cur: SpanCursor) -> None:
+        """Park ``cur``; the least recently parked go (closed) while the pool
+        is over its count or its bytes, the newest one always stays."""
         evicted = []
         with self._lock:
             self._items.append((owner, cur))
-            held = sum(c.held() for _, c in self._items)
-            while len(self._items) > self.max_count or (held > self.max_bytes
+            weights = [c.weight() for _, c in self._items]
+            total = sum(weights)
+            while len(self._items) > self.max_count or (total > self.max_bytes
                                                         and len(self._items) > 1):
                 _, old = self._items.pop(0)
-                held -= old.held()
+                total -= weights.pop(0)
                 evicted.append(old)
         for old in evicted:
             old.close()
+
+    def parked(self) -> list[tuple[Any, int]]:
+        """Each parked cursor's owner and :meth:`~SpanCursor.weight`, oldest first."""
+        with self._lock:
+            return [(o, c.weight()) for o, c in self._items]
 
     def drop(self, owner: Any) -> None:
         with self._lock:
@@ -123,7 +143,6 @@ class CursorPool:
             self._items = [(o, c) for o, c in self._items if o != owner]
         for cur in mine:
             cur.close()
-
 
 
 #: The one pool of every source's paused cursors.

@@ -38,6 +38,7 @@ from imagefs.codecs.zstdframe import (
     SKIPPABLE_MAGIC,
     SKIPPABLE_MASK,
     ZSTD_MAGIC,
+    FrameHeader,
     synth_header,
 )
 from imagefs.codecs.zstdindex import build_zstd_index
@@ -216,10 +217,16 @@ class ZstdSource(CodecSource):
             # Through the system libzstd with the GIL released (zstdspan).
             return _SpanRun(self, zstdspan.SpanBlocks(src, origin, prefix, blocks_end, frame_end,
                                                       skip, self._count), i)
-        return self._iter_span_pyzstd(i, origin, prefix, blocks_end, frame_end, skip)
+        if origin[0] == "f":
+            window = FrameHeader(zstdspan.frame_head(src, origin[1]), str(origin[1]), src).window
+        else:
+            window = zstdspan.window_of(origin[2])
+        return _PyzstdRun(self._iter_span_pyzstd(i, origin, prefix, blocks_end, frame_end, skip),
+                          window + len(prefix or b""))
 
     def _iter_span_pyzstd(self, i: int, origin: list[Any], prefix: bytes | None,
-                          blocks_end: int, frame_end: int, skip: int) -> Iterator[bytes]:
+                          blocks_end: int, frame_end: int,
+                          skip: int) -> Generator[bytes, None, None]:
         """:meth:`_iter_span` through pyzstd (no system libzstd, or a snapshot
         that libzstd's buffer-less API would take for a dictionary).
 
@@ -312,9 +319,35 @@ class _SpanRun:
         self._legs = self._leg(j)
         return True
 
+    def resident(self) -> int:
+        """What the paused decoder keeps (the cursor pool's budget counts it)."""
+        return self._blocks.resident()
+
     def close(self) -> None:
         self._legs.close()
         self._blocks.close()
+
+
+class _PyzstdRun:
+    """:meth:`ZstdSource._iter_span_pyzstd`'s pieces, with a rough measure of
+    what its paused pyzstd decoder keeps: the window and the snapshot."""
+
+    def __init__(self, legs: Generator[bytes, None, None], resident: int) -> None:
+        self._legs = legs
+        self._resident = resident
+
+    def __iter__(self) -> _PyzstdRun:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._legs)
+
+    def resident(self) -> int:
+        return self._resident
+
+    def close(self) -> None:
+        self._legs.close()
+        self._resident = 0
 
 
 def _anchor_before(index: SeekIndex, i: int) -> int:

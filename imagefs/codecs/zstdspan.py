@@ -78,6 +78,12 @@ def _give_back(segment: mmap.mmap) -> None:
         pass
 
 
+def frame_head(src: ByteSource, pos: int) -> bytes:
+    """The header of the frame at byte ``pos`` (cut short at the file's end)."""
+    head = src.read_at(pos, 18)              # the longest frame header
+    return head[:header_length(head[4]) if len(head) > 4 else 18]
+
+
 def window_of(window_byte: int) -> int:
     """The window size a frame header's window descriptor stands for."""
     base = 1 << (10 + (window_byte >> 3))
@@ -211,15 +217,13 @@ class SpanBlocks:
             raise ZstdStreamError("the system libzstd cannot be loaded")
         self._dec = dec
         src = self.src
+        pos = self.origin[1]
         if self.origin[0] == "f":
-            pos = self.origin[1]
-            head = src.read_at(pos, 18)      # the longest frame header
-            hlen = header_length(head[4]) if len(head) > 4 else 18
-            window = FrameHeader(head[:hlen], str(pos), src).window
-            dec.begin(memoryview(bytearray(head[:hlen])))
-            pos += hlen
+            head = frame_head(src, pos)
+            window = FrameHeader(head, str(pos), src).window
+            dec.begin(memoryview(bytearray(head)))
+            pos += len(head)
         else:
-            pos = self.origin[1]
             window = window_of(self.origin[2])
             dec.begin(memoryview(bytearray(synth_header(self.origin[2]))), self.prefix)
         self._lo = self._hi = self._pos = pos
@@ -227,6 +231,13 @@ class SpanBlocks:
         self._size = max(SEGMENT_MIN, window + BLOCK_MAX)
         self._segments = [_segment(self._size), _segment(self._size)]
         self._outs = [memoryview(m) for m in self._segments]
+
+    def resident(self) -> int:
+        """The bytes this decoder keeps until :meth:`close`: its output
+        segments (counted whole: after a span they are written through), its
+        input buffer and the snapshot it resumed from."""
+        return (sum(len(m) for m in self._segments) + len(self._buf)
+                + len(self.prefix or b""))
 
     def close(self) -> None:
         """Let go of the decoder and give its segments back (idempotent)."""
@@ -241,6 +252,8 @@ class SpanBlocks:
         segments, self._segments = self._segments, []
         for segment in segments:
             _give_back(segment)
+        self._buf = bytearray()
+        self.prefix = None
 
 
 def decodable(origin: list[Any], prefix: bytes | None) -> bool:
