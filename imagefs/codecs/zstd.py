@@ -38,7 +38,6 @@ from imagefs.codecs.zstdframe import (
     SKIPPABLE_MAGIC,
     SKIPPABLE_MASK,
     ZSTD_MAGIC,
-    FrameHeader,
     synth_header,
 )
 from imagefs.codecs.zstdindex import build_zstd_index
@@ -217,12 +216,8 @@ class ZstdSource(CodecSource):
             # Through the system libzstd with the GIL released (zstdspan).
             return _SpanRun(self, zstdspan.SpanBlocks(src, origin, prefix, blocks_end, frame_end,
                                                       skip, self._count), i)
-        if origin[0] == "f":
-            window = FrameHeader(zstdspan.frame_head(src, origin[1]), str(origin[1]), src).window
-        else:
-            window = zstdspan.window_of(origin[2])
         return _PyzstdRun(self._iter_span_pyzstd(i, origin, prefix, blocks_end, frame_end, skip),
-                          window + len(prefix or b""))
+                          zstdspan.origin_window(src, origin) + len(prefix or b""))
 
     def _iter_span_pyzstd(self, i: int, origin: list[Any], prefix: bytes | None,
                           blocks_end: int, frame_end: int,

@@ -90,6 +90,13 @@ def window_of(window_byte: int) -> int:
     return base + (base >> 3) * (window_byte & 7)
 
 
+def origin_window(src: ByteSource, origin: list[Any]) -> int:
+    """The window a decoder started at span origin ``origin`` works with."""
+    if origin[0] == "f":
+        return FrameHeader(frame_head(src, origin[1]), str(origin[1]), src).window
+    return window_of(origin[2])
+
+
 class SpanBlocks:
     """One span's decode: its origin, where its blocks end, and what to drop.
 
