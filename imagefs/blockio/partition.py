@@ -92,7 +92,9 @@ class VirtualPartition:
         length = min(cs, self.size - start)
         cache = self._cache
         assert cache is not None              # only called when the partition has a cache
-        return cache.get_or_load((self._key, idx), lambda: self.read_uncached(start, length))
+        chunk = cache.get_or_load((self._key, idx), lambda: self.read_uncached(start, length))
+        assert isinstance(chunk, bytes)       # these keys are filled by read_uncached only
+        return chunk
 
     def read_uncached(self, offset: int, size: int) -> bytes:
         """Assemble ``[offset, offset + size)`` straight from the image."""

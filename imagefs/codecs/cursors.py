@@ -11,8 +11,15 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from imagefs.services.cache import Cached
+
 if TYPE_CHECKING:
     from imagefs.codecs.seekindex import SeekIndex
+
+#: A decoded piece: bytes, or a read-only view of decoder memory that is
+#: never written again (zstd's fresh segments: codecs/zstdspan.py), as the
+#: cache holds them.
+Piece = Cached
 
 #: Paused span decoders kept for continuation, over all sources: a bound on
 #: their number and on the memory they pin outside the cache -- the decoded
@@ -32,12 +39,12 @@ class SpanCursor:
 
     __slots__ = ("span", "k", "it", "run", "buf", "pos")
 
-    def __init__(self, span: int, it: Iterator[bytes]) -> None:
+    def __init__(self, span: int, it: Iterator[Piece]) -> None:
         self.span = span
         self.k = 0
-        self.it: Iterator[bytes] | None = it
+        self.it: Iterator[Piece] | None = it
         self.run: Any = it                   # the codec's decoder, kept past the span's end
-        self.buf = b""
+        self.buf: Piece = b""
         self.pos = 0
 
     def go_on(self, index: SeekIndex, span: int) -> bool:
@@ -50,9 +57,10 @@ class SpanCursor:
         self.span, self.k, self.it, self.buf, self.pos = span, 0, self.run, b"", 0
         return True
 
-    def take(self, n: int, count: Callable[[int], None]) -> bytes:
-        """Up to ``n`` more decoded bytes (fewer only at the end of the span)."""
-        parts: list[bytes | memoryview] = []
+    def take(self, n: int, count: Callable[[int], None]) -> Piece:
+        """Up to ``n`` more decoded bytes (fewer only at the end of the span):
+        a whole piece as it came, else a copy."""
+        parts: list[Piece] = []
         need = n
         while need > 0:
             avail = len(self.buf) - self.pos
@@ -74,7 +82,7 @@ class SpanCursor:
                 parts.append(memoryview(self.buf)[self.pos:self.pos + step])
             self.pos += step
             need -= step
-        if len(parts) == 1 and isinstance(parts[0], bytes):
+        if len(parts) == 1 and parts[0] is self.buf:
             return parts[0]
         return b"".join(parts)              # the one copy of these bytes
 

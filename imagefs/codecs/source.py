@@ -34,6 +34,7 @@ from collections.abc import Generator, Iterator, Sequence
 from functools import partial
 
 from imagefs.codecs.building import FOLLOW_BYTES, IndexBuild
+from imagefs.codecs.cursors import Piece
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import INDEX_VERSION, SeekIndex
 from imagefs.codecs.sequential import SEQ_CHUNK, SequentialDecoder
@@ -253,7 +254,7 @@ class CodecSource:
             yield data if (lo == 0 and n == len(data)) else memoryview(data)[lo:lo + n]
 
     def _parts(self, index: SeekIndex, offset: int, end: int,
-               peek: bool = False) -> Iterator[tuple[bytes, int, int]]:
+               peek: bool = False) -> Iterator[tuple[Piece, int, int]]:
         """The decoded bytes of ``[offset, end)`` as (cached piece, start, length).
 
         ``peek``: a check reads ahead of (or behind) the reader; the stream
@@ -413,7 +414,7 @@ class CodecSource:
         """Span ``i`` whole, every check of the codec done."""
         raise NotImplementedError
 
-    def _iter_span(self, index: SeekIndex, i: int) -> Iterator[bytes]:
+    def _iter_span(self, index: SeekIndex, i: int) -> Iterator[Piece]:
         """Span ``i`` in pieces; codecs whose checks cover the whole unit keep
         this default, so nothing is served before the unit verified."""
         yield self._decode_span(index, i)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from imagefs.codecs import tuning
-from imagefs.codecs.cursors import SpanCursor, cursors
+from imagefs.codecs.cursors import Piece, SpanCursor, cursors
 from imagefs.codecs.problems import corrupt
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.io.scatter import join_released
@@ -193,7 +193,7 @@ def piece_sum(data: bytes | memoryview) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
-def _constant(data: bytes) -> Callable[[], bytes]:
+def _constant(data: Piece) -> Callable[[], Piece]:
     """A cache loader that returns bytes already decoded."""
     return lambda: data
 
@@ -208,7 +208,7 @@ class SpanDecoder:
     """The decoded pieces of one stream's spans, loaded on demand."""
 
     def __init__(self, source: ByteSource, codec: str, owner: Any, cache: BlockCache,
-                 iter_span: Callable[[SeekIndex, int], Iterator[bytes]],
+                 iter_span: Callable[[SeekIndex, int], Iterator[Piece]],
                  count: Callable[[int], None],
                  on_mismatch: Callable[[SeekIndex, int], bool] | None = None) -> None:
         self._source = source              # the compressed stream (named in errors)
@@ -229,7 +229,7 @@ class SpanDecoder:
         return (self._owner, "sub", i, k)
 
     def piece(self, index: SeekIndex, i: int, k: int, prefetching: bool = False,
-              urgent: bool = False) -> bytes:
+              urgent: bool = False) -> Piece:
         """Piece ``k`` of span ``i``, decoded now or taken from the cache.
 
         ``urgent``: a reader waits for it that is not a stream (a random
@@ -248,11 +248,11 @@ class SpanDecoder:
             return self._cache.get_or_load(key, lambda: self._urgent_load(index, i, k))
         return self._cache.get_or_load(key, lambda: self._load(index, i, k))
 
-    def _urgent_load(self, index: SeekIndex, i: int, k: int) -> bytes:
+    def _urgent_load(self, index: SeekIndex, i: int, k: int) -> Piece:
         with tuning.demand():
             return self._load(index, i, k)
 
-    def _load(self, index: SeekIndex, i: int, k: int) -> bytes:
+    def _load(self, index: SeekIndex, i: int, k: int) -> Piece:
         # A mismatch is never served: the codec may know another way to
         # decode the span (a zstd resume point that does not reproduce the
         # stream falls back to an earlier origin); else it is damage.
@@ -266,7 +266,7 @@ class SpanDecoder:
         raise corrupt(self._source, f"{self._codec} span {i} does not decode to the bytes "
                       "the index recorded (the file changed or is damaged)")
 
-    def _load_once(self, index: SeekIndex, i: int, k: int) -> bytes:
+    def _load_once(self, index: SeekIndex, i: int, k: int) -> Piece:
         span_len = index.starts[i + 1] - index.starts[i]
         count = -(-span_len // SUB_CHUNK)
         cur = cursors.take(self._owner, i, k)
@@ -274,7 +274,7 @@ class SpanDecoder:
             cur = SpanCursor(i, self._iter_span(index, i))
             with self._cond:
                 self.spans_decoded += 1
-        result = b""
+        result: Piece = b""
         try:
             while cur.k <= k:
                 want = min(SUB_CHUNK, span_len - cur.k * SUB_CHUNK)

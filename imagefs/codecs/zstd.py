@@ -29,6 +29,7 @@ import pyzstd
 from imagefs.codecs import zstdspan
 from imagefs.codecs.adapters import drain
 from imagefs.codecs.building import IndexBuild
+from imagefs.codecs.cursors import Piece
 from imagefs.codecs.problems import corrupt, truncated
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.codecs.source import CodecSource
@@ -202,7 +203,7 @@ class ZstdSource(CodecSource):
                 j = self._fallback[i] = _anchor_before(index, j)
         return j
 
-    def _iter_span(self, index: SeekIndex, i: int) -> Iterator[bytes]:
+    def _iter_span(self, index: SeekIndex, i: int) -> Iterator[Piece]:
         # Stream the span in sub-chunk pieces: a random read stops at the
         # piece it needs, and a sequential reader continues the same decoder.
         # Each piece is checked against its sum by the span decoder.
@@ -288,10 +289,10 @@ class _SpanRun:
     def __iter__(self) -> _SpanRun:
         return self
 
-    def __next__(self) -> bytes:
+    def __next__(self) -> Piece:
         return next(self._legs)
 
-    def _leg(self, i: int) -> Generator[bytes, None, None]:
+    def _leg(self, i: int) -> Generator[Piece, None, None]:
         blocks = self._blocks
         try:
             yield from blocks.leg()

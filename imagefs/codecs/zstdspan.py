@@ -16,11 +16,23 @@ run.  In one thread alone the two decode at the same speed.
 
 The segments are the decoder's window: libzstd remembers the region it
 wrote before the current one, so each segment holds a whole window plus a
-block (and at least SEGMENT_MIN), and a block goes to the other segment
+block (and at least SEGMENT_MIN), and a block goes to the next segment
 when the current one has no room for a whole block.  By then the current
-one holds more than a window, so the other's old bytes are no longer
-needed; nor are they by the pieces, which were copied out before (a piece
-is shorter than a segment).
+one holds more than a window, so the one before it is no longer needed by
+the decoder.
+
+Pieces are not copied out where the window allows (up to
+:data:`FRESH_MAX` bytes a segment, the usual 2-8 MiB windows): every
+segment is then a new ``bytes`` object, filled once and never written
+again, and a piece that lies in one segment is handed out as a read-only
+view of it; only a piece cut by a change of segment is joined.  That copy
+of every decoded byte was a fifth of the prefetch worker's time through the
+mount (perf through the mount, 2026-12-06), on the critical path of
+a sequential read.  A cached view keeps its whole segment alive: pieces of
+one segment are decoded, cached and (by a sequential reader) dropped
+together, so at most a few segments are pinned by part of their pieces.
+Larger windows keep two reused segments and copy each piece out (a view
+would pin a window-sized segment per cached piece).
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from imagefs.codecs.cursors import Piece
 from imagefs.codecs.problems import truncated
 from imagefs.codecs.spans import SUB_CHUNK
 from imagefs.codecs.zstdframe import BLOCK_MAX, FrameHeader, header_length, synth_header
@@ -39,8 +52,9 @@ from imagefs.codecs.zstdstream import (
     available,
     span_block_decoder,
 )
-from imagefs.io.scatter import join_released, read_into
+from imagefs.io.scatter import buffer_address, join_released, new_bytes, read_into
 from imagefs.io.source import ByteSource
+from imagefs.services.memtune import MMAP_THRESHOLD
 
 #: The smallest output segment: 32 blocks, more than a piece.
 SEGMENT_MIN = 32 * BLOCK_MAX
@@ -52,6 +66,10 @@ _CARRY = BLOCK_MAX + 3
 #: page-faulted in on every first write (2 x 4 MiB per span).  Four or more
 #: spans' worth at the usual 2-8 MiB windows; a huge window's are freed.
 KEEP_BYTES = 64 << 20
+#: The largest fresh segment (pieces handed out as views of it): under
+#: glibc's mmap threshold as memtune sets it, so that segments come from
+#: the heap and are reused there, not mapped and page-faulted in anew.
+FRESH_MAX = MMAP_THRESHOLD - (64 << 10)
 
 _spare: dict[int, list[mmap.mmap]] = {}
 _spare_lock = threading.Lock()
@@ -128,31 +146,36 @@ class SpanBlocks:
         self._buf = bytearray()
         self._segments: list[mmap.mmap] = []
         self._outs: list[memoryview] = []    # the segments' views
+        self._addrs: list[int] = []          # and their addresses
+        self._fresh = False                  # fresh segments, pieces as views (FRESH_MAX)
         self._lo = self._hi = self._pos = 0  # compressed bytes [lo, hi) are in buf[:hi - lo]
         self._cur = self._fill = 0           # the segment written, and how far
         self._size = 0                       # of a segment
         self._ended = False                  # the frame's end was checked: no more legs
 
-    def pieces(self) -> Iterator[bytes]:
+    def pieces(self) -> Iterator[Piece]:
         """The span's pieces; ZstdStreamError where libzstd refuses the data."""
         try:
             yield from self.leg()
         finally:
             self.close()
 
-    def leg(self) -> Iterator[bytes]:
-        """The pieces up to the current end (the decoder stays open: see :meth:`extend`)."""
+    def leg(self) -> Iterator[Piece]:
+        """The pieces up to the current end (the decoder stays open: see
+        :meth:`extend`): bytes, or read-only views of fresh segments."""
         if self._dec is None:
             self._begin()
         src = self.src
         buf = self._buf
         view = memoryview(buf)
         lo, hi, pos = self._lo, self._hi, self._pos
-        outs, size = self._outs, self._size
+        outs, addrs, size = self._outs, self._addrs, self._size
         cur, fill = self._cur, self._fill
+        fresh = self._fresh
         dec = self._dec
         parts: list[memoryview] = []         # the open piece's bytes
-        out = view[:0]
+        piece_seg = piece_at = 0             # where the open piece starts
+        whole = True                         # it lies in one segment
         produced = -self.skip                # output before the span is dropped
         self.skip = 0
         open_len = 0
@@ -173,22 +196,30 @@ class SpanBlocks:
                     raise ZstdStreamError(f"the block at byte {pos} runs past the span's end")
                 if size - fill < BLOCK_MAX:
                     cur, fill = 1 - cur, 0
-                got = dec.decode_block(view[at:at + length], outs[cur][fill:])
-                out = outs[cur][fill:fill + got]
+                    if fresh:                # the old segment lives on in its pieces
+                        self._fresh_segment(cur)
+                    whole = False
+                got = dec.decode_block_at(view[at:at + length], addrs[cur] + fill, size - fill)
+                at_out = fill
                 fill += got
                 pos += length
                 if produced < 0:             # before the span: dropped
                     drop = min(-produced, got)
                     self.count(drop)
                     produced += drop
-                    out = out[drop:]
-                while out:
-                    take = min(len(out), SUB_CHUNK - open_len)
-                    parts.append(out[:take])
+                    at_out += drop
+                    got -= drop
+                seg = outs[cur]
+                while got:
+                    if open_len == 0:
+                        piece_seg, piece_at, whole = cur, at_out, True
+                    take = min(got, SUB_CHUNK - open_len)
+                    parts.append(seg[at_out:at_out + take])
                     open_len += take
-                    out = out[take:]
+                    at_out += take
+                    got -= take
                     if open_len == SUB_CHUNK:
-                        yield join_released(parts)
+                        yield self._piece(parts, piece_seg, piece_at, open_len, whole)
                         parts, open_len = [], 0
             self._lo, self._hi, self._pos, self._cur, self._fill = lo, hi, pos, cur, fill
             if self.frame_end > self.blocks_end:
@@ -200,12 +231,26 @@ class SpanBlocks:
                 if not dec.end(memoryview(bytearray(checksum))):
                     raise ZstdStreamError("the frame did not end after its checksum")
             if parts:
-                yield join_released(parts)
+                yield self._piece(parts, piece_seg, piece_at, open_len, whole)
         finally:
             # Views of the segments go first: close() must be able to give
             # the segments back.
             del parts[:]
-            out = view[:0]
+            seg = view[:0]
+
+    def _piece(self, parts: list[memoryview], seg: int, at: int, length: int,
+               whole: bool) -> Piece:
+        """The open piece handed out: a view of its fresh segment where it
+        lies in one, else its parts joined (a copy)."""
+        if self._fresh and whole:
+            return self._outs[seg][at:at + length]
+        return join_released(parts)
+
+    def _fresh_segment(self, n: int) -> None:
+        """Make segment ``n`` a new bytes object (the decoder writes it once)."""
+        segment = new_bytes(self._size)
+        self._outs[n] = memoryview(segment)
+        self._addrs[n] = buffer_address(segment)
 
     def can_extend(self, pos: int) -> bool:
         """Whether this decoder stands at compressed byte ``pos``, able to go on."""
@@ -236,14 +281,20 @@ class SpanBlocks:
         self._lo = self._hi = self._pos = pos
         self._buf = bytearray(_CARRY + READ_CHUNK)
         self._size = max(SEGMENT_MIN, window + BLOCK_MAX)
-        self._segments = [_segment(self._size), _segment(self._size)]
-        self._outs = [memoryview(m) for m in self._segments]
+        self._fresh = self._size <= FRESH_MAX
+        if self._fresh:
+            self._outs, self._addrs = [memoryview(b"")] * 2, [0, 0]
+            self._fresh_segment(0)
+        else:
+            self._segments = [_segment(self._size), _segment(self._size)]
+            self._outs = [memoryview(m) for m in self._segments]
+            self._addrs = [buffer_address(v) for v in self._outs]
 
     def resident(self) -> int:
         """The bytes this decoder keeps until :meth:`close`: its output
         segments (counted whole: after a span they are written through), its
         input buffer and the snapshot it resumed from."""
-        return (sum(len(m) for m in self._segments) + len(self._buf)
+        return (sum(len(v) for v in self._outs) + len(self._buf)
                 + len(self.prefix or b""))
 
     def close(self) -> None:
@@ -253,9 +304,10 @@ class SpanBlocks:
         if dec is not None:
             dec.close()
         # The views go first: a segment with a view of it open cannot be closed.
-        for v in self._outs:
-            v.release()
-        self._outs = []
+        if not self._fresh:                  # fresh segments' views may be in pieces' hands
+            for v in self._outs:
+                v.release()
+        self._outs, self._addrs = [], []
         segments, self._segments = self._segments, []
         for segment in segments:
             _give_back(segment)

@@ -377,13 +377,20 @@ class _LibzstdBlockDecoder(_Context):
         self._feed(head, 0, 0)
 
     def decode_block(self, block: memoryview, out: memoryview) -> int:
+        dst, keep_out = _address(out)
+        got = self.decode_block_at(block, dst, len(out))
+        del keep_out
+        return got
+
+    def decode_block_at(self, block: memoryview, dst: int, room: int) -> int:
+        """:meth:`decode_block` into the ``room`` bytes at address ``dst``
+        (memory the caller keeps alive and writes nowhere else meanwhile:
+        a fresh bytes object being filled, say)."""
         # Two calls, header and body, their sizes known from the header: the
         # pass walks the headers itself, and asking libzstd the next size
         # would cost a foreign call more per block.  A size that differs
         # from libzstd's own reading is refused by it (srcSize_wrong).
         src, keep_in = _address(_writable(block))
-        dst, keep_out = _address(out)
-        room = len(out)
         got = self._continue(self._dctx, dst, room, src, 3)
         if got >= _FIRST_ERROR:
             raise self._fail(got)
@@ -391,7 +398,7 @@ class _LibzstdBlockDecoder(_Context):
             got = self._continue(self._dctx, dst, room, src + 3, len(block) - 3)
             if got >= _FIRST_ERROR:
                 raise self._fail(got)
-        del keep_in, keep_out
+        del keep_in
         return int(got)
 
     def end(self, checksum: memoryview) -> bool:

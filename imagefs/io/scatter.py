@@ -104,9 +104,45 @@ def _bytes_address(data: bytes) -> int:
     return address
 
 
-def scatter_parts(parts: Iterable[tuple[bytes, int, int]], views: Sequence[memoryview]) -> int:
-    """:func:`scatter` of ``(data, start, length)`` slices of bytes objects;
-    long copies run with the GIL released.  Returns bytes copied."""
+class _PyBuffer(ctypes.Structure):
+    # Py_buffer (Include/pybuffer.h), as PyObject_GetBuffer fills it.
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int),
+                ("ndim", ctypes.c_int), ("format", ctypes.c_char_p),
+                ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.restype = ctypes.c_int
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.restype = None
+_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+#: PyObject_GetBuffer's PyBUF_SIMPLE: one contiguous run of bytes.
+_PYBUF_SIMPLE = 0
+
+
+def buffer_address(data: bytes | memoryview) -> int:
+    """The address of the contents of ``data``, read-only views included
+    (ctypes' ``from_buffer`` takes writable ones only); valid while ``data``
+    is referenced.  A view must be contiguous: pieces always are."""
+    if type(data) is bytes:
+        return _bytes_address(data)
+    view = _PyBuffer()
+    _get_buffer(data, ctypes.byref(view), _PYBUF_SIMPLE)   # raises for a non-contiguous view
+    address = view.buf
+    # Releasing drops this export only: the view's own keeps the memory.
+    _release_buffer(ctypes.byref(view))
+    assert address is not None
+    return int(address)
+
+
+def scatter_parts(parts: Iterable[tuple[bytes | memoryview, int, int]],
+                  views: Sequence[memoryview]) -> int:
+    """:func:`scatter` of ``(data, start, length)`` slices of bytes objects
+    or of contiguous views (zero-copy decoded pieces); long copies run with
+    the GIL released.  Returns bytes copied."""
     vi, vpos, copied = 0, 0, 0
     dst: int | None = None                   # the address of views[vi], once needed
     for data, spos, n in parts:
@@ -115,9 +151,9 @@ def scatter_parts(parts: Iterable[tuple[bytes, int, int]], views: Sequence[memor
         while spos < send and vi < len(views):
             view = views[vi]
             take = min(len(view) - vpos, send - spos)
-            if take >= RELEASED_COPY and type(data) is bytes and not view.readonly:
+            if take >= RELEASED_COPY and not view.readonly:
                 if src is None:
-                    src = _bytes_address(data)
+                    src = buffer_address(data)
                 if dst is None:
                     dst = ctypes.addressof(ctypes.c_char.from_buffer(view))
                 ctypes.memmove(dst + vpos, src + spos, take)
@@ -139,19 +175,25 @@ _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 
 
 def join_released(views: Sequence[memoryview]) -> bytes:
-    """``b"".join(views)`` of writable views (an index pass's output memory),
-    copied with the GIL released (see RELEASED_COPY)."""
+    """``b"".join(views)`` of contiguous views (an index pass's output
+    memory), copied with the GIL released (see RELEASED_COPY)."""
     total = sum(map(len, views))
-    if total < RELEASED_COPY or any(view.readonly for view in views):
+    if total < RELEASED_COPY:
         return b"".join(views)
-    # A bytes object made with no contents is filled before anyone else sees
-    # it: how C code builds one.
-    out: bytes = _new_bytes(None, total)
+    out = new_bytes(total)
     dst = _bytes_address(out)
     for view in views:
         if view:
-            ctypes.memmove(dst, ctypes.addressof(ctypes.c_char.from_buffer(view)), len(view))
+            ctypes.memmove(dst, buffer_address(view), len(view))
             dst += len(view)
+    return out
+
+
+def new_bytes(size: int) -> bytes:
+    """A bytes object of ``size`` bytes with unset contents, for its maker
+    to fill through :func:`buffer_address` before anyone else reads that
+    part of it: how C code builds one, without Python's zero fill."""
+    out: bytes = _new_bytes(None, size)
     return out
 
 

@@ -13,30 +13,35 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+#: What the cache holds: bytes, or a read-only view of memory that nothing
+#: writes again (a zstd decoder's fresh segment: codecs/zstdspan.py); a
+#: value is counted by its length.
+Cached = bytes | memoryview
+
 
 class _Pending:
     __slots__ = ("event", "value", "error")
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.value: bytes | None = None
+        self.value: Cached | None = None
         self.error: BaseException | None = None
 
 
 class BlockCache:
-    """An LRU of ``bytes`` values bounded by their total length."""
+    """An LRU of :data:`Cached` values bounded by their total length."""
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity = max(0, int(capacity_bytes))
         self._lock = threading.Lock()
-        self._data: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._data: OrderedDict[Hashable, Cached] = OrderedDict()
         self._pending: dict[Hashable, _Pending] = {}
         self.size = 0
         self.hits = 0
         self.misses = 0
         self.loads = 0
 
-    def get_or_load(self, key: Hashable, loader: Callable[[], bytes]) -> bytes:
+    def get_or_load(self, key: Hashable, loader: Callable[[], Cached]) -> Cached:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
@@ -69,7 +74,7 @@ class BlockCache:
         pending.event.set()
         return value
 
-    def add(self, key: Hashable, value: bytes) -> bool:
+    def add(self, key: Hashable, value: Cached) -> bool:
         """Cache ``value`` under ``key`` unless it is cached or being loaded
         (never waits for that load): whether it was added."""
         with self._lock:
@@ -78,7 +83,7 @@ class BlockCache:
             self._insert_locked(key, value)
             return key in self._data
 
-    def _insert_locked(self, key: Hashable, value: bytes) -> None:
+    def _insert_locked(self, key: Hashable, value: Cached) -> None:
         if 0 < len(value) <= self.capacity:
             old = self._data.pop(key, None)
             if old is not None:
@@ -89,7 +94,7 @@ class BlockCache:
                 _, evicted = self._data.popitem(last=False)
                 self.size -= len(evicted)
 
-    def get(self, key: Hashable) -> bytes | None:
+    def get(self, key: Hashable) -> Cached | None:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
