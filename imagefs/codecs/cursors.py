@@ -16,9 +16,7 @@ from imagefs.services.cache import Cached
 if TYPE_CHECKING:
     from imagefs.codecs.seekindex import SeekIndex
 
-#: A decoded piece: bytes, or a read-only view of decoder memory that is
-#: never written again (zstd's fresh segments: codecs/zstdspan.py), as the
-#: cache holds them.
+#: A decoded piece, as the cache holds it (see services.cache.Cached).
 Piece = Cached
 
 #: Paused span decoders kept for continuation, over all sources: a bound on

@@ -175,8 +175,9 @@ _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 
 
 def join_released(views: Sequence[memoryview]) -> bytes:
-    """``b"".join(views)`` of contiguous views (an index pass's output
-    memory), copied with the GIL released (see RELEASED_COPY)."""
+    """``b"".join(views)`` of contiguous views (an index pass's output, a
+    decoded piece cut by a change of segment), copied with the GIL released
+    (see RELEASED_COPY)."""
     total = sum(map(len, views))
     if total < RELEASED_COPY:
         return b"".join(views)
