@@ -74,3 +74,32 @@ def test_add_never_replaces_and_never_waits_for_a_load():
         assert future.result() == b"loaded"
     assert cache.get("b") == b"loaded"
     assert not cache.add("big", bytes(101))    # larger than the cache: not kept
+
+
+def test_views_are_charged_by_the_object_they_keep_alive():
+    """A cached view pins its whole segment: the cache counts the segment,
+    once for all its views, so hot pieces of many segments stay in budget."""
+    segments = [bytes(4096) for _ in range(8)]
+    cache = BlockCache(3 * 4096)
+    for n, seg in enumerate(segments[:2]):
+        for i in range(4):
+            cache.add((n, i), memoryview(seg)[i * 1024:(i + 1) * 1024])
+    assert cache.size == 2 * 4096               # two segments, eight views
+    # One hot view out of each of many segments: bounded by what they pin.
+    for n, seg in enumerate(segments[2:], start=2):
+        cache.add((n, 0), memoryview(seg)[:1024])
+        assert cache.size <= 3 * 4096
+    kept = {id(v.obj) for k in [(n, i) for n in range(8) for i in range(4)]
+            if (v := cache.get(k)) is not None}
+    assert len(kept) <= 3
+    for n in range(8):
+        for i in range(4):
+            cache.discard((n, i))
+    assert cache.size == 0
+
+
+def test_a_view_bigger_than_the_budget_through_its_object_is_not_kept():
+    cache = BlockCache(2048)
+    assert not cache.add("k", memoryview(bytes(4096))[:100])
+    assert cache.size == 0 and cache.get("k") is None
+    assert cache.add("b", b"x" * 100) and cache.size == 100

@@ -28,9 +28,9 @@ again, and a piece that lies in one segment is handed out as a read-only
 view of it; only a piece cut by a change of segment is joined.  That copy
 of every decoded byte was a fifth of the prefetch worker's time through the
 mount (perf through the mount, 2026-12-06), on the critical path of
-a sequential read.  A cached view keeps its whole segment alive: pieces of
-one segment are decoded, cached and (by a sequential reader) dropped
-together, so at most a few segments are pinned by part of their pieces.
+a sequential read.  A cached view keeps its whole segment alive, and the
+block cache charges it so (services/cache.py): the segment once, whatever
+the number of its pieces cached.
 Larger windows keep two reused segments and copy each piece out (a view
 would pin a window-sized segment per cached piece).
 """

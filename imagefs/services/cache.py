@@ -14,8 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 #: What the cache holds: bytes, or a read-only view of memory that nothing
-#: writes again (a zstd decoder's fresh segment: codecs/zstdspan.py); a
-#: value is counted by its length.
+#: writes again (a zstd decoder's fresh segment: codecs/zstdspan.py).
 Cached = bytes | memoryview
 
 
@@ -29,14 +28,24 @@ class _Pending:
 
 
 class BlockCache:
-    """An LRU of :data:`Cached` values bounded by their total length."""
+    """An LRU of :data:`Cached` values bounded by the memory they keep alive.
+
+    A bytes value costs its length.  A view keeps the whole object it views
+    alive (a 128 KiB piece of a 4 MiB zstd segment keeps all 4 MiB), so views
+    are charged by that object, once however many of its views are cached:
+    counting views by their length let random re-reads that keep one hot
+    piece of each of many segments hold up to 32x the budget.
+    """
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity = max(0, int(capacity_bytes))
         self._lock = threading.Lock()
         self._data: OrderedDict[Hashable, Cached] = OrderedDict()
         self._pending: dict[Hashable, _Pending] = {}
-        self.size = 0
+        # id(viewed object) -> [the object, its views cached]: the object
+        # is held so that its id is not reused while it is charged.
+        self._owners: dict[int, list] = {}
+        self.size = 0                        # bytes charged (see the class)
         self.hits = 0
         self.misses = 0
         self.loads = 0
@@ -84,15 +93,33 @@ class BlockCache:
             return key in self._data
 
     def _insert_locked(self, key: Hashable, value: Cached) -> None:
-        if 0 < len(value) <= self.capacity:
+        if 0 < len(value) and _charge(value) <= self.capacity:
             old = self._data.pop(key, None)
             if old is not None:
-                self.size -= len(old)
+                self._release_locked(old)
             self._data[key] = value
-            self.size += len(value)
+            self._hold_locked(value)
             while self.size > self.capacity:
                 _, evicted = self._data.popitem(last=False)
-                self.size -= len(evicted)
+                self._release_locked(evicted)
+
+    def _hold_locked(self, value: Cached) -> None:
+        if isinstance(value, memoryview):
+            owner = self._owners.get(id(value.obj))
+            if owner is not None:
+                owner[1] += 1
+                return
+            self._owners[id(value.obj)] = [value.obj, 1]
+        self.size += _charge(value)
+
+    def _release_locked(self, value: Cached) -> None:
+        if isinstance(value, memoryview):
+            owner = self._owners[id(value.obj)]
+            owner[1] -= 1
+            if owner[1]:
+                return
+            del self._owners[id(value.obj)]
+        self.size -= _charge(value)
 
     def get(self, key: Hashable) -> Cached | None:
         with self._lock:
@@ -106,15 +133,23 @@ class BlockCache:
         with self._lock:
             value = self._data.pop(key, None)
             if value is not None:
-                self.size -= len(value)
+                self._release_locked(value)
 
     def discard_prefix(self, owner: Hashable) -> None:
         """Drop every entry whose key is a tuple starting with ``owner``."""
         with self._lock:
             for key in [k for k in self._data if isinstance(k, tuple) and k and k[0] == owner]:
-                self.size -= len(self._data.pop(key))
+                self._release_locked(self._data.pop(key))
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._owners.clear()
             self.size = 0
+
+
+def _charge(value: Cached) -> int:
+    """The bytes ``value`` keeps alive: a view's whole viewed object."""
+    if isinstance(value, memoryview):
+        return memoryview(value.obj).nbytes
+    return len(value)
