@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import pyzstd
 from imagefs.codecs import open_decompressed, zstd, zstdspan
+from imagefs.codecs.cursors import Piece
 from imagefs.codecs.spans import SUB_CHUNK
 from imagefs.codecs.zstdstream import DICT_MAGIC, available
 from imagefs.errors import ImageError
@@ -75,6 +76,26 @@ def test_every_span_decodes_the_same_through_libzstd_and_pyzstd(packed: Path,
         assert [len(p) for p in new[:-1]] == [SUB_CHUNK] * (len(new) - 1)   # aligned pieces
         assert b"".join(new) == b"".join(old) == data[index.starts[i]:index.starts[i + 1]], i
     assert "f" in kinds and len(kinds) > 1, kinds        # frame starts and resume points
+    stream.close()
+
+
+def test_pieces_are_read_only_views_of_segments_written_once(packed: Path,
+                                                           data: bytes) -> None:  # noqa: F811
+    """At the usual windows a piece is not copied out: it views a fresh bytes
+    segment that nothing writes again (held until every span is decoded and
+    compared), and only a piece cut by a change of segment is joined."""
+    stream = _indexed(packed)
+    index = stream.index
+    assert index is not None
+    held: list[Piece] = []
+    for i in range(index.spans):
+        new, _old = _both(stream, i, i)
+        views = [p for p in new if isinstance(p, memoryview)]
+        assert all(v.readonly and type(v.obj) is bytes for v in views), i
+        # A segment holds >= 32 pieces: at most one in ~16 is cut and joined.
+        assert len(views) >= len(new) - (len(new) // 16 + 1), (i, len(views), len(new))
+        held.extend(new)
+    assert b"".join(held) == data
     stream.close()
 
 
