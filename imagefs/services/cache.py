@@ -18,6 +18,17 @@ from collections.abc import Callable, Hashable
 Cached = bytes | memoryview
 
 
+class _Owner:
+    """An object some cached views view: it, their number, what it costs."""
+
+    __slots__ = ("obj", "views", "charge")
+
+    def __init__(self, obj: object, charge: int) -> None:
+        self.obj = obj                       # held: its id is not reused while charged
+        self.views = 0
+        self.charge = charge
+
+
 class _Pending:
     __slots__ = ("event", "value", "error")
 
@@ -42,9 +53,7 @@ class BlockCache:
         self._lock = threading.Lock()
         self._data: OrderedDict[Hashable, Cached] = OrderedDict()
         self._pending: dict[Hashable, _Pending] = {}
-        # id(viewed object) -> [the object, its views cached]: the object
-        # is held so that its id is not reused while it is charged.
-        self._owners: dict[int, list] = {}
+        self._owners: dict[int, _Owner] = {}   # by id of the viewed object
         self.size = 0                        # bytes charged (see the class)
         self.hits = 0
         self.misses = 0
@@ -106,20 +115,22 @@ class BlockCache:
     def _hold_locked(self, value: Cached) -> None:
         if isinstance(value, memoryview):
             owner = self._owners.get(id(value.obj))
-            if owner is not None:
-                owner[1] += 1
-                return
-            self._owners[id(value.obj)] = [value.obj, 1]
-        self.size += _charge(value)
+            if owner is None:
+                owner = self._owners[id(value.obj)] = _Owner(value.obj, _charge(value))
+                self.size += owner.charge
+            owner.views += 1
+        else:
+            self.size += len(value)
 
     def _release_locked(self, value: Cached) -> None:
         if isinstance(value, memoryview):
             owner = self._owners[id(value.obj)]
-            owner[1] -= 1
-            if owner[1]:
-                return
-            del self._owners[id(value.obj)]
-        self.size -= _charge(value)
+            owner.views -= 1
+            if owner.views == 0:
+                del self._owners[id(value.obj)]
+                self.size -= owner.charge
+        else:
+            self.size -= len(value)
 
     def get(self, key: Hashable) -> Cached | None:
         with self._lock:
