@@ -154,10 +154,14 @@ class ChunkReader:
     carried to the front of the next one (``CARRY`` bytes are kept free
     there), so sequential loads never wait for a read that is not already
     under way.
+
+    ``on_stall``, if set, is called before a load waits for its bytes (the
+    read ahead is not done, or there is none): the pass does there what
+    it would otherwise leave until after the wait.
     """
 
     __slots__ = ("src", "total", "base", "buf", "view", "update", "reported",
-                 "_spare", "_ahead", "_ahead_at")
+                 "on_stall", "_spare", "_ahead", "_ahead_at")
 
     def __init__(self, src: ByteSource, update: Callable[[int], None]) -> None:
         self.src = src
@@ -167,6 +171,7 @@ class ChunkReader:
         self.view = memoryview(self.buf)
         self.update = update
         self.reported = 0                  # compressed bytes told to progress
+        self.on_stall: Callable[[], None] | None = None
         self._spare = bytearray()          # the buffer the read-ahead fills
         self._ahead: Future[int] | None = None
         self._ahead_at = 0                 # where that read starts
@@ -181,6 +186,8 @@ class ChunkReader:
         Chunks are read into two reused buffers: a fresh 8 MiB object per
         read cost page faults on every byte (10% of the pass).
         """
+        if self.on_stall is not None and (self._ahead is None or not self._ahead.done()):
+            self.on_stall()
         if not self._take_ahead(pos, n):
             size = min(max(PASS_CHUNK, n), self.total - pos)
             if size <= 0:

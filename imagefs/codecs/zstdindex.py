@@ -116,6 +116,10 @@ class _Pass:
         self.build = build
         self.spacing = spacing
         self.comp = ChunkReader(src, build.update)
+        # A pass waiting for input (a slow disk, or the gate of a test)
+        # commits the spans it has finished first: else a reader in them
+        # waits for bytes the pass does not need for them.
+        self.comp.on_stall = partial(self.commit_ready, wait=True)
         self.out_pos = 0
         self.blobs = build.blobs           # shared with the partial index
         self.blob_futures: list[tuple[int, Future[bytes]]] = []
