@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 from pathlib import Path
 
@@ -40,3 +41,15 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI (CI=true), which counts as a failure: {reason}"
+
+
+#: How long the process may take to exit once the tests are done.
+EXIT_GRACE = 120
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A test that leaves a thread blocked (a pass at a gate, a worker
+    waiting for a reader) keeps the interpreter from exiting after the
+    summary: CI then ran into its time limit.  Past EXIT_GRACE the stacks of
+    every thread are printed and the process exits with an error."""
+    faulthandler.dump_traceback_later(EXIT_GRACE, exit=True)
