@@ -57,3 +57,27 @@ def test_wheel_holds_only_the_package_and_spdx_metadata(dists):
             continue
         assert ">=" in line, f"no lower bound: {line}"
     assert any("lzallright" in ln and "python_version" in ln for ln in requires)
+
+
+def test_the_venv_command_keeps_its_bytecode_out_of_the_source_tree(tmp_path):
+    # The editable install's checkout is the package: without the .pth that
+    # scripts/setup.sh writes, a run writes __pycache__ into the tree (or, for
+    # a user who cannot write it, compiles every module at every start).
+    venv_python = REPO / ".venv" / "bin" / "python"
+    if not venv_python.exists() or not list((REPO / ".venv").glob(
+            "lib/python*/site-packages/imagefs-bytecode.pth")):
+        pytest.skip("no .venv made by scripts/setup.sh")
+    before = set(REPO.joinpath("imagefs").rglob("*.pyc"))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
+    proc = subprocess.run([str(venv_python), "-c", "import imagefs.cli.mount"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    written = set(REPO.joinpath("imagefs").rglob("*.pyc")) - before
+    for pyc in written:                    # a failing run leaves the tree as it was
+        pyc.unlink()
+    for folder in {pyc.parent for pyc in written}:
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    assert proc.returncode == 0, proc.stderr
+    assert not written, f"bytecode written into the source tree: {sorted(written)[:3]}"
+    cached = list((tmp_path / "imagefs" / "pycache").rglob("mount.cpython-*.pyc"))
+    assert cached, "the bytecode went nowhere: every start compiles again"
