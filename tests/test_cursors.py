@@ -99,7 +99,7 @@ def test_a_long_window_decoder_counts_whole_and_only_the_newest_stays(
         owners = [o for o, _ in cursors.parked()]
         assert second._owner in owners and first._owner not in owners
         weight = dict(cursors.parked())[second._owner]
-        assert weight >= 2 * (128 << 20) > MAX_CURSOR_BYTES
+        assert weight >= 128 << 20 > MAX_CURSOR_BYTES      # libzstd holds the whole window
         # The kept decoder reads on: the same bytes, no second decoder.
         assert second.read_at(1 << 20, 8 << 20) == data[1 << 20:9 << 20]
         assert second._spans.spans_decoded == 1

@@ -1,7 +1,7 @@
 """Decoding zstd spans through the system libzstd (codecs/zstdspan.py).
 
 A real ``zstd -T0 -3`` stream and a real pzstd one: every span decoded by
-the buffer-less decoder equals the same span decoded by pyzstd and the
+libzstd's streaming decoder, a piece per call, equals the same span decoded by pyzstd and the
 original bytes, also from an earlier origin (a fallback, dropping what
 comes before the span); a snapshot that libzstd would read as a dictionary
 goes to pyzstd; a damaged block is one clear error, never wrong bytes.
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import pyzstd
-from imagefs.codecs import open_decompressed, zstd, zstdspan
-from imagefs.codecs.cursors import Piece
+from imagefs.codecs import open_decompressed, zstd, zstdspan, zstdstream
 from imagefs.codecs.spans import SUB_CHUNK
 from imagefs.codecs.zstdstream import DICT_MAGIC, available
 from imagefs.errors import ImageError
@@ -58,7 +57,7 @@ def _both(stream: zstd.ZstdSource, i: int, j: int) -> tuple[list[bytes], list[by
     skip = index.starts[i] - index.starts[j]
     prefix = None if origin[0] == "f" else pyzstd.decompress(index.blobs[origin[3]])
     assert zstdspan.decodable(origin, prefix)
-    new = list(zstdspan.SpanBlocks(stream.source, origin, prefix, blocks_end, frame_end, skip,
+    new = list(zstdspan.SpanDecoder(stream.source, origin, prefix, blocks_end, frame_end, skip,
                                    lambda n: None).pieces())
     old = list(stream._iter_span_pyzstd(i, origin, prefix, blocks_end, frame_end, skip))
     return new, old
@@ -79,23 +78,39 @@ def test_every_span_decodes_the_same_through_libzstd_and_pyzstd(packed: Path,
     stream.close()
 
 
-def test_pieces_are_read_only_views_of_segments_written_once(packed: Path,
-                                                           data: bytes) -> None:  # noqa: F811
-    """At the usual windows a piece is not copied out: it views a fresh bytes
-    segment that nothing writes again (held until every span is decoded and
-    compared), and only a piece cut by a change of segment is joined."""
+def test_a_span_takes_a_foreign_call_per_piece_not_per_block(
+        packed: Path, data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Every call into libzstd releases and retakes the GIL, and retaking it
+    waits for other threads' Python: a span is decoded a piece per call
+    (plus one per compressed read and the flush), not a call per 128 KiB
+    block; and each piece is its own memory, not a view pinning more."""
+    steps = []
+
+    class Counting(zstdstream.StreamDecoder):
+        def step(self) -> bool:
+            steps.append(1)
+            return super().step()
+
+    def counting(window: int) -> zstdstream.StreamDecoder:
+        dec = zstdstream.stream_decoder(window)
+        assert dec is not None
+        dec.__class__ = Counting
+        return dec
+
+    monkeypatch.setattr(zstdspan, "stream_decoder", counting)
     stream = _indexed(packed)
     index = stream.index
     assert index is not None
-    held: list[Piece] = []
     for i in range(index.spans):
+        steps.clear()
         new, _old = _both(stream, i, i)
-        views = [p for p in new if isinstance(p, memoryview)]
-        assert all(v.readonly and type(v.obj) is bytes for v in views), i
-        # A segment holds >= 32 pieces: at most one in ~16 is cut and joined.
-        assert len(views) >= len(new) - (len(new) // 16 + 1), (i, len(views), len(new))
-        held.extend(new)
-    assert b"".join(held) == data
+        compressed = index.meta[i][2] - index.meta[i][1][1]
+        reads = -(-compressed // zstdspan.READ_CHUNK)
+        blocks = -(-(index.starts[i + 1] - index.starts[i]) // (128 << 10))
+        assert len(new) <= len(steps) <= len(new) + reads + 2 < blocks, (i, len(steps), blocks)
+        for piece in new:
+            whole = piece.obj if isinstance(piece, memoryview) else piece
+            assert type(whole) is bytes and len(whole) == SUB_CHUNK, i
     stream.close()
 
 

@@ -215,7 +215,7 @@ class ZstdSource(CodecSource):
         prefix = None if origin[0] == "f" else pyzstd.decompress(index.blobs[origin[3]])
         if zstdspan.decodable(origin, prefix):
             # Through the system libzstd with the GIL released (zstdspan).
-            return _SpanRun(self, zstdspan.SpanBlocks(src, origin, prefix, blocks_end, frame_end,
+            return _SpanRun(self, zstdspan.SpanDecoder(src, origin, prefix, blocks_end, frame_end,
                                                       skip, self._count), i)
         return _PyzstdRun(self._iter_span_pyzstd(i, origin, prefix, blocks_end, frame_end, skip),
                           zstdspan.origin_window(src, origin) + len(prefix or b""))
@@ -224,7 +224,7 @@ class ZstdSource(CodecSource):
                           blocks_end: int, frame_end: int,
                           skip: int) -> Generator[bytes, None, None]:
         """:meth:`_iter_span` through pyzstd (no system libzstd, or a snapshot
-        that libzstd's buffer-less API would take for a dictionary).
+        that starts like a dictionary: see zstdspan.decodable).
 
         pyzstd's max_length lets the decoder write each piece straight into
         a buffer of the piece's size: whole pieces need no join (a join of
@@ -281,7 +281,7 @@ class _SpanRun:
     (:meth:`~imagefs.codecs.cursors.SpanCursor.go_on`): that span's resume
     point is where the decoder stands, so its snapshot need not be loaded."""
 
-    def __init__(self, stream: ZstdSource, blocks: zstdspan.SpanBlocks, i: int) -> None:
+    def __init__(self, stream: ZstdSource, blocks: zstdspan.SpanDecoder, i: int) -> None:
         self._stream = stream
         self._blocks = blocks
         self._legs = self._leg(i)

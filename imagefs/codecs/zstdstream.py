@@ -1,4 +1,4 @@
-"""zstd decoders that write into the caller's buffers (for the index pass).
+"""zstd decoders that write into the caller's buffers (the index pass, spans).
 
 python-zstandard's and pyzstd's decoders hand back every output as a new
 bytes object: libzstd writes into a buffer of the binding's, which then
@@ -32,6 +32,9 @@ snapshot as its history (the pass's resume trials): libzstd's
 ``ZSTD_DCtx_refPrefix`` references the snapshot where python-zstandard
 copied it twice (into a dictionary, then a digested dictionary) and made
 a new decoder for each trial.
+
+:class:`StreamDecoder` is ``ZSTD_decompressStream`` by address, for decoding
+spans: a call per piece rather than per block (its docstring says why).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import Any, Protocol
 import zstandard
 
 from imagefs.codecs.zstdframe import BLOCK_MAX
+from imagefs.io.scatter import buffer_address
 
 #: libzstd's ZSTD_d_windowLogMax parameter (zstd.h, ZSTD_dParameter).
 _WINDOW_LOG_MAX = 100
@@ -456,12 +460,92 @@ class _CopyingBlockDecoder:
 DICT_MAGIC = (0xEC30A437).to_bytes(4, "little")
 
 
-def span_block_decoder() -> _LibzstdBlockDecoder | None:
-    """A buffer-less block decoder that checks content checksums itself and
-    begins frames after a prefix (decoding spans), None without the system
-    libzstd."""
+class StreamDecoder(_Context):
+    """``ZSTD_decompressStream`` over memory the caller holds, by address:
+    one foreign call decodes every block its input and output allow.
+
+    For decoding spans (:mod:`~imagefs.codecs.zstdspan`), where a call per
+    block (the buffer-less API) meant a release and a re-acquisition of
+    the GIL per 128 KiB: each re-acquisition waits for whatever Python
+    another thread is running, so a prefetch lane beside busy FUSE threads
+    ran at a fraction of its speed (see zstdspan).  libzstd decodes into a
+    window buffer of its own here and copies each block out (~4 % of the
+    span's decoding time, hot in the cache).
+
+    The caller sets the input and output regions (:meth:`set_input`,
+    :meth:`set_output`) and calls :meth:`step`; ``in_pos`` and ``out_pos``
+    say how far each got.
+    """
+
+    def __init__(self, lib: Any, window_log_max: int) -> None:
+        super().__init__(lib)
+        self._decompress = lib.ZSTD_decompressStream
+        self._in = _Buffer()
+        self._out = _Buffer()
+        self._in_ref = ctypes.byref(self._in)
+        self._out_ref = ctypes.byref(self._out)
+        self._prefix: bytes | None = None
+        self._check(lib.ZSTD_DCtx_setParameter(self._dctx, _WINDOW_LOG_MAX, window_log_max))
+
+    def _check(self, code: int) -> int:
+        if code >= _FIRST_ERROR:
+            raise ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
+        return code
+
+    def begin(self, head: bytes, prefix: bytes | None = None) -> None:
+        """Start a frame: ``head`` the bytes of its header (or none: they come
+        as input), ``prefix`` the history before its first block (a window
+        snapshot, raw content), referenced until the next begin, not copied."""
+        self._check(self._lib.ZSTD_DCtx_reset(self._dctx, _RESET_SESSION_ONLY))
+        self._prefix = prefix
+        if prefix:
+            self._check(self._lib.ZSTD_DCtx_refPrefix(self._dctx, prefix, len(prefix)))
+        if head:
+            held = bytearray(head)
+            self.set_input(buffer_address(memoryview(held)), len(held))
+            self.set_output(0, 0)
+            self.step()
+            if self.in_pos != len(held):
+                raise ZstdStreamError("libzstd did not take the frame header")
+            self.set_input(0, 0)
+
+    def set_input(self, address: int, size: int) -> None:
+        """Decode from the ``size`` bytes at ``address`` (kept alive by the caller)."""
+        self._in.ptr, self._in.size, self._in.pos = address or None, size, 0
+
+    def set_output(self, address: int, size: int) -> None:
+        """Write into the ``size`` bytes at ``address`` (kept alive by the caller)."""
+        self._out.ptr, self._out.size, self._out.pos = address or None, size, 0
+
+    @property
+    def in_pos(self) -> int:
+        """Input bytes consumed since :meth:`set_input`."""
+        return int(self._in.pos)
+
+    @property
+    def in_left(self) -> int:
+        """Input bytes not yet consumed."""
+        return int(self._in.size - self._in.pos)
+
+    @property
+    def out_pos(self) -> int:
+        """Output bytes written since :meth:`set_output`."""
+        return int(self._out.pos)
+
+    def step(self) -> bool:
+        """Decode what the input and output allow; True once the frame has
+        ended (its checksum checked, if it has one) and is fully flushed."""
+        return self._check(self._decompress(self._dctx, self._out_ref, self._in_ref)) == 0
+
+
+def stream_decoder(window: int) -> StreamDecoder | None:
+    """A :class:`StreamDecoder` for frames with windows up to ``window`` bytes,
+    None without the system libzstd."""
     lib = _libzstd()
-    return None if lib is None else _LibzstdBlockDecoder(lib, check_content=True)
+    if lib is None:
+        return None
+    # libzstd's default limit is 2^27; a larger window must be allowed by name.
+    return StreamDecoder(lib, max(27, (window - 1).bit_length()))
 
 
 def block_decoder(max_window: int) -> BlockDecoder:

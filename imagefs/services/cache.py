@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 #: What the cache holds: bytes, or a read-only view of memory that nothing
-#: writes again (a zstd decoder's fresh segment: codecs/zstdspan.py).
+#: writes again (the short last piece of a zstd span: codecs/zstdspan.py).
 Cached = bytes | memoryview
 
 
