@@ -25,7 +25,8 @@ What lives where:
 ``streamend``       where a gzip/bzip2 stream ends (trailing bytes, truncation)
 ``rapidpool``       rapidgzip decoders and the threads every rapidgzip call uses
 one per codec       ``rapid`` (gzip, bzip2 via rapidgzip), ``zstd`` (with
-                    ``zstdframe`` and the pass ``zstdindex``), ``lz4``,
+                    ``zstdframe``, the pass ``zstdindex``, its trials
+                    ``zstdtrial``, spans ``zstdspan``), ``lz4``,
                     ``xz``, ``lzop``, ``lzip``
 ==================  ========================================================
 
@@ -126,9 +127,10 @@ def configure(*, threads: int | None = None, zstd_spacing: int | None = None) ->
 def codec_versions() -> dict[str, str]:
     """Versions of the codec libraries and of the C libraries that really decode.
 
-    zstd is decoded by the system libzstd (the index pass, codecs/zstdstream.py;
-    python-zstandard where it cannot be loaded) and by pyzstd (spans and reads
-    from a stream's start); each brings its own libzstd, so all are named.
+    zstd is decoded by the system libzstd (the index pass and spans,
+    codecs/zstdstream.py; python-zstandard and pyzstd where it cannot be
+    loaded) and by pyzstd (reads from a stream's start); each brings its own
+    libzstd, so all are named.
     """
     import lzma  # here, not at import: a mount imports this package at start-up
     import zlib
@@ -153,14 +155,15 @@ def codec_versions() -> dict[str, str]:
     try:
         import pyzstd
 
-        out["pyzstd"] = (f"{version('pyzstd')} (libzstd {pyzstd.zstd_version}; decodes spans "
-                         "and reads from a stream's start, compresses the index's windows)")
+        out["pyzstd"] = (f"{version('pyzstd')} (libzstd {pyzstd.zstd_version}; decodes reads "
+                         "from a stream's start, and spans without the system libzstd; "
+                         "compresses the index's windows)")
     except (ImportError, PackageNotFoundError):
         out["pyzstd"] = "missing"
     from imagefs.codecs.zstdstream import system_version
     system = system_version()
-    out["libzstd"] = (f"{system} (the system's; decodes the index pass)" if system
-                      else "missing (the index pass uses python-zstandard)")
+    out["libzstd"] = (f"{system} (the system's; decodes the index pass and spans)"
+                      if system else "missing (the index pass uses python-zstandard)")
     out["lzo"] = library_version()
     out["zlib"] = zlib.ZLIB_RUNTIME_VERSION
     out["liblzma"] = "stdlib lzma module" if lzma else "missing"

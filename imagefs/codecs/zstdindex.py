@@ -79,8 +79,8 @@ from imagefs.codecs.zstdstream import (
     BlockDecoder,
     ZstdStreamError,
     block_decoder,
-    prefix_decoder,
 )
+from imagefs.codecs.zstdtrial import prefix_decoder
 from imagefs.errors import UnsupportedError
 from imagefs.io.source import ByteSource
 

@@ -27,14 +27,9 @@ The functions are called through ctypes on the system's ``libzstd.so.1``
 and stable since 1.0), with python-zstandard, copying, as the fallback
 where that library cannot be loaded.  ctypes releases the GIL for the call.
 
-:func:`prefix_decoder` decodes one block after a resume point with a window
-snapshot as its history (the pass's resume trials): libzstd's
-``ZSTD_DCtx_refPrefix`` references the snapshot where python-zstandard
-copied it twice (into a dictionary, then a digested dictionary) and made
-a new decoder for each trial.
-
 :class:`StreamDecoder` is ``ZSTD_decompressStream`` by address, for decoding
-spans: a call per piece rather than per block (its docstring says why).
+spans a piece per call rather than a block per call (its docstring says
+why), and the pass's resume trials (:mod:`~imagefs.codecs.zstdtrial`).
 """
 
 from __future__ import annotations
@@ -160,133 +155,92 @@ class _Context:
         self.close()
 
 
-class _LibzstdDecoder(_Context):
-    """libzstd's ZSTD_decompressStream, called through ctypes."""
+class StreamDecoder(_Context):
+    """``ZSTD_decompressStream`` over memory the caller holds, by address:
+    one foreign call decodes every block its input and output allow.
+
+    For decoding spans (:mod:`~imagefs.codecs.zstdspan`), where a call per
+    block (the buffer-less API) meant a release and a re-acquisition of
+    the GIL per 128 KiB: each re-acquisition waits for whatever Python
+    another thread is running, so a prefetch lane beside busy FUSE threads
+    ran at a fraction of its speed (see zstdspan).  libzstd decodes into a
+    window buffer of its own here and copies each block out (~4 % of the
+    span's decoding time, hot in the cache).
+
+    The caller sets the input and output regions (:meth:`set_input`,
+    :meth:`set_output`) and calls :meth:`step`; ``in_pos`` and ``out_pos``
+    say how far each got.
+    """
 
     def __init__(self, lib: Any, window_log_max: int) -> None:
         super().__init__(lib)
-        self._check(lib.ZSTD_DCtx_setParameter(self._dctx, _WINDOW_LOG_MAX, window_log_max))
+        self._decompress = lib.ZSTD_decompressStream
         self._in = _Buffer()
         self._out = _Buffer()
-        self.eof = False
+        self._in_ref = ctypes.byref(self._in)
+        self._out_ref = ctypes.byref(self._out)
+        self._prefix: bytes | None = None
+        self._check(lib.ZSTD_DCtx_setParameter(self._dctx, _WINDOW_LOG_MAX, window_log_max))
 
     def _check(self, code: int) -> int:
-        if self._lib.ZSTD_isError(code):
+        if code >= _FIRST_ERROR:
             raise ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
         return code
 
-    def restart(self, prefix: bytes) -> None:
-        """Begin a new frame (the window limit kept), with ``prefix`` as its
-        history: referenced, not copied, so it must outlive the frame's decoding."""
+    def begin(self, head: bytes, prefix: bytes | None = None) -> None:
+        """Start a frame: ``head`` the bytes of its header (or none: they come
+        as input), ``prefix`` the history before its first block (a window
+        snapshot, raw content), referenced until the next begin, not copied."""
         self._check(self._lib.ZSTD_DCtx_reset(self._dctx, _RESET_SESSION_ONLY))
+        self._prefix = prefix
         if prefix:
             self._check(self._lib.ZSTD_DCtx_refPrefix(self._dctx, prefix, len(prefix)))
-        self.eof = False
+        if head:
+            held = bytearray(head)
+            self.set_input(buffer_address(memoryview(held)), len(held))
+            self.set_output(0, 0)
+            self.step()
+            if self.in_pos != len(held):
+                raise ZstdStreamError("libzstd did not take the frame header")
+            self.set_input(0, 0)
 
-    def decode_into(self, data: memoryview, out: memoryview) -> tuple[int, int]:
-        if self.eof:
-            return 0, 0
-        if data.readonly and len(data):
-            data = memoryview(bytearray(data))      # ctypes wants a writable buffer
-        src = self._in
-        if len(data):
-            src.ptr, keep_in = _address(data)
-        else:
-            src.ptr, keep_in = None, None
-        src.size, src.pos = len(data), 0
-        dst = self._out
-        dst.ptr, keep_out = _address(out)
-        dst.size, dst.pos = len(out), 0
-        left = self._check(self._lib.ZSTD_decompressStream(self._dctx, ctypes.byref(dst),
-                                                           ctypes.byref(src)))
-        # 0: the frame is complete and fully flushed.
-        self.eof = left == 0
-        del keep_in, keep_out
-        return src.pos, dst.pos
+    def set_input(self, address: int, size: int) -> None:
+        """Decode from the ``size`` bytes at ``address`` (kept alive by the caller)."""
+        self._in.ptr, self._in.size, self._in.pos = address or None, size, 0
 
+    def set_output(self, address: int, size: int) -> None:
+        """Write into the ``size`` bytes at ``address`` (kept alive by the caller)."""
+        self._out.ptr, self._out.size, self._out.pos = address or None, size, 0
 
-class PrefixDecoder(Protocol):
-    """Decodes single blocks as the first block of a frame resumed mid-stream."""
+    @property
+    def in_pos(self) -> int:
+        """Input bytes consumed since :meth:`set_input`."""
+        return int(self._in.pos)
 
-    def decode_block(self, prefix: bytes, head: bytes,
-                     block: memoryview) -> memoryview | bytes | None:
-        """What ``block`` decodes to after frame header ``head``, with ``prefix``
-        (a window snapshot) as the history before it; None where the decoder
-        refuses it (an offset reaching before the prefix, missing tables).
+    @property
+    def in_left(self) -> int:
+        """Input bytes not yet consumed."""
+        return int(self._in.size - self._in.pos)
 
-        The result may be a view of a reused buffer: valid until the next call.
-        """
+    @property
+    def out_pos(self) -> int:
+        """Output bytes written since :meth:`set_output`."""
+        return int(self._out.pos)
 
-    def close(self) -> None:
-        """Free the decoder's memory."""
+    def step(self) -> bool:
+        """Decode what the input and output allow; True once the frame has
+        ended (its checksum checked, if it has one) and is fully flushed."""
+        return self._check(self._decompress(self._dctx, self._out_ref, self._in_ref)) == 0
 
 
-class _LibzstdPrefixDecoder:
-    """One libzstd context reused for every trial of a pass."""
-
-    def __init__(self, lib: Any, window_log_max: int) -> None:
-        self._dec = _LibzstdDecoder(lib, window_log_max)
-        # One block's output at most; a byte more would show a block that
-        # decodes to more than a block can.
-        self._out = memoryview(bytearray(BLOCK_MAX + 1))
-
-    def decode_block(self, prefix: bytes, head: bytes,
-                     block: memoryview) -> memoryview | bytes | None:
-        dec = self._dec
-        try:
-            dec.restart(prefix)            # ``prefix`` is alive for the whole call
-            dec.decode_into(memoryview(head), self._out)
-            used = written = 0
-            while True:
-                room = self._out[written:]
-                took, wrote = dec.decode_into(block[used:], room)
-                used += took
-                written += wrote
-                if written > BLOCK_MAX:
-                    return None
-                if used >= len(block) and wrote < len(room):
-                    return self._out[:written]
-                if not (took or wrote):
-                    return None            # the frame ended inside the block
-        except ZstdStreamError:
-            return None
-
-    def close(self) -> None:
-        self._dec.close()
-
-
-class _CopyingPrefixDecoder:
-    """python-zstandard with the prefix as a raw-content dictionary (the fallback)."""
-
-    def __init__(self, max_window: int) -> None:
-        self._max_window = max_window
-
-    def decode_block(self, prefix: bytes, head: bytes,
-                     block: memoryview) -> memoryview | bytes | None:
-        try:
-            if prefix:
-                zdict = zstandard.ZstdCompressionDict(prefix,
-                                                      dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-                dec = zstandard.ZstdDecompressor(dict_data=zdict,
-                                                 max_window_size=self._max_window)
-            else:
-                dec = zstandard.ZstdDecompressor(max_window_size=self._max_window)
-            obj = dec.decompressobj()
-            obj.decompress(head)
-            return obj.decompress(block)
-        except zstandard.ZstdError:
-            return None
-
-    def close(self) -> None:
-        pass
-
-
-def prefix_decoder(max_window: int) -> PrefixDecoder:
-    """A decoder of single resumed blocks, for frames with windows up to ``max_window``."""
+def stream_decoder(window: int) -> StreamDecoder | None:
+    """A :class:`StreamDecoder` for frames with windows up to ``window`` bytes,
+    None without the system libzstd."""
     lib = _libzstd()
-    if lib is not None:
-        return _LibzstdPrefixDecoder(lib, max_window.bit_length() - 1)
-    return _CopyingPrefixDecoder(max_window)
+    if lib is None:
+        return None
+    # libzstd's default limit is 2^27; a larger window must be allowed by name.
+    return StreamDecoder(lib, max(27, (window - 1).bit_length()))
 
 
 class BlockDecoder(Protocol):
@@ -458,94 +412,6 @@ class _CopyingBlockDecoder:
 #: A prefix starting with these bytes (ZSTD_MAGIC_DICTIONARY) would be read
 #: by ZSTD_decompressBegin_usingDict as a formatted dictionary, not as content.
 DICT_MAGIC = (0xEC30A437).to_bytes(4, "little")
-
-
-class StreamDecoder(_Context):
-    """``ZSTD_decompressStream`` over memory the caller holds, by address:
-    one foreign call decodes every block its input and output allow.
-
-    For decoding spans (:mod:`~imagefs.codecs.zstdspan`), where a call per
-    block (the buffer-less API) meant a release and a re-acquisition of
-    the GIL per 128 KiB: each re-acquisition waits for whatever Python
-    another thread is running, so a prefetch lane beside busy FUSE threads
-    ran at a fraction of its speed (see zstdspan).  libzstd decodes into a
-    window buffer of its own here and copies each block out (~4 % of the
-    span's decoding time, hot in the cache).
-
-    The caller sets the input and output regions (:meth:`set_input`,
-    :meth:`set_output`) and calls :meth:`step`; ``in_pos`` and ``out_pos``
-    say how far each got.
-    """
-
-    def __init__(self, lib: Any, window_log_max: int) -> None:
-        super().__init__(lib)
-        self._decompress = lib.ZSTD_decompressStream
-        self._in = _Buffer()
-        self._out = _Buffer()
-        self._in_ref = ctypes.byref(self._in)
-        self._out_ref = ctypes.byref(self._out)
-        self._prefix: bytes | None = None
-        self._check(lib.ZSTD_DCtx_setParameter(self._dctx, _WINDOW_LOG_MAX, window_log_max))
-
-    def _check(self, code: int) -> int:
-        if code >= _FIRST_ERROR:
-            raise ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
-        return code
-
-    def begin(self, head: bytes, prefix: bytes | None = None) -> None:
-        """Start a frame: ``head`` the bytes of its header (or none: they come
-        as input), ``prefix`` the history before its first block (a window
-        snapshot, raw content), referenced until the next begin, not copied."""
-        self._check(self._lib.ZSTD_DCtx_reset(self._dctx, _RESET_SESSION_ONLY))
-        self._prefix = prefix
-        if prefix:
-            self._check(self._lib.ZSTD_DCtx_refPrefix(self._dctx, prefix, len(prefix)))
-        if head:
-            held = bytearray(head)
-            self.set_input(buffer_address(memoryview(held)), len(held))
-            self.set_output(0, 0)
-            self.step()
-            if self.in_pos != len(held):
-                raise ZstdStreamError("libzstd did not take the frame header")
-            self.set_input(0, 0)
-
-    def set_input(self, address: int, size: int) -> None:
-        """Decode from the ``size`` bytes at ``address`` (kept alive by the caller)."""
-        self._in.ptr, self._in.size, self._in.pos = address or None, size, 0
-
-    def set_output(self, address: int, size: int) -> None:
-        """Write into the ``size`` bytes at ``address`` (kept alive by the caller)."""
-        self._out.ptr, self._out.size, self._out.pos = address or None, size, 0
-
-    @property
-    def in_pos(self) -> int:
-        """Input bytes consumed since :meth:`set_input`."""
-        return int(self._in.pos)
-
-    @property
-    def in_left(self) -> int:
-        """Input bytes not yet consumed."""
-        return int(self._in.size - self._in.pos)
-
-    @property
-    def out_pos(self) -> int:
-        """Output bytes written since :meth:`set_output`."""
-        return int(self._out.pos)
-
-    def step(self) -> bool:
-        """Decode what the input and output allow; True once the frame has
-        ended (its checksum checked, if it has one) and is fully flushed."""
-        return self._check(self._decompress(self._dctx, self._out_ref, self._in_ref)) == 0
-
-
-def stream_decoder(window: int) -> StreamDecoder | None:
-    """A :class:`StreamDecoder` for frames with windows up to ``window`` bytes,
-    None without the system libzstd."""
-    lib = _libzstd()
-    if lib is None:
-        return None
-    # libzstd's default limit is 2^27; a larger window must be allowed by name.
-    return StreamDecoder(lib, max(27, (window - 1).bit_length()))
 
 
 def block_decoder(max_window: int) -> BlockDecoder:
