@@ -82,15 +82,10 @@ def _declare(lib: Any) -> None:
     lib.ZSTD_DCtx_reset.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.ZSTD_DCtx_refPrefix.restype = ctypes.c_size_t
     lib.ZSTD_DCtx_refPrefix.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    lib.ZSTD_isError.restype = ctypes.c_uint
-    lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
     lib.ZSTD_getErrorName.restype = ctypes.c_char_p
     lib.ZSTD_getErrorName.argtypes = [ctypes.c_size_t]
     lib.ZSTD_decompressBegin.restype = ctypes.c_size_t
     lib.ZSTD_decompressBegin.argtypes = [ctypes.c_void_p]
-    lib.ZSTD_decompressBegin_usingDict.restype = ctypes.c_size_t
-    lib.ZSTD_decompressBegin_usingDict.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
-                                                   ctypes.c_size_t]
     lib.ZSTD_nextSrcSizeToDecompress.restype = ctypes.c_size_t
     lib.ZSTD_nextSrcSizeToDecompress.argtypes = [ctypes.c_void_p]
     lib.ZSTD_decompressContinue.restype = ctypes.c_size_t
@@ -146,6 +141,10 @@ class _Context:
         if not self._dctx:
             raise MemoryError("libzstd could not allocate a decoder")
 
+    def _fail(self, code: int) -> ZstdStreamError:
+        """The error for libzstd's result ``code`` (its own message)."""
+        return ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
+
     def close(self) -> None:
         if self._dctx:
             self._lib.ZSTD_freeDCtx(self._dctx)
@@ -184,7 +183,7 @@ class StreamDecoder(_Context):
 
     def _check(self, code: int) -> int:
         if code >= _FIRST_ERROR:
-            raise ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
+            raise self._fail(code)
         return code
 
     def begin(self, head: bytes, prefix: bytes | None = None) -> None:
@@ -292,17 +291,11 @@ class _LibzstdBlockDecoder(_Context):
     reads every byte anyway.
     """
 
-    def __init__(self, lib: Any, check_content: bool = False) -> None:
+    def __init__(self, lib: Any) -> None:
         super().__init__(lib)
         self._continue = lib.ZSTD_decompressContinue
-        self.checks_content = True
-        if not check_content:
-            code = lib.ZSTD_DCtx_setParameter(self._dctx, _FORCE_IGNORE_CHECKSUM, 1)
-            self.checks_content = code >= _FIRST_ERROR    # an older libzstd checks it itself
-        self._prefix: bytes | None = None
-
-    def _fail(self, code: int) -> ZstdStreamError:
-        return ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
+        code = lib.ZSTD_DCtx_setParameter(self._dctx, _FORCE_IGNORE_CHECKSUM, 1)
+        self.checks_content = code >= _FIRST_ERROR    # an older libzstd checks it itself
 
     def _feed(self, data: memoryview, out: int, room: int) -> int:
         """Feed ``data`` in the pieces libzstd asks for: the bytes written at ``out``."""
@@ -320,34 +313,19 @@ class _LibzstdBlockDecoder(_Context):
         del keep
         return written
 
-    def begin(self, head: memoryview, prefix: bytes | None = None) -> None:
-        """Begin the frame whose header is ``head``; ``prefix``: the history
-        before its first block (a window snapshot), referenced until the next
-        begin, not copied.  A prefix is raw content unless it starts with
-        the dictionary magic (:data:`DICT_MAGIC`): the caller avoids those."""
-        self._prefix = prefix
-        if prefix:
-            got = self._lib.ZSTD_decompressBegin_usingDict(self._dctx, prefix, len(prefix))
-        else:
-            got = self._lib.ZSTD_decompressBegin(self._dctx)
+    def begin(self, head: memoryview) -> None:
+        got = self._lib.ZSTD_decompressBegin(self._dctx)
         if got >= _FIRST_ERROR:
             raise self._fail(got)
         self._feed(head, 0, 0)
 
     def decode_block(self, block: memoryview, out: memoryview) -> int:
-        dst, keep_out = _address(out)
-        got = self.decode_block_at(block, dst, len(out))
-        del keep_out
-        return got
-
-    def decode_block_at(self, block: memoryview, dst: int, room: int) -> int:
-        """:meth:`decode_block` into the ``room`` bytes at address ``dst``
-        (memory the caller keeps alive and writes nowhere else meanwhile:
-        a fresh bytes object being filled, say)."""
         # Two calls, header and body, their sizes known from the header: the
         # pass walks the headers itself, and asking libzstd the next size
         # would cost a foreign call more per block.  A size that differs
         # from libzstd's own reading is refused by it (srcSize_wrong).
+        dst, keep_out = _address(out)
+        room = len(out)
         src, keep_in = _address(_writable(block))
         got = self._continue(self._dctx, dst, room, src, 3)
         if got >= _FIRST_ERROR:
@@ -356,7 +334,7 @@ class _LibzstdBlockDecoder(_Context):
             got = self._continue(self._dctx, dst, room, src + 3, len(block) - 3)
             if got >= _FIRST_ERROR:
                 raise self._fail(got)
-        del keep_in
+        del keep_in, keep_out
         return int(got)
 
     def end(self, checksum: memoryview) -> bool:
@@ -409,8 +387,9 @@ class _CopyingBlockDecoder:
         self._dec = None
 
 
-#: A prefix starting with these bytes (ZSTD_MAGIC_DICTIONARY) would be read
-#: by ZSTD_decompressBegin_usingDict as a formatted dictionary, not as content.
+#: ZSTD_MAGIC_DICTIONARY: a snapshot starting with it goes to pyzstd (see
+#: zstdspan.decodable; the buffer-less span decoder would have read it as
+#: a formatted dictionary).
 DICT_MAGIC = (0xEC30A437).to_bytes(4, "little")
 
 

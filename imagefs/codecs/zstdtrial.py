@@ -49,7 +49,7 @@ class _LibzstdPrefixDecoder:
                      block: memoryview) -> memoryview | bytes | None:
         dec = self._dec
         if not len(block):
-            return None
+            return self._out[:0]           # nothing in, nothing out (no address to give)
         at = buffer_address(block)         # ``block`` and ``prefix`` live through the call
         room = len(self._out)
         try:
