@@ -157,6 +157,63 @@ def test_a_window_larger_than_a_segment(tmp_path: Path) -> None:
     stream.close()
 
 
+def _block_types(raw: bytes) -> set[int]:
+    """The types of the blocks of the one frame in ``raw``."""
+    pos = header_length(raw[4])
+    types = set()
+    while True:
+        bh = int.from_bytes(raw[pos:pos + 3], "little")
+        types.add((bh >> 1) & 3)
+        pos += 3 + (1 if (bh >> 1) & 3 == 1 else bh >> 3)
+        if bh & 1:
+            return types
+
+
+@pytest.mark.parametrize("decoder", ["libzstd", "python-zstandard"])
+def test_raw_and_rle_blocks_keep_the_history_of_the_blocks_after_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoder: str) -> None:
+    """The block API decodes compressed blocks only; raw and RLE blocks are
+    copied or filled by the pass and announced to libzstd: compressed blocks
+    after them match into them (the same text again after each)."""
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd is not installed")
+    if decoder == "python-zstandard":
+        _without_libzstd(monkeypatch)
+    elif zstdstream._libzstd() is None:
+        pytest.skip("this system has no libzstd.so.1")
+    rnd = random.Random(3)
+    text = _original()[:300_000]
+    data = bytearray()
+    for i in range(12):
+        noise = rnd.randbytes(200_000)              # raw blocks
+        data += noise + bytes([i]) * 300_000 + text + noise[:50_000]
+    path = tmp_path / "mixed.zst"
+    path.write_bytes(subprocess.run(["zstd", "-q", "-3", "-c"], input=bytes(data),
+                                    stdout=subprocess.PIPE, check=True).stdout)
+    assert _block_types(path.read_bytes()) == {0, 1, 2}       # raw, RLE, compressed
+    stream = _built(path)
+    assert stream.read_at(0, len(data)) == data
+    stream.close()
+
+
+@pytest.mark.parametrize("decoder", ["libzstd", "python-zstandard"])
+def test_a_block_larger_than_its_frame_allows_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoder: str) -> None:
+    """Hand-made: a 1 KiB window (descriptor 0) and a 4 KiB raw block, which
+    RFC 8878 forbids (the block API does not check it: the pass must)."""
+    if decoder == "python-zstandard":
+        _without_libzstd(monkeypatch)
+    elif zstdstream._libzstd() is None:
+        pytest.skip("this system has no libzstd.so.1")
+    block = (4096 << 3 | 1).to_bytes(3, "little") + bytes(4096)    # raw, last
+    path = tmp_path / "big-block.zst"
+    path.write_bytes((0xFD2FB528).to_bytes(4, "little") + b"\x00\x00" + block)
+    stream = open_decompressed(FileSource(path), cache=BlockCache(16 << 20))
+    with pytest.raises(FormatError, match="larger than its frame allows"):
+        stream.build()
+    stream.close()
+
+
 def _compressed_block_body(raw: bytes) -> int:
     """The offset of the first body byte of a compressed block past the middle."""
     pos = header_length(raw[4])          # the frame header, its magic included

@@ -26,7 +26,7 @@ from concurrent.futures import Future
 
 from imagefs.codecs.spans import BackgroundHasher
 from imagefs.codecs.zstdframe import BLOCK_MAX
-from imagefs.io.scatter import join_released
+from imagefs.io.scatter import buffer_address, join_released
 
 #: The smallest segment: 32 blocks (4 MiB), so that starting a new one is
 #: rare next to the blocks and a few of them in rotation (current, previous,
@@ -39,7 +39,7 @@ class OutputSegments:
     """Where one pass's decoder writes (see the module docstring)."""
 
     __slots__ = ("_hasher", "_segments", "_fills", "_spare", "_hashing",
-                 "size", "fill", "held", "pending", "window")
+                 "size", "fill", "held", "pending", "window", "_address")
 
     def __init__(self, hasher: BackgroundHasher) -> None:
         self._hasher = hasher
@@ -52,6 +52,7 @@ class OutputSegments:
         self.held = 0                      # bytes in all segments
         self.pending = 0                   # of those, written but not yet emitted
         self.window = 0
+        self._address = 0                  # where the last segment's memory starts
 
     def start_frame(self, window: int) -> None:
         """Forget the output before (a frame's history starts with it)."""
@@ -70,6 +71,16 @@ class OutputSegments:
     def room(self) -> memoryview:
         """At least BLOCK_MAX free bytes right after the last written (in a new
         segment when the last one has fewer)."""
+        self._make_room()
+        return memoryview(self._segments[-1])[self.fill:]
+
+    def room_at(self) -> tuple[int, int]:
+        """:meth:`room` as its address and size (the pass's block loop: no
+        view and no ctypes object made per block)."""
+        self._make_room()
+        return self._address + self.fill, self.size - self.fill
+
+    def _make_room(self) -> None:
         if not self._segments or self.size - self.fill < BLOCK_MAX:
             if self._segments:
                 self._fills.append(self.fill)
@@ -85,8 +96,10 @@ class OutputSegments:
             # (a bytearray is zeroed, every page touched, when made).
             segment = self._spare.pop() if self._spare else mmap.mmap(-1, self.size)
             self._segments.append(segment)
+            # Valid while the segment lives: segments are never closed, only
+            # dropped with the pass (or the frame size) that made them.
+            self._address = buffer_address(memoryview(segment))
             self.fill = 0
-        return memoryview(self._segments[-1])[self.fill:]
 
     def wrote(self, n: int) -> None:
         """``n`` bytes were written at the start of the last :meth:`room`."""

@@ -9,9 +9,18 @@ output chunks took 1.04 s, libzstd writing straight into a reused buffer
 
 :func:`block_decoder` goes one copy further.  libzstd's streaming API
 (``ZSTD_decompressStream``) decodes into a window buffer of its own and then
-copies out; its *buffer-less* API (``ZSTD_decompressContinue``, one block
-per call) decodes straight into the caller's memory and reads its matches
-from there, so the pass's output segments are the window.  Decoding the
+copies out; its *buffer-less* API decodes straight into the caller's memory
+and reads its matches from there, so the pass's output segments are the
+window.  The frame header goes through ``ZSTD_decompressContinue``; each
+block then through the block API (``ZSTD_decompressBlock``, one foreign call
+per compressed block, where the buffer-less stage machine takes two: the
+block's header and its body), raw and RLE blocks copied or filled here and
+announced with ``ZSTD_insertBlock``, as that API requires.  Every foreign
+call gives up the GIL and waits to take it back (see
+:class:`StreamDecoder`): halving them made the pass 3-5 % faster
+(bench/RESULTS.md, 2026-12-07, twenty-third session).  The block API keeps
+no frame state: the pass walks the block headers itself, knows the frame's
+last block from them, and checks the content checksum with its hasher.  Decoding the
 bench image into three 4 MiB segments in rotation took 0.93 s that way
 against ~1.1 s through the streaming API (a bare loop, 2026-12-03); the
 whole pass gained nothing measurable from it (bench/RESULTS.md, eighth
@@ -88,6 +97,11 @@ def _declare(lib: Any) -> None:
     lib.ZSTD_decompressBegin.argtypes = [ctypes.c_void_p]
     lib.ZSTD_nextSrcSizeToDecompress.restype = ctypes.c_size_t
     lib.ZSTD_nextSrcSizeToDecompress.argtypes = [ctypes.c_void_p]
+    lib.ZSTD_decompressBlock.restype = ctypes.c_size_t
+    lib.ZSTD_decompressBlock.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                         ctypes.c_void_p, ctypes.c_size_t]
+    lib.ZSTD_insertBlock.restype = ctypes.c_size_t
+    lib.ZSTD_insertBlock.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     lib.ZSTD_decompressContinue.restype = ctypes.c_size_t
     lib.ZSTD_decompressContinue.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
                                             ctypes.c_void_p, ctypes.c_size_t]
@@ -258,6 +272,11 @@ class BlockDecoder(Protocol):
         a block is written into a third buffer (the buffer-less API's rule).
         """
 
+    def decode_at(self, src: int, btype: int, bsize: int, dst: int, room: int) -> int:
+        """:meth:`decode_block` by address: the block whose header is at
+        ``src`` (its type and size field, read from that header by the
+        caller) into the ``room`` bytes at ``dst``, under the same rule."""
+
     #: Whether :meth:`end` checks the frame's content checksum itself
     #: (False: the caller must take the XXH64 of the output and compare).
     checks_content: bool
@@ -277,25 +296,25 @@ class BlockDecoder(Protocol):
 _FIRST_ERROR = (1 << 8 * ctypes.sizeof(ctypes.c_size_t)) - 1000
 
 
-#: ``ZSTD_d_forceIgnoreChecksum`` (``ZSTD_d_experimentalParam3`` in zstd.h
-#: since 1.4.7): the frame's XXH64 is then left to the caller.
-_FORCE_IGNORE_CHECKSUM = 1002
+#: zstd's block types (RFC 8878, 3.1.1.2.2).
+RAW_BLOCK, RLE_BLOCK, COMPRESSED_BLOCK = 0, 1, 2
 
 
 class _LibzstdBlockDecoder(_Context):
-    """libzstd's buffer-less API (``ZSTD_decompressContinue``) through ctypes.
+    """libzstd's buffer-less and block APIs through ctypes (module docstring).
 
-    The content checksum is left to the caller where libzstd allows it: it
-    was about a sixth of the index pass's time in its thread (1.43-1.58 s
-    against 1.77-1.85 s a pass, interleaved), and the pass's hasher thread
-    reads every byte anyway.
+    The content checksum is the caller's: the block API never sees it, and
+    the pass's hasher thread reads every byte anyway (libzstd's own check
+    was about a sixth of the pass's time in its thread).
     """
+
+    checks_content = False
 
     def __init__(self, lib: Any) -> None:
         super().__init__(lib)
         self._continue = lib.ZSTD_decompressContinue
-        code = lib.ZSTD_DCtx_setParameter(self._dctx, _FORCE_IGNORE_CHECKSUM, 1)
-        self.checks_content = code >= _FIRST_ERROR    # an older libzstd checks it itself
+        self._decompress_block = lib.ZSTD_decompressBlock
+        self._insert_block = lib.ZSTD_insertBlock
 
     def _feed(self, data: memoryview, out: int, room: int) -> int:
         """Feed ``data`` in the pieces libzstd asks for: the bytes written at ``out``."""
@@ -320,27 +339,36 @@ class _LibzstdBlockDecoder(_Context):
         self._feed(head, 0, 0)
 
     def decode_block(self, block: memoryview, out: memoryview) -> int:
-        # Two calls, header and body, their sizes known from the header: the
-        # pass walks the headers itself, and asking libzstd the next size
-        # would cost a foreign call more per block.  A size that differs
-        # from libzstd's own reading is refused by it (srcSize_wrong).
+        header = block[0] | block[1] << 8 | block[2] << 16
         dst, keep_out = _address(out)
-        room = len(out)
         src, keep_in = _address(_writable(block))
-        got = self._continue(self._dctx, dst, room, src, 3)
-        if got >= _FIRST_ERROR:
-            raise self._fail(got)
-        if len(block) > 3:                  # an empty raw block has no body
-            got = self._continue(self._dctx, dst, room, src + 3, len(block) - 3)
+        got = self.decode_at(src, (header >> 1) & 3, header >> 3, dst, len(out))
+        del keep_in, keep_out
+        return got
+
+    def decode_at(self, src: int, btype: int, bsize: int, dst: int, room: int) -> int:
+        if btype == COMPRESSED_BLOCK:
+            got = self._decompress_block(self._dctx, dst, room, src + 3, bsize)
             if got >= _FIRST_ERROR:
                 raise self._fail(got)
-        del keep_in, keep_out
-        return int(got)
+            return int(got)
+        if bsize > room:
+            raise ZstdStreamError("a block larger than its output buffer")
+        if btype == RAW_BLOCK:
+            ctypes.memmove(dst, src + 3, bsize)
+        elif btype == RLE_BLOCK:
+            ctypes.memset(dst, ctypes.c_ubyte.from_address(src + 3).value, bsize)
+        else:
+            raise ZstdStreamError("a reserved block type")
+        # The block API decodes compressed blocks only; the others must be
+        # announced, or the next block's matches miss their history.
+        self._insert_block(self._dctx, dst, bsize)
+        return bsize
 
     def end(self, checksum: memoryview) -> bool:
-        if len(checksum):
-            self._feed(checksum, 0, 0)
-        return self._lib.ZSTD_nextSrcSizeToDecompress(self._dctx) == 0
+        # The block API keeps no frame state: the caller knows the last
+        # block from its header and checks the content checksum itself.
+        return True
 
 
 def _writable(data: memoryview) -> memoryview:
@@ -376,6 +404,14 @@ class _CopyingBlockDecoder:
         if len(got) > len(out):
             raise ZstdStreamError("a block decodes to more than a block can hold")
         out[:len(got)] = got
+        return len(got)
+
+    def decode_at(self, src: int, btype: int, bsize: int, dst: int, room: int) -> int:
+        block = ctypes.string_at(src, 3 + (1 if btype == RLE_BLOCK else bsize))
+        got = self._decompress(memoryview(block))
+        if len(got) > room:
+            raise ZstdStreamError("a block decodes to more than a block can hold")
+        ctypes.memmove(dst, got, len(got))
         return len(got)
 
     def end(self, checksum: memoryview) -> bool:
