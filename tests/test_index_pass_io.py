@@ -276,7 +276,7 @@ def test_a_libzstd_too_old_or_missing_means_the_fallback(monkeypatch: pytest.Mon
 def test_the_pass_checks_the_content_checksum_libzstd_leaves_to_it(
         zstd_stream: tuple[Path, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         threads: int) -> None:
-    # libzstd is told to skip the frame's XXH64 (a sixth of the pass's time);
+    # libzstd never sees the frame's XXH64 (its block API; a sixth of the pass's time);
     # the pass's hasher takes it instead, on its thread or (--threads 1) inline.
     from imagefs.codecs import tuning
     if zstdstream._libzstd() is None:

@@ -11,29 +11,31 @@ output chunks took 1.04 s, libzstd writing straight into a reused buffer
 (``ZSTD_decompressStream``) decodes into a window buffer of its own and then
 copies out; its *buffer-less* API decodes straight into the caller's memory
 and reads its matches from there, so the pass's output segments are the
-window.  The frame header goes through ``ZSTD_decompressContinue``; each
-block then through the block API (``ZSTD_decompressBlock``, one foreign call
-per compressed block, where the buffer-less stage machine takes two: the
-block's header and its body), raw and RLE blocks copied or filled here and
-announced with ``ZSTD_insertBlock``, as that API requires.  Every foreign
-call gives up the GIL and waits to take it back (see
-:class:`StreamDecoder`): halving them made the pass 3-5 % faster
+window.  Decoding the bench image into three 4 MiB segments in rotation
+took 0.93 s that way against ~1.1 s through the streaming API (a bare loop,
+2026-12-03); the whole pass gained nothing measurable from it
+(bench/RESULTS.md, eighth session), and keeps it for the simpler pass and
+the memory.  The price is the rule that comes with it: libzstd remembers
+only the region it wrote last before the current one, so every block must
+go into the current segment right after the previous block or at the start
+of a new segment, and the segment before must hold a whole window and stay
+untouched (:class:`~imagefs.codecs.zstdoutput.OutputSegments` keeps it).
+
+The frame header goes through the buffer-less ``ZSTD_decompressContinue``;
+each block then through the block API: ``ZSTD_decompressBlock``, one
+foreign call per compressed block, where the buffer-less stage machine
+takes two (the block's header, then its body).  Raw and RLE blocks are
+copied or filled here and announced with ``ZSTD_insertBlock``, as that API
+requires.  Every foreign call gives up the GIL and waits to take it back
+(see :class:`StreamDecoder`): halving them made the pass 3-5 % faster
 (bench/RESULTS.md, 2026-12-07, twenty-third session).  The block API keeps
 no frame state: the pass walks the block headers itself, knows the frame's
-last block from them, and checks the content checksum with its hasher.  Decoding the
-bench image into three 4 MiB segments in rotation took 0.93 s that way
-against ~1.1 s through the streaming API (a bare loop, 2026-12-03); the
-whole pass gained nothing measurable from it (bench/RESULTS.md, eighth
-session), and keeps it for the simpler pass and the memory.  The
-price is the rule that comes with it: libzstd remembers only the region it
-wrote last before the current one, so every block must go into the current
-segment right after the previous block or at the start of a new segment,
-and the segment before must hold a whole window and stay untouched
-(:class:`~imagefs.codecs.zstdoutput.OutputSegments` keeps it).
+last block from them, checks the block size limit and takes the content
+checksum with its hasher.
 
 The functions are called through ctypes on the system's ``libzstd.so.1``
-(the library the ``zstd`` tool uses; the buffer-less API is exported by it
-and stable since 1.0), with python-zstandard, copying, as the fallback
+(the library the ``zstd`` tool uses, which exports the buffer-less and
+block APIs since 1.0), with python-zstandard, copying, as the fallback
 where that library cannot be loaded.  ctypes releases the GIL for the call.
 
 :class:`StreamDecoder` is ``ZSTD_decompressStream`` by address, for decoding
