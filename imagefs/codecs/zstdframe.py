@@ -42,9 +42,7 @@ class FrameHeader:
         self.window_byte: int | None = None
         if not self.single_segment:
             self.window_byte = head[pos]
-            exponent, mantissa = head[pos] >> 3, head[pos] & 7
-            base = 1 << (10 + exponent)
-            self.window = base + (base >> 3) * mantissa
+            self.window = window_of(head[pos])
             pos += 1
         self.dict_id = int.from_bytes(head[pos:pos + did_size], "little")
         pos += did_size
@@ -56,6 +54,12 @@ class FrameHeader:
         if self.single_segment:
             self.window = self.content_size or 0
         self.size = pos
+
+
+def window_of(window_byte: int) -> int:
+    """The window size a frame header's window descriptor stands for."""
+    base = 1 << (10 + (window_byte >> 3))
+    return base + (base >> 3) * (window_byte & 7)
 
 
 def header_length(fhd: int) -> int:

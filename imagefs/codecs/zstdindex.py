@@ -159,10 +159,13 @@ class _Pass:
         try:
             n = dec.decode_block(block, room)
         except ZstdStreamError as exc:
-            raise corrupt(self.src, f"zstd block at compressed byte {pos} is damaged "
-                          f"({exc})") from None
+            raise self.damaged(pos, exc) from None
         self.out.wrote(n)
         return room[:n]
+
+    def damaged(self, pos: int, exc: ZstdStreamError) -> Exception:
+        """The error for the block at compressed byte ``pos`` that libzstd refused."""
+        return corrupt(self.src, f"zstd block at compressed byte {pos} is damaged ({exc})")
 
     def emit_to(self, end: int) -> None:
         """Hand the pending output below ``end`` to the hasher, one piece per
@@ -348,8 +351,7 @@ class _Pass:
                 try:
                     out.wrote(dec.decode_at(chunk_at + off, btype, bsize, dst, room))
                 except ZstdStreamError as exc:
-                    raise corrupt(self.src, f"zstd block at compressed byte {pos} is "
-                                  f"damaged ({exc})") from None
+                    raise self.damaged(pos, exc) from None
             pos += length
             if last:
                 break

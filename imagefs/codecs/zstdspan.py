@@ -30,7 +30,13 @@ from typing import Any
 
 from imagefs.codecs.cursors import Piece
 from imagefs.codecs.spans import SUB_CHUNK
-from imagefs.codecs.zstdframe import BLOCK_MAX, FrameHeader, header_length, synth_header
+from imagefs.codecs.zstdframe import (
+    BLOCK_MAX,
+    FrameHeader,
+    header_length,
+    synth_header,
+    window_of,
+)
 from imagefs.codecs.zstdstream import (
     DICT_MAGIC,
     StreamDecoder,
@@ -50,12 +56,6 @@ def frame_head(src: ByteSource, pos: int) -> bytes:
     """The header of the frame at byte ``pos`` (cut short at the file's end)."""
     head = src.read_at(pos, 18)              # the longest frame header
     return head[:header_length(head[4]) if len(head) > 4 else 18]
-
-
-def window_of(window_byte: int) -> int:
-    """The window size a frame header's window descriptor stands for."""
-    base = 1 << (10 + (window_byte >> 3))
-    return base + (base >> 3) * (window_byte & 7)
 
 
 def origin_window(src: ByteSource, origin: list[Any]) -> int:

@@ -161,6 +161,12 @@ class _Context:
         """The error for libzstd's result ``code`` (its own message)."""
         return ZstdStreamError(self._lib.ZSTD_getErrorName(code).decode())
 
+    def _check(self, code: int) -> int:
+        """``code``, raised as an error if it is one (the hot paths compare inline)."""
+        if code >= _FIRST_ERROR:
+            raise self._fail(code)
+        return code
+
     def close(self) -> None:
         if self._dctx:
             self._lib.ZSTD_freeDCtx(self._dctx)
@@ -196,11 +202,6 @@ class StreamDecoder(_Context):
         self._out_ref = ctypes.byref(self._out)
         self._prefix: bytes | None = None
         self._check(lib.ZSTD_DCtx_setParameter(self._dctx, _WINDOW_LOG_MAX, window_log_max))
-
-    def _check(self, code: int) -> int:
-        if code >= _FIRST_ERROR:
-            raise self._fail(code)
-        return code
 
     def begin(self, head: bytes, prefix: bytes | None = None) -> None:
         """Start a frame: ``head`` the bytes of its header (or none: they come
@@ -318,27 +319,19 @@ class _LibzstdBlockDecoder(_Context):
         self._decompress_block = lib.ZSTD_decompressBlock
         self._insert_block = lib.ZSTD_insertBlock
 
-    def _feed(self, data: memoryview, out: int, room: int) -> int:
-        """Feed ``data`` in the pieces libzstd asks for: the bytes written at ``out``."""
-        src, keep = _address(_writable(data))
-        used = written = 0
-        while used < len(data):
-            step = self._lib.ZSTD_nextSrcSizeToDecompress(self._dctx)
-            if step == 0 or step > len(data) - used:
-                raise ZstdStreamError("the frame's structure differs from its headers")
-            got = self._continue(self._dctx, out + written, room - written, src + used, step)
-            if got >= _FIRST_ERROR:
-                raise self._fail(got)
-            used += step
-            written += got
-        del keep
-        return written
-
     def begin(self, head: memoryview) -> None:
-        got = self._lib.ZSTD_decompressBegin(self._dctx)
-        if got >= _FIRST_ERROR:
-            raise self._fail(got)
-        self._feed(head, 0, 0)
+        self._check(self._lib.ZSTD_decompressBegin(self._dctx))
+        # The header in the pieces libzstd asks for (its magic, then the rest):
+        # the only input that goes through the buffer-less stage machine.
+        src, keep = _address(_writable(head))
+        used = 0
+        while used < len(head):
+            step = self._lib.ZSTD_nextSrcSizeToDecompress(self._dctx)
+            if step == 0 or step > len(head) - used:
+                raise ZstdStreamError("the frame's structure differs from its headers")
+            self._check(self._continue(self._dctx, 0, 0, src + used, step))
+            used += step
+        del keep
 
     def decode_block(self, block: memoryview, out: memoryview) -> int:
         header = block[0] | block[1] << 8 | block[2] << 16
