@@ -26,7 +26,7 @@ from imagefs.codecs import build_index, open_decompressed, sniff
 from imagefs.codecs.sequential import SEQ_CHUNK
 from imagefs.codecs.source import HEAD_LIMIT
 from imagefs.errors import ImageError, TruncatedError, UnsupportedError
-from imagefs.services.indexstore import IndexStore
+from imagefs.services.indexstore import MAP_PAYLOAD, IndexStore
 from imagefs.io import ConcatSource, FileSource, MemorySource
 from imagefs.io.source import read_into
 from readers import run_in_threads
@@ -576,9 +576,12 @@ def test_zstd_snapshots_stay_in_the_index_file(streams: Streams, tmp_path: Path)
                                spacing=256 << 10)
     assert stream.size == len(streams.data)
     assert isinstance(stream.index.blobs, LazyBlobs)
+    (index_file,) = glob.glob(str(tmp_path / "idx" / "*.idx"))
+    # Loaded from its mapping (over 1 MiB), which nothing keeps.
+    assert os.path.getsize(index_file) > MAP_PAYLOAD
+    assert index_file not in Path("/proc/self/maps").read_text()
     _random_reads(stream, streams.data, 40, seed=9)
     # The index file is damaged after it was loaded: never wrong bytes.
-    (index_file,) = glob.glob(str(tmp_path / "idx" / "*.idx"))
     raw = bytearray(Path(index_file).read_bytes())
     for pos in range(len(raw) - 2000, len(raw), 97):
         raw[pos] ^= 0xFF

@@ -376,21 +376,21 @@ class CodecSource:
         origin = f"index built in {time.monotonic() - started:.1f} s"
         if store.path is not None:
             # Serialized only where it is kept: the zstd payload carries every
-            # window snapshot (111 MB for the bench's 2 GiB image; 60-80 ms
-            # of joining when nothing is saved).
-            payload = index.to_payload(self.codec, self.source.size)
-            path = store.save(payload)
+            # window snapshot (111 MB for the bench's 2 GiB image), written
+            # part by part.
+            parts = index.to_payload(self.codec, self.source.size)
+            path = store.save(parts)
             if path:
                 origin += f", saved to {path}"
-                index.make_lazy(path, len(payload))
-            del payload
+                index.make_lazy(path, sum(map(len, parts)))
+            del parts
         log.info("%s: %s %s", self.name, self.codec, origin)
         self._after_index(index)
         self._origin = origin
         self._index = index
         return index
 
-    def _decode_payload(self, payload: bytes, path: str) -> SeekIndex:
+    def _decode_payload(self, payload: bytes | memoryview, path: str) -> SeekIndex:
         """A persisted payload as this stream's index (ValueError if it does not fit)."""
         loaded = SeekIndex.from_payload(payload, self.codec, self.source.size, path)
         self._check_loaded(loaded)

@@ -49,7 +49,7 @@ class RunList:
         return head + b"".join(a.tobytes() for a in arrays)
 
     @classmethod
-    def from_bytes(cls, payload: bytes, h: _Geometry,
+    def from_bytes(cls, payload: bytes | memoryview, h: _Geometry,
                    source_size: int | None) -> RunList:
         """Parse and sanity-check a persisted run list (ValueError if unusable)."""
         magic, cs, device, nr, nruns, stored, end = INDEX_HEAD.unpack_from(payload)
