@@ -29,6 +29,9 @@ _HEADER = struct.Struct("<16s32sQI")     # magic, key digest, payload length, cr
 #: index, mostly window snapshots) 25,000 page faults and 83-102 ms on every
 #: mount's first use of the index, against 9-10 ms mapped (the page cache's
 #: own pages, checked in place; bench/RESULTS.md, twenty-fourth session).
+#: The mapping lives only while the payload is checked and decoded: imagefs
+#: replaces index files by rename and never shortens one in place, and only
+#: a file cut short by hand within those milliseconds could fault a read.
 MAP_PAYLOAD = 1 << 20
 
 #: A payload as it is written: one buffer, or parts written in order (a zstd
