@@ -157,7 +157,23 @@ def test_a_short_pass_logs_nothing(caplog):
     assert not caplog.records
 
 
-def test_the_log_setup_lets_progress_through_at_the_default_level():
+@pytest.fixture()
+def restored_logging():
+    """The loggers that the CLI's log setup changes, as they were before the test
+    (else every later test's caplog sees nothing: ``imagefs`` stops propagating)."""
+    loggers = [logging.getLogger(name) for name in ("imagefs", "imagefs.progress", "fuse")]
+    saved = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    yield
+    for lg, level, propagate, handlers in saved:
+        for handler in lg.handlers:
+            if handler not in handlers:
+                handler.close()
+        lg.setLevel(level)
+        lg.propagate = propagate
+        lg.handlers = handlers
+
+
+def test_the_log_setup_lets_progress_through_at_the_default_level(restored_logging):
     from imagefs.cli.logsetup import setup
     setup(logging.WARNING, foreground=True)
     assert logging.getLogger("imagefs.progress").isEnabledFor(logging.INFO)
