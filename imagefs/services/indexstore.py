@@ -11,7 +11,6 @@ on load and rebuilt, never trusted.  Writes are atomic (temp file + rename).
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -177,6 +176,8 @@ def _read_payload(f: BinaryIO, length: int) -> bytes | memoryview:
     """The ``length`` payload bytes after the header of open index file ``f``
     (one byte more where the file is longer, so that the caller notices)."""
     if length >= MAP_PAYLOAD:
+        import mmap  # here: a mount of uncompressed images never loads a large index
+
         try:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):       # a file system that cannot map: read it
