@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "imagefs"
 #: Layer of each top-level part of the package, lowest first.  Modules of
 #: one rank may import each other only inside the same part.
 LAYERS = {
-    "errors": 0, "version": 0, "config": 0, "services": 0,
+    "errors": 0, "records": 0, "version": 0, "config": 0, "services": 0,
     "io": 1,
     "codecs": 2,
     "formats": 3,
