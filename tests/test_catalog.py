@@ -365,12 +365,16 @@ def test_files_view_name_follows_the_clash_rule(tmp_path):
 def test_listing_and_first_read_leave_the_rarely_needed_modules_unloaded(tmp_path):
     # Start-up cost (issue 12): a mount's first byte must not pay for the
     # files layer, the raw-partition probe, index pruning, the .info
-    # renderer, partclone format 1 or modules only big groups and gzip use.  A fresh interpreter, since this test run has them all loaded.
+    # renderer, partclone format 1 or modules only big groups and gzip use,
+    # nor dataclasses (each class defined costs a compile: imagefs.records).
+    # A fresh interpreter, since this test run has them all loaded.
     import subprocess
     import sys
     write_partclone(tmp_path / "x.img", seed=3)
     script = (
         "import sys\n"
+        "from imagefs.cli.mountopts import split_options\n"
+        "split_options(['ro,allow_other'])\n"
         "from imagefs.catalog import Catalog\n"
         "from imagefs.config import Settings\n"
         f"cat = Catalog(Settings(cache_size=8 << 20), {str(tmp_path)!r}, mountpoint='/mnt/x')\n"
@@ -380,7 +384,7 @@ def test_listing_and_first_read_leave_the_rarely_needed_modules_unloaded(tmp_pat
         "        'imagefs.formats.raw', 'imagefs.blockio.rawsize',\n"
         "        'imagefs.services.indexprune', 'imagefs.catalog.infotext', 'difflib',\n"
         "        'imagefs.files.partition', 'imagefs.formats.partclone_v1', 'mmap',\n"
-        "        'resource']\n"
+        "        'resource', 'dataclasses']\n"
         "print(names, len(data), [m for m in lazy if m in sys.modules])\n"
         "cat.lookup('/x.img.info').open()\n"
         "print('imagefs.catalog.infotext' in sys.modules)\n")

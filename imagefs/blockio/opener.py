@@ -18,7 +18,6 @@ verbs, the catalog and the Python API open images the same way:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from imagefs import codecs
@@ -29,11 +28,12 @@ from imagefs.formats.magics import PARTIMAGE_VOLUME_HEADER as VOLUME_HEADER
 from imagefs.io.fdpool import FdPool
 from imagefs.io.pieces import SINGLE, SPLIT, VOLUMES, resolve, split_size_problem
 from imagefs.io.source import ByteSource, ConcatSource, FileSource, SliceSource
+from imagefs.records import field, record
 from imagefs.services.cache import BlockCache
 from imagefs.services.indexstore import IndexStore
 
 
-@dataclass
+@record
 class OpenContext:
     """Shared resources for opening many images."""
 
@@ -43,7 +43,7 @@ class OpenContext:
     progress: bool | None = None
 
 
-@dataclass
+@record
 class StreamInfo:
     """What the opener learned about how an image is stored."""
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from imagefs.config import OVERRIDE_KEYS, Settings, apply_overrides, load_config, parse_bool
+from imagefs.records import field, record
 
 #: Options only fstab, mount(8), systemd or autofs care about.
 DROPPED = frozenset({"nofail", "noauto", "auto", "user", "users", "nouser", "owner",
@@ -57,7 +57,7 @@ OPTION_HELP: tuple[tuple[str, str], ...] = (
 BOOL_WORDS = "yes/no, true/false, on/off, 1/0"
 
 
-@dataclass
+@record
 class Options:
     """The split ``-o`` list."""
 

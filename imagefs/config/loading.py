@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
 from imagefs.config.settings import (
@@ -26,6 +25,7 @@ from imagefs.config.settings import (
     parse_umask,
 )
 from imagefs.errors import ConfigError
+from imagefs.records import field_names
 
 
 def _str_list(value: object, where: str) -> list[str]:
@@ -193,4 +193,4 @@ def apply_overrides(settings: Settings, options: dict[str, str]) -> Settings:
 
 def describe(settings: Settings) -> dict[str, object]:
     """The effective settings as plain data (for debug logging)."""
-    return {f.name: getattr(settings, f.name) for f in fields(settings)}
+    return {name: getattr(settings, name) for name in field_names(settings)}

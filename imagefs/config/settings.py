@@ -9,9 +9,9 @@ message names the key and what was expected.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from imagefs.errors import ConfigError
+from imagefs.records import field, record
 
 #: 256 MiB: a few seconds of sequential reading, enough to keep the hot
 #: chunks of several images while staying small beside the page cache.
@@ -22,7 +22,7 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-@dataclass
+@record
 class SourceSpec:
     """One entry of ``sources``: a directory tree or a single image."""
 
@@ -32,7 +32,7 @@ class SourceSpec:
     exclude: list[str] = field(default_factory=list)
 
 
-@dataclass
+@record
 class Settings:
     """Everything a mount needs besides SOURCE and MOUNTPOINT."""
 

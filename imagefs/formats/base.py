@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from imagefs.formats.groupcheck import GroupChecker
 from imagefs.formats.groupsums import GroupSum
 from imagefs.io.source import ByteSource
+from imagefs.records import field, record
 from imagefs.services.indexstore import IndexStore
 
 if TYPE_CHECKING:  # only for annotations: keeps base free of import cycles
@@ -35,13 +35,14 @@ if TYPE_CHECKING:  # only for annotations: keeps base free of import cycles
 Progress = Callable[[int], None]
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class ImageHeader(ABC):
     """The parsed header of an image, cheap to obtain.
 
-    Compared by identity (``eq=False`` here and in every subclass): a header is the
-    live record of one opened source, notes and damage included, and the
-    generated ``__eq__`` cost ~0.3 ms of every start (this class and partclone's).
+    Compared by identity (``eq=False`` here and in every subclass): a header is
+    the live record of one opened source, notes and damage included.  A
+    :func:`~imagefs.records.record`, not a dataclass: every mount defines it
+    (see :mod:`imagefs.records` for the cost).
     """
 
     source: ByteSource

@@ -18,7 +18,6 @@ import logging
 import struct
 from array import array
 from bisect import bisect_right
-from dataclasses import dataclass
 from typing import Literal
 
 from imagefs.errors import (
@@ -33,6 +32,7 @@ from imagefs.formats.layout import GroupedLayout
 from imagefs.formats.magics import NTFSCLONE_MAGIC
 from imagefs.formats.ntfsruns import INDEX_HEAD, RunList
 from imagefs.io.source import ByteSource
+from imagefs.records import record
 from imagefs.services.indexstore import IndexStore, PersistedIndex
 from imagefs.services.progress import progress_bar
 
@@ -77,7 +77,7 @@ def _is_pow2(n: int) -> bool:
 
 # --------------------------------------------------------------------------- header
 
-@dataclass(eq=False)
+@record(eq=False)
 class NtfscloneHeader(ImageHeader):
     major: int = 10
     minor: int = 1

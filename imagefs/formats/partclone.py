@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from array import array
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from imagefs.errors import (
@@ -28,6 +27,7 @@ from imagefs.formats.groupsums import GroupSum, PartcloneCrc, PartcloneXxh
 from imagefs.formats.layout import GroupedLayout
 from imagefs.formats.magics import PARTCLONE_MAGIC
 from imagefs.io.source import ByteSource
+from imagefs.records import record
 from imagefs.services.indexstore import IndexStore
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def check_length(header: PartcloneV2Header | PartcloneV1Header, bitmap_end: int)
 
 # --------------------------------------------------------------------------- v2
 
-@dataclass(eq=False)
+@record(eq=False)
 class PartcloneV2Header(ImageHeader):
     partclone_version: str = ""
     endian: str = "<"

@@ -8,7 +8,6 @@ probes both) because it is rare: a mount imports it only when it meets one.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from imagefs.errors import CORRUPT_HINT, TRUNCATED_HINT, ChecksumError, FormatError, TruncatedError
 from imagefs.formats.base import BitmapImage, ImageHeader, Progress
@@ -25,13 +24,14 @@ from imagefs.formats.partclone import (
     cstr,
 )
 from imagefs.io.source import ByteSource
+from imagefs.records import record
 from imagefs.services.indexstore import IndexStore
 
 V1_HEADER_SIZE = 4160
 V1_BITMAP_MAGIC = b"BiTmAgIc"
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class PartcloneV1Header(ImageHeader):
     crc_size: int = 4
     data_start: int = 0

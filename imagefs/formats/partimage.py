@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from imagefs.errors import (
     CORRUPT_HINT,
@@ -43,6 +42,7 @@ from imagefs.formats.magics import (
     is_partimage,
 )
 from imagefs.io.source import ByteSource
+from imagefs.records import field, record
 from imagefs.services.indexstore import IndexStore
 
 VOLUME_MAGIC = PARTIMAGE_VOLUME_MAGIC
@@ -121,7 +121,7 @@ def _check_sum(source: ByteSource, block: bytes, stored: bytes, what: str, at: i
                           f"byte {at})", CORRUPT_HINT)
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class PartimageHeader(ImageHeader):
     image_version: str = ""
     volume_id: int = 0

@@ -18,12 +18,13 @@ than that is truncated (reads past its end fail), one longer is noted.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imagefs.errors import TRUNCATED_HINT, TruncatedError
 from imagefs.formats.base import BlockImage, ImageHeader, Progress
 from imagefs.io.scatter import read_into
 from imagefs.io.source import ByteSource
+from imagefs.records import record
 from imagefs.services.indexstore import IndexStore
 
 #: Clonezilla's names of raw images: DEV.dd-ptcl-img[.COMP][.aa] and the
@@ -58,8 +59,7 @@ _FS_MAGICS: tuple[tuple[int, bytes, str], ...] = (
 SNIFF_BYTES = 0x10040 + 8
 
 
-@dataclass(frozen=True)
-class RawName:
+class RawName(NamedTuple):
     """What a Clonezilla raw image's file name says."""
 
     device: str          # "sda6", "cciss-c0d0p1"
@@ -82,7 +82,7 @@ def content_type(head: bytes) -> str:
     return "unknown"
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class RawHeader(ImageHeader):
     """A raw partition: the stream is the partition's bytes."""
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from imagefs.errors import SourceError
+from imagefs.records import field, record
 
 _ALPHA = re.compile(r"^(?P<stem>.+)\.(?P<suffix>[a-z]{2,})$")
 _DIGITS = re.compile(r"^(?P<stem>.+)\.(?P<suffix>\d{3})$")
@@ -35,7 +35,7 @@ SPLIT = "split"          # byte cut of one stream
 VOLUMES = "volumes"      # partimage volumes, each its own (compressed) stream
 
 
-@dataclass
+@record
 class PieceSet:
     """A detected piece set: ``names`` in stream order."""
 
