@@ -28,10 +28,10 @@ import json
 import os
 import struct
 from array import array
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 from imagefs.errors import FormatError
+from imagefs.records import field, record
 from imagefs.services.fastzlib import crc32
 
 #: Bump when the payload layout of any codec changes: old files are rebuilt.
@@ -86,7 +86,7 @@ class LazyBlobs:
         return sum(self._lengths)
 
 
-@dataclass
+@record
 class SeekIndex:
     """Where each span of the decompressed stream starts and how to decode it.
 
