@@ -9,9 +9,10 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from dataclasses import dataclass
 from operator import lt
 from typing import Protocol
+
+from imagefs.records import record
 
 INDEX_MAGIC = b"NCRUNS\x00\x01"
 INDEX_HEAD = struct.Struct("<8sIQqQQQ")    # magic, cs, device, nr, runs, stored, end
@@ -26,7 +27,7 @@ class _Geometry(Protocol):
     data_start: int
 
 
-@dataclass
+@record
 class RunList:
     """Where the stored clusters are: maximal runs of NEXT records."""
 
