@@ -25,7 +25,6 @@ from imagefs.config.settings import (
     parse_umask,
 )
 from imagefs.errors import ConfigError
-from imagefs.records import field_names
 
 
 def _str_list(value: object, where: str) -> list[str]:
@@ -189,8 +188,3 @@ def apply_overrides(settings: Settings, options: dict[str, str]) -> Settings:
         attr, parse = _OVERRIDES[key]
         setattr(settings, attr, parse(value, f"-o {key}"))
     return settings
-
-
-def describe(settings: Settings) -> dict[str, object]:
-    """The effective settings as plain data (for debug logging)."""
-    return {name: getattr(settings, name) for name in field_names(settings)}
