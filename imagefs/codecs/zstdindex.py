@@ -104,6 +104,14 @@ LIGHT_WINDOW_SHIFT = 3
 #: zstdmt's job size is ``1 << max(20, windowLog + 2)`` (zstdmt_compress.c,
 #: ZSTDMT_computeTargetJobLog, without long-distance matching).
 MIN_JOB = 1 << 20
+#: Decoded bytes go to the hasher's thread at least this many at a time
+#: while no reader follows the pass.  Each hand-off costs the pass thread
+#: GIL and futex round trips with the hasher (50 us a time on a VM, where
+#: waking an idle vCPU is slow): 4 MiB instead of one 1 MiB piece cut the
+#: pass thread's context switches from about 1450 to 1000 per pass of the
+#: bench's 2 GiB zstd image and its wall time by 2-3 %; 8 MiB was slower
+#: (the pass then waits for the hasher to free segments).
+EMIT_BATCH = 4 << 20
 
 
 #: Compresses window snapshots beside the passes.
@@ -134,9 +142,10 @@ class _Pass:
                                   list[tuple[int, Future[bytes]]]]] = deque()
         self.queued_end = 0                # where the open span starts
         self.span_no = 0                   # the open span's number in the index
-        # Decoded bytes go to the hasher a piece at a time (one thread
-        # hand-off per 1 MiB, about 8 blocks), so that a piece can also be
-        # handed whole to a reader following the pass (IndexBuild.offer).
+        # Decoded bytes go to the hasher EMIT_BATCH at a time, cut at piece
+        # boundaries (``piece_end``: the open piece's end), and a piece at a
+        # time where a reader follows the pass, so that it is handed the
+        # piece whole as soon as it is decoded (IndexBuild.offer).
         self.piece_end = SUB_CHUNK
         self.prefix = prefix_decoder(MAX_WINDOW)     # the resume trials'
         # One main decoder for every frame: each begins it afresh.
@@ -168,18 +177,21 @@ class _Pass:
         return corrupt(self.src, f"zstd block at compressed byte {pos} is damaged ({exc})")
 
     def emit_to(self, end: int) -> None:
-        """Hand the pending output below ``end`` to the hasher, one piece per
-        feed (``end`` is the open piece's end or the open span's), and each
-        piece a reader waits in to the build too (:meth:`IndexBuild.offer`)."""
+        """Hand the pending output below ``end`` (a piece boundary, or the
+        open span's end) to the hasher: in one feed, or one piece per feed
+        where a reader waits in it, each such piece handed to the build too
+        (:meth:`IndexBuild.offer`)."""
         while self.out_pos < end:
             start = self.out_pos
-            n = min(end, self.piece_end) - start
+            n = end - start
             publish = None
-            if self.build.following(start, start + n):
-                k = (start - self.queued_end) // SUB_CHUNK
-                publish = partial(self.build.offer, self.span_no, k)
+            if self.build.has_followers:
+                n = min(end, self.piece_end) - start
+                if self.build.following(start, start + n):
+                    k = (start - self.queued_end) // SUB_CHUNK
+                    publish = partial(self.build.offer, self.span_no, k)
             self.out_pos += self.out.emit(n, publish)
-            if self.out_pos == self.piece_end:
+            while self.out_pos >= self.piece_end:
                 self.piece_end += SUB_CHUNK
         if self.commits:
             self.commit_ready(wait=False)
@@ -355,8 +367,10 @@ class _Pass:
             pos += length
             if last:
                 break
-            while self.out_pos + out.pending >= self.piece_end:
-                self.emit_to(self.piece_end)
+            done = self.out_pos + out.pending
+            if done >= self.piece_end and (out.pending >= EMIT_BATCH
+                                           or self.build.has_followers):
+                self.emit_to(done - (done - self.piece_end) % SUB_CHUNK)
         blocks_end = pos
         self.emit_to(self.out_pos + out.pending)
         checksum = self.need(pos, 4, "a frame checksum") if fh.checksum else memoryview(b"")
