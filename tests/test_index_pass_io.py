@@ -14,9 +14,11 @@ import os
 import random
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
+import pyzstd
 
 from imagefs.codecs import adapters, open_decompressed, zstd, zstdstream
 from imagefs.codecs.adapters import ChunkReader
@@ -107,6 +109,11 @@ def _built(path: Path) -> zstd.ZstdSource:
 
 def _without_libzstd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(zstdstream, "_libzstd", lambda: None)
+    # The snapshot compressor looks the library up once, and keeps a
+    # context per thread: both forgotten (put back after the test).
+    monkeypatch.setattr(zstdstream, "_compress_checked", False)
+    monkeypatch.setattr(zstdstream, "_compress_lib", None)
+    monkeypatch.setattr(zstdstream, "_compressors", threading.local())
 
 
 def test_the_pass_decodes_through_the_system_libzstd() -> None:
@@ -129,12 +136,34 @@ def test_both_decoders_build_the_same_index(zstd_stream: tuple[Path, bytes],
     assert a is not None and b is not None
     assert (a.size, a.starts, a.meta, a.sums, a.sum_base) == \
            (b.size, b.starts, b.meta, b.sums, b.sum_base)
-    assert [bytes(x) for x in a.blobs] == [bytes(x) for x in b.blobs]
+    # The same snapshots (compressed by libzstd or by pyzstd's own copy).
+    assert [pyzstd.decompress(x) for x in a.blobs] == [pyzstd.decompress(x) for x in b.blobs]
     assert a.info["light_points"] > 0 and a.info["resume_points"] > 0   # both kinds tried
     for stream in (first, second):
         for off in range(0, len(data), 3 << 20):
             assert stream.read_at(off, 65536) == data[off:off + 65536]
         stream.close()
+
+
+@pytest.mark.parametrize("decoder", ["libzstd", "pyzstd"])
+def test_snapshots_compress_to_frames_any_zstd_decodes(monkeypatch: pytest.MonkeyPatch,
+                                                       decoder: str) -> None:
+    if decoder == "pyzstd":
+        _without_libzstd(monkeypatch)
+        assert zstdstream._compressor_lib() is None
+    elif zstdstream._libzstd() is None:
+        pytest.skip("this system has no libzstd.so.1")
+    window = random.Random(3).randbytes(1 << 16) * 40      # 2.5 MiB, compressible
+    frames: list[bytes] = []
+    for data in (window, memoryview(window)[7:], b""):
+        frames.append(zstdstream.compress_frame(data, 1))
+        assert pyzstd.decompress(frames[-1]) == bytes(data)
+    assert len(frames[0]) < len(window) // 10
+    other: list[bytes] = []                                  # a second thread, its own context
+    thread = threading.Thread(target=lambda: other.append(zstdstream.compress_frame(window, 1)))
+    thread.start()
+    thread.join()
+    assert pyzstd.decompress(other[0]) == window
 
 
 def test_a_window_larger_than_a_segment(tmp_path: Path) -> None:

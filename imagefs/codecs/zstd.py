@@ -22,12 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterator
+from types import ModuleType
 from typing import Any
 
-import pyzstd
-
 from imagefs.codecs import zstdspan
-from imagefs.codecs.adapters import drain
+from imagefs.codecs.adapters import DRAIN_STEP, drain
 from imagefs.codecs.building import IndexBuild
 from imagefs.codecs.cursors import Piece
 from imagefs.codecs.problems import corrupt, truncated
@@ -41,18 +40,19 @@ from imagefs.codecs.zstdframe import (
     ZSTD_MAGIC,
     synth_header,
 )
-from imagefs.codecs.zstdindex import build_zstd_index
-from imagefs.codecs.zstdstream import ZstdStreamError
+from imagefs.codecs.zstdstream import StreamDecoder, ZstdStreamError, stream_decoder
+from imagefs.io.scatter import buffer_address
 from imagefs.io.source import ByteSource
 from imagefs.services.units import human
 
 log = logging.getLogger("imagefs.codecs")
 
-# The index pass decodes through the system libzstd itself (zstdstream);
-# spans, the head probes and the window snapshots through pyzstd, whose
+# The index pass, spans and the head of an unindexed stream are decoded
+# through the system libzstd itself (zstdstream, zstdspan); the window
+# snapshots and, without that library, the rest through pyzstd, whose
 # max_length writes each piece straight into a buffer of the piece's size
 # and bounds what a few compressed bytes may expand to (adapters.drain).
-_ZstdError = pyzstd.ZstdError
+# pyzstd is imported when first needed (see _pyzstd).
 
 #: Output between resume points inside one frame.  32 MiB keeps a random
 #: read under ~40 ms at zstd's ~1 GB/s and the snapshots (one window each,
@@ -71,8 +71,18 @@ LIGHT_FAILURE_LIMIT = 2
 #: sequential speed is the same from 1 to 4 MiB.
 STREAM_CHUNK = 1 << 20
 
-#: The window limit above, as a pyzstd decoder option.
-_DECODER_OPTIONS: dict[int, int] = {pyzstd.DParameter.windowLogMax: MAX_WINDOW.bit_length() - 1}
+
+def _pyzstd() -> ModuleType:
+    """pyzstd, imported on first use: its import (with typing_extensions and
+    inspect) took 5-10 ms, and a mount's first read of an unindexed zstd
+    image, or its index pass, no longer needs it."""
+    import pyzstd
+    return pyzstd
+
+
+def _decoder_options() -> dict[int, int]:
+    """The window limit above, as a pyzstd decoder option."""
+    return {_pyzstd().DParameter.windowLogMax: MAX_WINDOW.bit_length() - 1}
 
 
 class ZstdSource(CodecSource):
@@ -96,37 +106,93 @@ class ZstdSource(CodecSource):
         # Frame by frame, so that the end of the last frame is known exactly:
         # bytes after it that are no frame are trailing data (zstd -t warns
         # and ignores them), not damage.
+        dec = stream_decoder(MAX_WINDOW)
+        if dec is None:
+            yield from self._iter_decoded_pyzstd()
+            return
+        try:
+            yield from self._iter_decoded_libzstd(dec)
+        finally:
+            dec.close()
+
+    def _next_frame(self, buf: bytes, at: int, pos: int) -> tuple[bytes, int, int] | None:
+        """Where the next frame starts, for the head decoders: from ``buf``
+        (bytes read, not yet decoded from ``at`` on; ``pos`` the offset of
+        the next read), pzstd's skippable frames skipped, the same three
+        with ``buf[at:]`` starting at its magic; None at the stream's end
+        or where trailing bytes that are no frame follow."""
         src = self.source
         total = src.size
-        pos = 0
-        buf = b""
         while True:
-            while len(buf) < 8 and pos < total:
+            while len(buf) - at < 8 and pos < total:
                 more = src.read_at(pos, min(1 << 20, total - pos))
                 if not more:
                     break
                 pos += len(more)
-                buf += more
-            if len(buf) < 4:
-                return                        # the end, or a few trailing bytes
-            magic = int.from_bytes(buf[:4], "little")
-            if magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC:
-                skip = 8 + int.from_bytes(buf[4:8], "little")
-                if skip <= len(buf):
-                    buf = buf[skip:]
-                else:
-                    pos += skip - len(buf)
-                    buf = b""
-                    if pos > total:
-                        raise truncated(src, "zstd skippable frame is cut short")
-                continue
-            if magic != ZSTD_MAGIC:
-                return                        # trailing data after the last frame
-            dec = pyzstd.ZstdDecompressor(option=_DECODER_OPTIONS)   # one frame
+                buf, at = buf[at:] + more, 0
+            if len(buf) - at < 4:
+                return None                   # the end, or a few trailing bytes
+            magic = int.from_bytes(buf[at:at + 4], "little")
+            if magic & SKIPPABLE_MASK != SKIPPABLE_MAGIC:
+                return (buf, at, pos) if magic == ZSTD_MAGIC else None
+            skip = 8 + int.from_bytes(buf[at + 4:at + 8], "little")
+            if skip <= len(buf) - at:
+                at += skip
+            else:
+                pos += skip - (len(buf) - at)
+                buf, at = b"", 0
+                if pos > total:
+                    raise truncated(src, "zstd skippable frame is cut short")
+
+    def _iter_decoded_libzstd(self, dec: StreamDecoder) -> Generator[bytes, None, None]:
+        """The decoded stream through the system libzstd, DRAIN_STEP bytes at
+        most per output (adapters.drain says why)."""
+        src = self.source
+        total = src.size
+        out = bytearray(DRAIN_STEP)
+        out_at = buffer_address(memoryview(out))
+        frame = self._next_frame(b"", 0, 0)
+        while frame is not None:
+            buf, at, pos = frame
+            dec.begin(b"")
+            while True:
+                left = len(buf) - at
+                dec.set_input(buffer_address(buf) + at if left else 0, left)
+                dec.set_output(out_at, DRAIN_STEP)
+                try:
+                    ended = dec.step()
+                except ZstdStreamError as exc:
+                    raise corrupt(src, f"zstd data is damaged ({exc})") from None
+                took, wrote = dec.in_pos, dec.out_pos
+                at += took
+                if wrote:
+                    yield bytes(memoryview(out)[:wrote])
+                if ended:
+                    break
+                if wrote == DRAIN_STEP or (took and at < len(buf)):
+                    continue                  # output left to flush, or input
+                if at < len(buf):
+                    raise corrupt(src, "zstd data is damaged (libzstd took none of it)")
+                if pos >= total:
+                    raise truncated(src, "zstd stream ends inside a frame")
+                buf, at = src.read_at(pos, min(1 << 20, total - pos)), 0
+                pos += len(buf)
+            frame = self._next_frame(buf, at, pos)
+
+    def _iter_decoded_pyzstd(self) -> Generator[bytes, None, None]:
+        """:meth:`_iter_decoded` without the system libzstd."""
+        pyzstd = _pyzstd()
+        src = self.source
+        total = src.size
+        frame = self._next_frame(b"", 0, 0)
+        while frame is not None:
+            buf, at, pos = frame
+            buf = buf[at:]
+            dec = pyzstd.ZstdDecompressor(option=_decoder_options())   # one frame
             while True:
                 try:
                     yield from drain(dec, buf)
-                except _ZstdError as exc:
+                except pyzstd.ZstdError as exc:
                     raise corrupt(src, f"zstd data is damaged ({exc})") from None
                 if dec.eof:
                     buf = dec.unused_data
@@ -135,10 +201,14 @@ class ZstdSource(CodecSource):
                     raise truncated(src, "zstd stream ends inside a frame")
                 buf = src.read_at(pos, min(1 << 20, total - pos))
                 pos += len(buf)
+            frame = self._next_frame(buf, 0, pos)
 
     # Index --------------------------------------------------------------
 
     def _build_index(self, build: IndexBuild) -> SeekIndex:
+        # Imported here: a mount that reads only indexed images (or their
+        # heads) never loads the pass.
+        from imagefs.codecs.zstdindex import build_zstd_index
         index = build_zstd_index(self.source, build, self.spacing)
         self._count(index.size)
         return index
@@ -212,7 +282,7 @@ class ZstdSource(CodecSource):
         origin = index.meta[j][1]
         skip = index.starts[i] - index.starts[j]
         src = self.source
-        prefix = None if origin[0] == "f" else pyzstd.decompress(index.blobs[origin[3]])
+        prefix = None if origin[0] == "f" else _pyzstd().decompress(index.blobs[origin[3]])
         if zstdspan.decodable(origin, prefix):
             # Through the system libzstd with the GIL released (zstdspan).
             return _SpanRun(self, zstdspan.SpanDecoder(src, origin, prefix, blocks_end, frame_end,
@@ -229,14 +299,15 @@ class ZstdSource(CodecSource):
         pyzstd's max_length lets the decoder write each piece straight into
         a buffer of the piece's size: whole pieces need no join (a join of
         fresh memory cost as much as a third of the decoding)."""
+        pyzstd = _pyzstd()
         src = self.source
         if origin[0] == "f":
-            dec = pyzstd.EndlessZstdDecompressor(option=_DECODER_OPTIONS)
+            dec = pyzstd.EndlessZstdDecompressor(option=_decoder_options())
             pending = b""
         else:
             snapshot = pyzstd.ZstdDict(prefix or b"", is_raw=True)
             dec = pyzstd.EndlessZstdDecompressor(zstd_dict=snapshot.as_prefix,
-                                                 option=_DECODER_OPTIONS)
+                                                 option=_decoder_options())
             pending = synth_header(origin[2])
         # From a frame start the span may run to the frame end (its checksum
         # is checked then); a resumed decoder has no checksum to read.
@@ -265,7 +336,7 @@ class ZstdSource(CodecSource):
                         continue
                     produced += len(out)
                     yield out
-        except _ZstdError as exc:
+        except pyzstd.ZstdError as exc:
             if origin[0] != "f":
                 # Perhaps a point that does not fit its span: try an earlier one.
                 raise SpanMismatch() from None

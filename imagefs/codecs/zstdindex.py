@@ -57,8 +57,6 @@ from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import pyzstd
-
 from imagefs.codecs import tuning
 from imagefs.codecs.adapters import ChunkReader
 from imagefs.codecs.problems import corrupt, truncated
@@ -80,6 +78,7 @@ from imagefs.codecs.zstdstream import (
     BlockDecoder,
     ZstdStreamError,
     block_decoder,
+    compress_frame,
 )
 from imagefs.codecs.zstdtrial import prefix_decoder
 from imagefs.errors import UnsupportedError
@@ -411,7 +410,7 @@ class _Pass:
             return None
         # Compressed on another core: the snapshot is needed only once the
         # span it starts is committed (``spacing`` bytes later).
-        return _snapshot_pool.get().submit(pyzstd.compress, snap, SNAPSHOT_LEVEL)
+        return _snapshot_pool.get().submit(compress_frame, snap, SNAPSHOT_LEVEL)
 
     def finish(self, frames_end: int | None = None) -> SeekIndex:
         """The complete index; ``frames_end``: where the last frame ends, when

@@ -40,7 +40,13 @@ where that library cannot be loaded.  ctypes releases the GIL for the call.
 
 :class:`StreamDecoder` is ``ZSTD_decompressStream`` by address, for decoding
 spans a piece per call rather than a block per call (its docstring says
-why), and the pass's resume trials (:mod:`~imagefs.codecs.zstdtrial`).
+why), the head of a stream before it is indexed, and the pass's resume
+trials (:mod:`~imagefs.codecs.zstdtrial`).
+
+:func:`compress_frame` compresses the pass's window snapshots through the
+same library, so that an unindexed image's first reads and its index pass
+need no zstd binding at all (pyzstd's import, with typing_extensions and
+inspect, took 5-10 ms of a mount's first read of a zstd image).
 """
 
 from __future__ import annotations
@@ -48,8 +54,6 @@ from __future__ import annotations
 import ctypes
 import threading
 from typing import Any, Protocol
-
-import zstandard
 
 from imagefs.codecs.zstdframe import BLOCK_MAX
 from imagefs.io.scatter import buffer_address
@@ -377,6 +381,10 @@ class _CopyingBlockDecoder:
     checks_content = True
 
     def __init__(self, max_window: int) -> None:
+        # Imported here: only this fallback needs it, and a mount's first
+        # read of a zstd image would otherwise load it (3 ms, measured).
+        import zstandard
+        self._error = zstandard.ZstdError
         self._maker = zstandard.ZstdDecompressor(max_window_size=max_window)
         self._dec: Any = None
 
@@ -391,7 +399,7 @@ class _CopyingBlockDecoder:
             raise ZstdStreamError("data after the frame's end")
         try:
             return bytes(self._dec.decompress(data))
-        except zstandard.ZstdError as exc:
+        except self._error as exc:
             raise ZstdStreamError(str(exc)) from None
 
     def decode_block(self, block: memoryview, out: memoryview) -> int:
@@ -422,6 +430,82 @@ class _CopyingBlockDecoder:
 #: zstdspan.decodable; the buffer-less span decoder would have read it as
 #: a formatted dictionary).
 DICT_MAGIC = (0xEC30A437).to_bytes(4, "little")
+
+
+class _Compressor:
+    """A libzstd compression context and an output buffer, one per thread."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self._cctx = lib.ZSTD_createCCtx()
+        if not self._cctx:
+            raise MemoryError("libzstd could not allocate a compressor")
+        self._out = bytearray()
+
+    def compress(self, data: bytes | memoryview, level: int) -> bytes:
+        lib = self._lib
+        bound = lib.ZSTD_compressBound(len(data))
+        if len(self._out) < bound:
+            self._out = bytearray(bound)   # kept: every snapshot is about this size
+        dst = buffer_address(memoryview(self._out))
+        src = buffer_address(data) if len(data) else 0
+        n = lib.ZSTD_compressCCtx(self._cctx, dst, bound, src or None, len(data), level)
+        if n >= _FIRST_ERROR:
+            raise ZstdStreamError(lib.ZSTD_getErrorName(n).decode())
+        return bytes(memoryview(self._out)[:n])
+
+    def __del__(self) -> None:
+        if self._cctx:
+            self._lib.ZSTD_freeCCtx(self._cctx)
+            self._cctx = None
+
+
+_compressors = threading.local()
+_compress_lib: Any = None
+_compress_checked = False
+
+
+def _compressor_lib() -> Any:
+    """The system libzstd with its compression functions declared, once
+    (None where there is none, or it is a decoder-only build)."""
+    global _compress_lib, _compress_checked
+    lib = _libzstd()                       # (takes the lock itself)
+    with _load_lock:
+        if not _compress_checked:
+            _compress_lib, _compress_checked = _declare_compression(lib), True
+    return _compress_lib
+
+
+def _declare_compression(lib: Any) -> Any:
+    if lib is None:
+        return None
+    try:
+        lib.ZSTD_createCCtx.restype = ctypes.c_void_p
+        lib.ZSTD_createCCtx.argtypes = []
+        lib.ZSTD_freeCCtx.restype = ctypes.c_size_t
+        lib.ZSTD_freeCCtx.argtypes = [ctypes.c_void_p]
+        lib.ZSTD_compressBound.restype = ctypes.c_size_t
+        lib.ZSTD_compressBound.argtypes = [ctypes.c_size_t]
+        lib.ZSTD_compressCCtx.restype = ctypes.c_size_t
+        lib.ZSTD_compressCCtx.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                          ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except AttributeError:
+        return None
+    return lib
+
+
+def compress_frame(data: bytes | memoryview, level: int) -> bytes:
+    """``data`` as one zstd frame at ``level`` (its content size in the
+    header): through the system libzstd, one context per thread, else
+    pyzstd.  Thread-safe."""
+    compressor: _Compressor | None = getattr(_compressors, "one", None)
+    if compressor is None:
+        lib = _compressor_lib()
+        if lib is None:
+            import pyzstd
+            return bytes(pyzstd.compress(data, level))
+        compressor = _compressors.one = _Compressor(lib)
+    return compressor.compress(data, level)
 
 
 def block_decoder(max_window: int) -> BlockDecoder:

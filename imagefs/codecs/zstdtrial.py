@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import zstandard
-
 from imagefs.codecs.zstdframe import BLOCK_MAX
 from imagefs.codecs.zstdstream import StreamDecoder, ZstdStreamError, stream_decoder
 from imagefs.io.scatter import buffer_address
@@ -79,10 +77,14 @@ class _CopyingPrefixDecoder:
     """python-zstandard with the prefix as a raw-content dictionary (the fallback)."""
 
     def __init__(self, max_window: int) -> None:
+        # Imported here: the fallback's alone (see zstdstream).
+        import zstandard
+        self._zstandard = zstandard
         self._max_window = max_window
 
     def decode_block(self, prefix: bytes, head: bytes,
                      block: memoryview) -> memoryview | bytes | None:
+        zstandard = self._zstandard
         try:
             if prefix:
                 zdict = zstandard.ZstdCompressionDict(prefix,
