@@ -202,12 +202,13 @@ class IndexBuild:
             self._meta.append(meta)
             self._cond.notify_all()
 
-    @property
-    def has_followers(self) -> bool:
-        """Whether a reader may be following the pass (read without the lock:
+    def may_follow(self, start: int, end: int) -> bool:
+        """Whether a reader may wait for output in ``[start, end)`` (then the
+        pass asks :meth:`following` piece by piece).  Read without the lock:
         a reader that starts following just after misses a piece or two,
-        which it then reads from the committed span)."""
-        return self.sink is not None and bool(self._follow)
+        which it then reads from the committed span."""
+        return self.sink is not None and any(lo < end and start < hi
+                                             for lo, hi in self._follow)
 
     def following(self, start: int, end: int) -> bool:
         """Whether a reader waits for output ``[start, end)`` (the pass then

@@ -143,8 +143,10 @@ class _Pass:
         self.span_no = 0                   # the open span's number in the index
         # Decoded bytes go to the hasher EMIT_BATCH at a time, cut at piece
         # boundaries (``piece_end``: the open piece's end), and a piece at a
-        # time where a reader follows the pass, so that it is handed the
-        # piece whole as soon as it is decoded (IndexBuild.offer).
+        # time where a reader waits in them, so that it is handed each piece
+        # whole as soon as it is decoded (IndexBuild.offer).  A reader
+        # waiting far ahead (the last block of a fresh image) does not
+        # stop the batches before its range.
         self.piece_end = SUB_CHUNK
         self.prefix = prefix_decoder(MAX_WINDOW)     # the resume trials'
         # One main decoder for every frame: each begins it afresh.
@@ -184,7 +186,7 @@ class _Pass:
             start = self.out_pos
             n = end - start
             publish = None
-            if self.build.has_followers:
+            if self.build.may_follow(start, end):
                 n = min(end, self.piece_end) - start
                 if self.build.following(start, start + n):
                     k = (start - self.queued_end) // SUB_CHUNK
@@ -368,7 +370,7 @@ class _Pass:
                 break
             done = self.out_pos + out.pending
             if done >= self.piece_end and (out.pending >= EMIT_BATCH
-                                           or self.build.has_followers):
+                                           or self.build.may_follow(self.out_pos, done)):
                 self.emit_to(done - (done - self.piece_end) % SUB_CHUNK)
         blocks_end = pos
         self.emit_to(self.out_pos + out.pending)
