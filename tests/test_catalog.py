@@ -363,14 +363,20 @@ def test_files_view_name_follows_the_clash_rule(tmp_path):
         cat.lookup("/a.img.info").entry.info_text().decode()
 
 
+def _in_fresh_interpreter(script: str) -> list[str]:
+    """The lines ``script`` prints, run by a fresh interpreter (this test
+    run has every module loaded)."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
 def test_listing_and_first_read_leave_the_rarely_needed_modules_unloaded(tmp_path):
     # Start-up cost (issue 12): a mount's first byte must not pay for the
     # files layer, the raw-partition probe, index pruning, the .info
     # renderer, partclone format 1 or modules only big groups and gzip use,
     # nor dataclasses (each class defined costs a compile: imagefs.records).
-    # A fresh interpreter, since this test run has them all loaded.
-    import subprocess
-    import sys
     write_partclone(tmp_path / "x.img", seed=3)
     script = (
         "import sys\n"
@@ -389,8 +395,7 @@ def test_listing_and_first_read_leave_the_rarely_needed_modules_unloaded(tmp_pat
         "print(names, len(data), [m for m in lazy if m in sys.modules])\n"
         "cat.lookup('/x.img.info').open()\n"
         "print('imagefs.catalog.infotext' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = _in_fresh_interpreter(script)
     assert out[0] == "['x.img', 'x.img.files', 'x.img.info'] 4096 []"
     assert out[1] == "True", "the renderer loads once a .info is opened"
 
@@ -401,7 +406,6 @@ def test_a_zstd_images_first_read_loads_no_zstd_binding(tmp_path):
     # took 5-10 ms of a mount's first read, python-zstandard's 3 ms, and
     # the index pass is loaded only once a read needs it.
     import subprocess
-    import sys
     if shutil.which("zstd") is None:
         pytest.skip("zstd is not installed")
     write_partclone(tmp_path / "plain", seed=3)
@@ -418,6 +422,5 @@ def test_a_zstd_images_first_read_loads_no_zstd_binding(tmp_path):
         "data = cat.lookup('/x.img').entry.read(0, 4096)\n"
         "lazy = ['pyzstd', 'zstandard', 'imagefs.codecs.zstdindex']\n"
         "print(names, len(data), [m for m in lazy if m in sys.modules])\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = _in_fresh_interpreter(script)
     assert out[0] == "['x.img', 'x.img.files', 'x.img.info'] 4096 []"

@@ -83,34 +83,38 @@ def _load() -> Any:
     return lib
 
 
-def _declare(lib: Any) -> None:
-    lib.ZSTD_createDCtx.restype = ctypes.c_void_p
-    lib.ZSTD_createDCtx.argtypes = []
-    lib.ZSTD_freeDCtx.restype = ctypes.c_size_t
-    lib.ZSTD_freeDCtx.argtypes = [ctypes.c_void_p]
-    lib.ZSTD_DCtx_setParameter.restype = ctypes.c_size_t
-    lib.ZSTD_DCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    lib.ZSTD_decompressStream.restype = ctypes.c_size_t
-    lib.ZSTD_decompressStream.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Buffer),
-                                          ctypes.POINTER(_Buffer)]
-    lib.ZSTD_DCtx_reset.restype = ctypes.c_size_t
-    lib.ZSTD_DCtx_reset.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.ZSTD_DCtx_refPrefix.restype = ctypes.c_size_t
-    lib.ZSTD_DCtx_refPrefix.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    lib.ZSTD_getErrorName.restype = ctypes.c_char_p
-    lib.ZSTD_getErrorName.argtypes = [ctypes.c_size_t]
-    lib.ZSTD_decompressBegin.restype = ctypes.c_size_t
-    lib.ZSTD_decompressBegin.argtypes = [ctypes.c_void_p]
-    lib.ZSTD_nextSrcSizeToDecompress.restype = ctypes.c_size_t
-    lib.ZSTD_nextSrcSizeToDecompress.argtypes = [ctypes.c_void_p]
-    lib.ZSTD_decompressBlock.restype = ctypes.c_size_t
-    lib.ZSTD_decompressBlock.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                                         ctypes.c_void_p, ctypes.c_size_t]
-    lib.ZSTD_insertBlock.restype = ctypes.c_size_t
-    lib.ZSTD_insertBlock.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    lib.ZSTD_decompressContinue.restype = ctypes.c_size_t
-    lib.ZSTD_decompressContinue.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                                            ctypes.c_void_p, ctypes.c_size_t]
+_P, _SIZE, _INT = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
+_BUF = ctypes.POINTER(_Buffer)
+
+#: The decoding functions used here: name -> (result type, argument types).
+_DECODING: dict[str, tuple[Any, list[Any]]] = {
+    "ZSTD_createDCtx": (_P, []),
+    "ZSTD_freeDCtx": (_SIZE, [_P]),
+    "ZSTD_DCtx_setParameter": (_SIZE, [_P, _INT, _INT]),
+    "ZSTD_decompressStream": (_SIZE, [_P, _BUF, _BUF]),
+    "ZSTD_DCtx_reset": (_SIZE, [_P, _INT]),
+    "ZSTD_DCtx_refPrefix": (_SIZE, [_P, _P, _SIZE]),
+    "ZSTD_getErrorName": (ctypes.c_char_p, [_SIZE]),
+    "ZSTD_decompressBegin": (_SIZE, [_P]),
+    "ZSTD_nextSrcSizeToDecompress": (_SIZE, [_P]),
+    "ZSTD_decompressBlock": (_SIZE, [_P, _P, _SIZE, _P, _SIZE]),
+    "ZSTD_insertBlock": (_SIZE, [_P, _P, _SIZE]),
+    "ZSTD_decompressContinue": (_SIZE, [_P, _P, _SIZE, _P, _SIZE]),
+}
+#: The compression functions (the window snapshots): declared on first use.
+_COMPRESSION: dict[str, tuple[Any, list[Any]]] = {
+    "ZSTD_createCCtx": (_P, []),
+    "ZSTD_freeCCtx": (_SIZE, [_P]),
+    "ZSTD_compressBound": (_SIZE, [_SIZE]),
+    "ZSTD_compressCCtx": (_SIZE, [_P, _P, _SIZE, _P, _SIZE, _INT]),
+}
+
+
+def _declare(lib: Any, functions: dict[str, tuple[Any, list[Any]]] = _DECODING) -> None:
+    """Set the types of ``functions`` on ``lib`` (AttributeError for one it lacks)."""
+    for name, (restype, argtypes) in functions.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = restype, argtypes
 
 
 _lib: Any = None
@@ -153,13 +157,16 @@ def _address(view: memoryview) -> tuple[int, Any]:
 
 
 class _Context:
-    """A libzstd decompression context, freed with its owner."""
+    """A libzstd context, freed with its owner (a decompression context;
+    subclasses may name other create and free functions)."""
+
+    _CREATE, _FREE, _KIND = "ZSTD_createDCtx", "ZSTD_freeDCtx", "a decoder"
 
     def __init__(self, lib: Any) -> None:
         self._lib = lib
-        self._dctx = lib.ZSTD_createDCtx()
-        if not self._dctx:
-            raise MemoryError("libzstd could not allocate a decoder")
+        self._ctx = getattr(lib, self._CREATE)()
+        if not self._ctx:
+            raise MemoryError(f"libzstd could not allocate {self._KIND}")
 
     def _fail(self, code: int) -> ZstdStreamError:
         """The error for libzstd's result ``code`` (its own message)."""
@@ -172,9 +179,9 @@ class _Context:
         return code
 
     def close(self) -> None:
-        if self._dctx:
-            self._lib.ZSTD_freeDCtx(self._dctx)
-            self._dctx = None
+        if self._ctx:
+            getattr(self._lib, self._FREE)(self._ctx)
+            self._ctx = None
 
     def __del__(self) -> None:
         self.close()
@@ -205,16 +212,16 @@ class StreamDecoder(_Context):
         self._in_ref = ctypes.byref(self._in)
         self._out_ref = ctypes.byref(self._out)
         self._prefix: bytes | None = None
-        self._check(lib.ZSTD_DCtx_setParameter(self._dctx, _WINDOW_LOG_MAX, window_log_max))
+        self._check(lib.ZSTD_DCtx_setParameter(self._ctx, _WINDOW_LOG_MAX, window_log_max))
 
     def begin(self, head: bytes, prefix: bytes | None = None) -> None:
         """Start a frame: ``head`` the bytes of its header (or none: they come
         as input), ``prefix`` the history before its first block (a window
         snapshot, raw content), referenced until the next begin, not copied."""
-        self._check(self._lib.ZSTD_DCtx_reset(self._dctx, _RESET_SESSION_ONLY))
+        self._check(self._lib.ZSTD_DCtx_reset(self._ctx, _RESET_SESSION_ONLY))
         self._prefix = prefix
         if prefix:
-            self._check(self._lib.ZSTD_DCtx_refPrefix(self._dctx, prefix, len(prefix)))
+            self._check(self._lib.ZSTD_DCtx_refPrefix(self._ctx, prefix, len(prefix)))
         if head:
             held = bytearray(head)
             self.set_input(buffer_address(memoryview(held)), len(held))
@@ -250,7 +257,7 @@ class StreamDecoder(_Context):
     def step(self) -> bool:
         """Decode what the input and output allow; True once the frame has
         ended (its checksum checked, if it has one) and is fully flushed."""
-        return self._check(self._decompress(self._dctx, self._out_ref, self._in_ref)) == 0
+        return self._check(self._decompress(self._ctx, self._out_ref, self._in_ref)) == 0
 
 
 def stream_decoder(window: int) -> StreamDecoder | None:
@@ -324,16 +331,16 @@ class _LibzstdBlockDecoder(_Context):
         self._insert_block = lib.ZSTD_insertBlock
 
     def begin(self, head: memoryview) -> None:
-        self._check(self._lib.ZSTD_decompressBegin(self._dctx))
+        self._check(self._lib.ZSTD_decompressBegin(self._ctx))
         # The header in the pieces libzstd asks for (its magic, then the rest):
         # the only input that goes through the buffer-less stage machine.
         src, keep = _address(_writable(head))
         used = 0
         while used < len(head):
-            step = self._lib.ZSTD_nextSrcSizeToDecompress(self._dctx)
+            step = self._lib.ZSTD_nextSrcSizeToDecompress(self._ctx)
             if step == 0 or step > len(head) - used:
                 raise ZstdStreamError("the frame's structure differs from its headers")
-            self._check(self._continue(self._dctx, 0, 0, src + used, step))
+            self._check(self._continue(self._ctx, 0, 0, src + used, step))
             used += step
         del keep
 
@@ -347,7 +354,7 @@ class _LibzstdBlockDecoder(_Context):
 
     def decode_at(self, src: int, btype: int, bsize: int, dst: int, room: int) -> int:
         if btype == COMPRESSED_BLOCK:
-            got = self._decompress_block(self._dctx, dst, room, src + 3, bsize)
+            got = self._decompress_block(self._ctx, dst, room, src + 3, bsize)
             if got >= _FIRST_ERROR:
                 raise self._fail(got)
             return int(got)
@@ -361,7 +368,7 @@ class _LibzstdBlockDecoder(_Context):
             raise ZstdStreamError("a reserved block type")
         # The block API decodes compressed blocks only; the others must be
         # announced, or the next block's matches miss their history.
-        self._insert_block(self._dctx, dst, bsize)
+        self._insert_block(self._ctx, dst, bsize)
         return bsize
 
     def end(self, checksum: memoryview) -> bool:
@@ -432,14 +439,13 @@ class _CopyingBlockDecoder:
 DICT_MAGIC = (0xEC30A437).to_bytes(4, "little")
 
 
-class _Compressor:
+class _Compressor(_Context):
     """A libzstd compression context and an output buffer, one per thread."""
 
+    _CREATE, _FREE, _KIND = "ZSTD_createCCtx", "ZSTD_freeCCtx", "a compressor"
+
     def __init__(self, lib: Any) -> None:
-        self._lib = lib
-        self._cctx = lib.ZSTD_createCCtx()
-        if not self._cctx:
-            raise MemoryError("libzstd could not allocate a compressor")
+        super().__init__(lib)
         self._out = bytearray()
 
     def compress(self, data: bytes | memoryview, level: int) -> bytes:
@@ -449,15 +455,9 @@ class _Compressor:
             self._out = bytearray(bound)   # kept: every snapshot is about this size
         dst = buffer_address(memoryview(self._out))
         src = buffer_address(data) if len(data) else 0
-        n = lib.ZSTD_compressCCtx(self._cctx, dst, bound, src or None, len(data), level)
-        if n >= _FIRST_ERROR:
-            raise ZstdStreamError(lib.ZSTD_getErrorName(n).decode())
+        n = self._check(lib.ZSTD_compressCCtx(self._ctx, dst, bound, src or None,
+                                              len(data), level))
         return bytes(memoryview(self._out)[:n])
-
-    def __del__(self) -> None:
-        if self._cctx:
-            self._lib.ZSTD_freeCCtx(self._cctx)
-            self._cctx = None
 
 
 _compressors = threading.local()
@@ -480,15 +480,7 @@ def _declare_compression(lib: Any) -> Any:
     if lib is None:
         return None
     try:
-        lib.ZSTD_createCCtx.restype = ctypes.c_void_p
-        lib.ZSTD_createCCtx.argtypes = []
-        lib.ZSTD_freeCCtx.restype = ctypes.c_size_t
-        lib.ZSTD_freeCCtx.argtypes = [ctypes.c_void_p]
-        lib.ZSTD_compressBound.restype = ctypes.c_size_t
-        lib.ZSTD_compressBound.argtypes = [ctypes.c_size_t]
-        lib.ZSTD_compressCCtx.restype = ctypes.c_size_t
-        lib.ZSTD_compressCCtx.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                                          ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _declare(lib, _COMPRESSION)
     except AttributeError:
         return None
     return lib
