@@ -286,7 +286,7 @@ class CodecSource:
             if n <= 0:
                 raise corrupt(self.source, f"{self.codec} span {i} is shorter than its index says")
             if streaming:
-                self._stream.delivered(i, k, n, len(data))
+                self._stream.delivered(i, k, n, len(data), offset - lo + len(data))
             yield data, lo, n
             offset += n
             if offset >= starts[i + 1]:
