@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from imagefs.codecs import tuning
+from imagefs.codecs.blobspill import SpilledBlobs
 from imagefs.codecs.seekindex import SeekIndex
 from imagefs.services.units import human
 
@@ -87,7 +88,9 @@ class IndexBuild:
     """
 
     def __init__(self, name: str, total: int, run: Callable[[IndexBuild], Any],
-                 finish: Callable[[Any], SeekIndex]) -> None:
+                 finish: Callable[[Any], SeekIndex], spill_dir: str | None = None) -> None:
+        """``spill_dir``: where the pass's blobs wait for the saved index
+        (an unnamed file; None: the system's temporary directory)."""
         self.name = name
         self.total = max(total, 1)         # compressed bytes to pass
         self._run = run
@@ -104,7 +107,7 @@ class IndexBuild:
         self._meta: list[Any] = []
         self._sums: list[int] = []
         self._sum_base: list[int] = [0]
-        self.blobs: list[bytes] = []
+        self.blobs = SpilledBlobs(spill_dir)   # not in memory: ~5% of a zstd stream
         self._partial: SeekIndex | None = None
         self._thread: threading.Thread | None = None
         #: Observers of progress (the ``index`` verb's overall bar): told
@@ -151,6 +154,12 @@ class IndexBuild:
             slot.release()
             with self._cond:
                 self.finished = time.monotonic()
+                # The pass's blobs live on in the index where nothing saved
+                # them; a saved index reads its own file.  Readers still
+                # holding the partial index keep the temporary file until
+                # they drop it; this build (kept by its stream) does not.
+                self._partial = None
+                self.blobs = SpilledBlobs()
                 self._cond.notify_all()
 
     def cancel(self) -> None:
@@ -272,7 +281,7 @@ class IndexBuild:
     def complete_index(self, size: int, info: dict[str, Any]) -> SeekIndex:
         """The pass's result: every span it committed (its last ends at ``size``)."""
         with self._cond:
-            return SeekIndex(size, self._starts, self._meta, list(self.blobs), info,
+            return SeekIndex(size, self._starts, self._meta, self.blobs, info,
                              sums=self._sums, sum_base=self._sum_base)
 
     def _partial_locked(self, end: int) -> SeekIndex | None:

@@ -28,8 +28,10 @@ import json
 import os
 import struct
 from array import array
+from collections.abc import Iterator
 from typing import Any, cast
 
+from imagefs.codecs.blobspill import SpilledBlobs
 from imagefs.errors import FormatError
 from imagefs.records import field, record
 from imagefs.services.fastzlib import crc32
@@ -86,6 +88,24 @@ class LazyBlobs:
         return sum(self._lengths)
 
 
+class Payload:
+    """A payload's parts in order, each blob read as it is reached (re-iterable)."""
+
+    def __init__(self, head: bytes, blobs: list[bytes] | LazyBlobs | SpilledBlobs,
+                 blob_bytes: int, sums: bytes) -> None:
+        self._head = head
+        self._blobs = blobs
+        self._sums = sums
+        #: The payload's length.
+        self.nbytes = len(head) + blob_bytes + len(sums)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._head
+        for i in range(len(self._blobs)):
+            yield self._blobs[i]
+        yield self._sums
+
+
 @record
 class SeekIndex:
     """Where each span of the decompressed stream starts and how to decode it.
@@ -99,7 +119,7 @@ class SeekIndex:
     size: int
     starts: list[int]
     meta: list[Any]
-    blobs: list[bytes] | LazyBlobs = field(default_factory=list)
+    blobs: list[bytes] | LazyBlobs | SpilledBlobs = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     #: Piece sums of all spans, flat (see the module docstring), or None.
     sums: list[int] | array | None = None
@@ -114,7 +134,7 @@ class SeekIndex:
         return self.sums[n] if n < self.sum_base[i + 1] else None
 
     def blob_bytes(self) -> int:
-        if isinstance(self.blobs, LazyBlobs):
+        if isinstance(self.blobs, (LazyBlobs, SpilledBlobs)):
             return self.blobs.total()
         return sum(map(len, self.blobs))
 
@@ -122,12 +142,15 @@ class SeekIndex:
         """Leave the blobs in the saved file ``path`` (payload at its end).
 
         Small blobs (or with no file) stay in memory, as bytes of their own
-        even when they were views of a loaded payload.
+        even when they were views of a loaded payload; a pass's blobs in its
+        temporary file stay there when there is no saved file.
         """
-        if isinstance(self.blobs, LazyBlobs):
+        blobs = self.blobs
+        if isinstance(blobs, LazyBlobs):
             return
-        blobs = list(self.blobs)
-        lengths = [len(b) for b in blobs]
+        spilled = isinstance(blobs, SpilledBlobs)
+        lengths = list(blobs.lengths) if isinstance(blobs, SpilledBlobs) else \
+            [len(b) for b in blobs]
         total = sum(lengths)
         if path is not None and total > LAZY_BLOBS:
             sums = 0 if self.sums is None else 8 * len(self.sums)   # they follow the blobs
@@ -137,26 +160,34 @@ class SeekIndex:
             except OSError:
                 base = None
             if base is not None:
-                self.blobs = LazyBlobs(path, base, lengths, [crc32(b) for b in blobs])
+                crcs = list(blobs.crcs) if isinstance(blobs, SpilledBlobs) else \
+                    [crc32(b) for b in blobs]
+                self.blobs = LazyBlobs(path, base, lengths, crcs)
                 return
+        if spilled and total > LAZY_BLOBS:
+            return
         self.blobs = [b if isinstance(b, bytes) else bytes(b) for b in blobs]
 
     @property
     def spans(self) -> int:
         return len(self.meta)
 
-    def to_payload(self, codec: str, comp_size: int) -> list[bytes]:
+    def to_payload(self, codec: str, comp_size: int) -> Payload:
         """The payload in its parts, in order (head, each blob, the sums):
-        written as they are, never joined (a zstd index's blobs are ~5% of
-        the image; :meth:`IndexStore.save <imagefs.services.indexstore.IndexStore.save>`)."""
-        blobs = [self.blobs[i] for i in range(len(self.blobs))]
+        written as they are, never joined, each blob read only when it is
+        written (a zstd index's blobs are ~5% of the image;
+        :meth:`IndexStore.save <imagefs.services.indexstore.IndexStore.save>`)."""
+        blobs = self.blobs
+        lengths = list(blobs.lengths) if isinstance(blobs, SpilledBlobs) else \
+            [len(blobs[i]) for i in range(len(blobs))]
         sums = b"" if self.sums is None else array("Q", self.sums).tobytes()
         head = {"v": INDEX_VERSION, "codec": codec, "comp_size": comp_size,
                 "size": self.size, "starts": self.starts, "meta": self.meta,
-                "info": self.info, "blobs": [len(b) for b in blobs],
+                "info": self.info, "blobs": lengths,
                 "sum_base": self.sum_base if self.sums is not None else None}
         text = json.dumps(head, separators=(",", ":")).encode()
-        return [_PAYLOAD_MAGIC + struct.pack("<I", len(text)) + text, *blobs, sums]
+        return Payload(_PAYLOAD_MAGIC + struct.pack("<I", len(text)) + text, blobs,
+                       sum(lengths), sums)
 
     @classmethod
     def from_payload(cls, payload: bytes | memoryview, codec: str, comp_size: int,

@@ -355,7 +355,8 @@ class CodecSource:
                 self._index = index
                 return None
             build = IndexBuild(self.name, self.source.size, self._pass,
-                               partial(self._finish, store, time.monotonic()))
+                               partial(self._finish, store, time.monotonic()),
+                               spill_dir=os.path.dirname(store.path) if store.path else None)
             build.sink = self._spans.offer
             build.follow_bytes = min(FOLLOW_BYTES, self._cache.capacity // 4)
             self._build = build
@@ -382,7 +383,7 @@ class CodecSource:
             path = store.save(parts)
             if path:
                 origin += f", saved to {path}"
-                index.make_lazy(path, sum(map(len, parts)))
+                index.make_lazy(path, parts.nbytes)
             del parts
         log.info("%s: %s %s", self.name, self.codec, origin)
         self._after_index(index)

@@ -86,6 +86,7 @@ from imagefs.io.scatter import buffer_address
 from imagefs.io.source import ByteSource
 
 if TYPE_CHECKING:
+    from imagefs.codecs.blobspill import SpilledBlobs
     from imagefs.codecs.building import IndexBuild
 
 #: After a failed resume trial, skip this many blocks before the next (then
@@ -131,14 +132,14 @@ class _Pass:
         self.comp.on_stall = partial(self.commit_ready, wait=True)
         self.out_pos = 0
         self.blobs = build.blobs           # shared with the partial index
-        self.blob_futures: list[tuple[int, Future[bytes]]] = []
+        self.blob_futures: list[Future[None]] = []   # the open span's snapshots, being stored
         # Piece sums are taken on another thread (``out`` reuses a segment
         # only once its hashing is done), and a finished span is committed
         # once its sums and snapshot are ready (``commits``: end, meta, sums,
         # snapshots; in order).
         self.hasher = BackgroundHasher()
         self.commits: deque[tuple[int, list[Any], Future[list[int]],
-                                  list[tuple[int, Future[bytes]]]]] = deque()
+                                  list[Future[None]]]] = deque()
         self.queued_end = 0                # where the open span starts
         self.span_no = 0                   # the open span's number in the index
         # Decoded bytes go to the hasher EMIT_BATCH at a time, cut at piece
@@ -207,8 +208,8 @@ class _Pass:
             self.span_no += 1
             self.piece_end = self.out_pos + SUB_CHUNK
         else:                              # an empty span: nothing to serve
-            for blob, future in self.blob_futures:
-                self.blobs[blob] = future.result()
+            for future in self.blob_futures:
+                future.result()
         self.blob_futures = []
         self.commit_ready(wait=False)
 
@@ -217,10 +218,10 @@ class _Pass:
         of them, waiting, with ``wait``)."""
         while self.commits:
             end, meta, sums, snapshots = self.commits[0]
-            if not wait and not (sums.done() and all(f.done() for _, f in snapshots)):
+            if not wait and not (sums.done() and all(f.done() for f in snapshots)):
                 return
-            for blob, future in snapshots:
-                self.blobs[blob] = future.result()
+            for future in snapshots:
+                future.result()            # its snapshot is in the blobs
             self.build.commit(end, meta, sums.result())
             self.commits.popleft()
 
@@ -338,13 +339,12 @@ class _Pass:
                     # bench image's jobs start with a raw block).
                     tried = True
                     history = fh.window if full_due else light_window
-                    snapshot = self.trial(dec, block, pos, fh.window_byte or 0, history)
-                    if snapshot is not None:
+                    stored = self.trial(dec, block, pos, fh.window_byte or 0, history)
+                    if stored is not None:
                         self.emit_to(at)           # the span before ends here
                         self.close_span(span + [pos, 0])
-                        blob = len(self.blobs)
-                        self.blobs.append(b"")      # filled before the span commits
-                        self.blob_futures.append((blob, snapshot))
+                        blob, stored_future = stored
+                        self.blob_futures.append(stored_future)
                         kind = "r" if full_due else "l"
                         span = ["p", [kind, pos, fh.window_byte, blob]]
                         if full_due:
@@ -398,11 +398,12 @@ class _Pass:
         return pos
 
     def trial(self, dec: BlockDecoder, block: memoryview, pos: int, window_byte: int,
-              history: int) -> Future[bytes] | None:
+              history: int) -> tuple[int, Future[None]] | None:
         """Decode the block at compressed byte ``pos`` with the main decoder (its
         output left pending) and with a decoder resumed here from the last
         ``history`` bytes of output.  Where both give the same bytes, the
-        point holds: the compression of its snapshot, under way."""
+        point holds: its snapshot's blob number, and its compression into
+        that blob, under way."""
         snap = self.out.snapshot(history)
         made = self.decode(dec, block, pos)
         resumed = self.prefix.decode_block(snap, synth_header(window_byte), block)
@@ -410,9 +411,10 @@ class _Pass:
         # by element (~0.3 ms per 128 KiB block, measured), a copy is ~7 µs.
         if resumed is None or bytes(resumed) != bytes(made):
             return None
-        # Compressed on another core: the snapshot is needed only once the
-        # span it starts is committed (``spacing`` bytes later).
-        return _snapshot_pool.get().submit(compress_frame, snap, SNAPSHOT_LEVEL)
+        # Compressed and stored on another core: the snapshot is needed only
+        # once the span it starts is committed (``spacing`` bytes later).
+        blob = self.blobs.append(b"")
+        return blob, _snapshot_pool.get().submit(_store_snapshot, self.blobs, blob, snap)
 
     def finish(self, frames_end: int | None = None) -> SeekIndex:
         """The complete index; ``frames_end``: where the last frame ends, when
@@ -425,6 +427,12 @@ class _Pass:
             info["trailing"] = self.comp.total - frames_end
         self.commit_ready(wait=True)
         return self.build.complete_index(self.out_pos, info)
+
+
+def _store_snapshot(blobs: SpilledBlobs, blob: int, snapshot: bytes) -> None:
+    """Compress a window snapshot into its place among the pass's blobs (a
+    snapshot-pool task: the write, too, stays off the pass's core)."""
+    blobs[blob] = compress_frame(snapshot, SNAPSHOT_LEVEL)
 
 
 def build_zstd_index(src: ByteSource, build: IndexBuild, spacing: int) -> SeekIndex:

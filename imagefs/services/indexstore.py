@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import BinaryIO, Generic, TypeVar
 
 from imagefs.services.fastzlib import crc32
@@ -35,7 +35,7 @@ MAP_PAYLOAD = 1 << 20
 
 #: A payload as it is written: one buffer, or parts written in order (a zstd
 #: index's snapshots are not joined into one 100 MB copy first).
-PayloadParts = bytes | Sequence[bytes | memoryview]
+PayloadParts = bytes | Iterable[bytes | memoryview]
 
 
 def default_index_dir() -> str:
@@ -146,13 +146,18 @@ class IndexStore:
             try:
                 parts = [payload] if isinstance(payload, bytes) else payload
                 length = crc = 0
-                for part in parts:
-                    length += len(part)
-                    crc = crc32(part, crc)
+                tag = bytes.fromhex(key)[:32]
                 with os.fdopen(fd, "wb") as f:
-                    f.write(_HEADER.pack(_MAGIC, bytes.fromhex(key)[:32], length, crc))
+                    # One pass over the parts (a zstd index's snapshots are read
+                    # back from the pass's temporary file one at a time); the
+                    # header is written again once its length and CRC are known.
+                    f.write(_HEADER.pack(_MAGIC, tag, 0, 0))
                     for part in parts:
+                        length += len(part)
+                        crc = crc32(part, crc)
                         f.write(part)
+                    f.seek(0)
+                    f.write(_HEADER.pack(_MAGIC, tag, length, crc))
                 os.replace(tmp, path)
                 if sources:
                     indexprune.write_record(path, kind, sources)
