@@ -145,6 +145,7 @@ class IndexBuild:
             index = self._finish(self._run(self))
             with self._cond:
                 self.index = index
+                self._drop_pass_blobs_locked()   # before any reader sees the index
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting reader
             with self._cond:
                 self.error = exc
@@ -154,13 +155,16 @@ class IndexBuild:
             slot.release()
             with self._cond:
                 self.finished = time.monotonic()
-                # The pass's blobs live on in the index where nothing saved
-                # them; a saved index reads its own file.  Readers still
-                # holding the partial index keep the temporary file until
-                # they drop it; this build (kept by its stream) does not.
-                self._partial = None
-                self.blobs = SpilledBlobs()
+                self._drop_pass_blobs_locked()
                 self._cond.notify_all()
+
+    def _drop_pass_blobs_locked(self) -> None:
+        # The pass's blobs live on in the index where nothing saved them; a
+        # saved index reads its own file.  Readers still holding the partial
+        # index keep the temporary file until they drop it; this build (kept
+        # by its stream) does not.
+        self._partial = None
+        self.blobs = SpilledBlobs()
 
     def cancel(self) -> None:
         """Stop the pass at its next progress report (waiters get the error)."""
