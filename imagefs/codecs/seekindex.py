@@ -88,6 +88,15 @@ class LazyBlobs:
         return sum(self._lengths)
 
 
+def _blob_lengths(blobs: list[bytes] | LazyBlobs | SpilledBlobs) -> list[int]:
+    """Each blob's length, without reading blobs kept in a file."""
+    if isinstance(blobs, SpilledBlobs):
+        return list(blobs.lengths)
+    if isinstance(blobs, LazyBlobs):
+        return list(blobs._lengths)
+    return [len(b) for b in blobs]
+
+
 class Payload:
     """A payload's parts in order, each blob read as it is reached (re-iterable)."""
 
@@ -148,9 +157,7 @@ class SeekIndex:
         blobs = self.blobs
         if isinstance(blobs, LazyBlobs):
             return
-        spilled = isinstance(blobs, SpilledBlobs)
-        lengths = list(blobs.lengths) if isinstance(blobs, SpilledBlobs) else \
-            [len(b) for b in blobs]
+        lengths = _blob_lengths(blobs)
         total = sum(lengths)
         if path is not None and total > LAZY_BLOBS:
             sums = 0 if self.sums is None else 8 * len(self.sums)   # they follow the blobs
@@ -164,7 +171,7 @@ class SeekIndex:
                     [crc32(b) for b in blobs]
                 self.blobs = LazyBlobs(path, base, lengths, crcs)
                 return
-        if spilled and total > LAZY_BLOBS:
+        if isinstance(blobs, SpilledBlobs) and total > LAZY_BLOBS:
             return
         self.blobs = [b if isinstance(b, bytes) else bytes(b) for b in blobs]
 
@@ -178,8 +185,7 @@ class SeekIndex:
         written (a zstd index's blobs are ~5% of the image;
         :meth:`IndexStore.save <imagefs.services.indexstore.IndexStore.save>`)."""
         blobs = self.blobs
-        lengths = list(blobs.lengths) if isinstance(blobs, SpilledBlobs) else \
-            [len(blobs[i]) for i in range(len(blobs))]
+        lengths = _blob_lengths(blobs)
         sums = b"" if self.sums is None else array("Q", self.sums).tobytes()
         head = {"v": INDEX_VERSION, "codec": codec, "comp_size": comp_size,
                 "size": self.size, "starts": self.starts, "meta": self.meta,
