@@ -41,7 +41,7 @@ from pathlib import Path
 
 import contenders as ct
 import measures as ms
-from common import BENCH_DIR, MiB, have, log, median, wait_until
+from common import BENCH_DIR, MiB, cpu_ticks, have, log, median, steal_share, wait_until
 
 #: name -> (compress argv, decompress argv, suffix): Clonezilla's usual ones.
 CODECS = {
@@ -244,6 +244,7 @@ def random_stage(image: Path, work: Path, options: str | None, res: dict,
             os.pread(fd, 4096, pages // 2 * 4096)
         log(f"random stage: indexes of {len(fds)} images loaded in "
             f"{time.perf_counter() - t_load:.2f} s")
+        ticks = cpu_ticks()
         deadline = time.perf_counter() + RANDOM_SECONDS
 
         def worker(i: int) -> None:
@@ -264,16 +265,19 @@ def random_stage(image: Path, work: Path, options: str | None, res: dict,
             t.start()
         for t in threads:
             t.join()
+        steal = steal_share(ticks, cpu_ticks())
         for fd in fds.values():
             os.close(fd)
     finally:
         ct.stop(m)
-    out = {}
+    out: dict = {}
     for n, xs in lat.items():
         xs.sort()
         if xs:
             out[n] = {"reads": len(xs), "p50_ms": 1000 * xs[len(xs) // 2],
                       "p99_ms": 1000 * xs[min(len(xs) - 1, int(len(xs) * 0.99))]}
+    # Not a codec: table() and the report read it by name.
+    out["steal"] = steal
     log(f"random 4 KiB over all codec images, {RANDOM_THREADS} threads: {out}")
     return out
 
@@ -312,4 +316,7 @@ def table(res: dict) -> str:
     for key, stage in (("", rnd), (" (all codecs)", rnd_all)):
         if stage.get("error"):
             lines.append(f"\nrandom stage{key} failed: {stage['error']}")
+        elif stage.get("steal") is not None:
+            lines.append(f"\nrandom stage{key}: the hypervisor took {100 * stage['steal']:.0f} % "
+                         "of the CPUs' time while it ran (steal, /proc/stat)")
     return "\n".join(lines)

@@ -220,6 +220,32 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs so far (/proc/stat), None off Linux.
+
+    Steal is time the hypervisor gave this VM's virtual CPUs to others: on
+    the 2-vCPU bench VMs it swung from 1 % to 28 % within a minute, and a
+    16-thread latency figure taken at 20 % steal had three times the p99 of
+    one taken at 2 % (bench/RESULTS.md, twenty-eighth session), so latency
+    stages report it beside their figures.
+    """
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice]:
+    # guest time is already counted in user, so only the first eight add up.
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The fraction of CPU time stolen between two :func:`cpu_ticks` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def fmt_rate(nbytes: float, seconds: float) -> str:
     if not seconds or seconds != seconds:
         return "n/a"
