@@ -59,7 +59,9 @@ class LazyBlobs:
 
     def __init__(self, path: str, base: int, lengths: list[int], crcs: list[int]) -> None:
         self.path = path
-        self._lengths = lengths
+        #: Each blob's length (as :class:`SpilledBlobs` has them: one helper
+        #: reads both without touching a blob).
+        self.lengths = lengths
         self._crcs = crcs
         self._offsets = []
         pos = base
@@ -68,10 +70,10 @@ class LazyBlobs:
             pos += n
 
     def __len__(self) -> int:
-        return len(self._lengths)
+        return len(self.lengths)
 
     def __getitem__(self, i: int) -> bytes:
-        n = self._lengths[i]
+        n = self.lengths[i]
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offsets[i])
@@ -85,15 +87,13 @@ class LazyBlobs:
         return data
 
     def total(self) -> int:
-        return sum(self._lengths)
+        return sum(self.lengths)
 
 
 def _blob_lengths(blobs: list[bytes] | LazyBlobs | SpilledBlobs) -> list[int]:
     """Each blob's length, without reading blobs kept in a file."""
-    if isinstance(blobs, SpilledBlobs):
+    if isinstance(blobs, (SpilledBlobs, LazyBlobs)):
         return list(blobs.lengths)
-    if isinstance(blobs, LazyBlobs):
-        return list(blobs._lengths)
     return [len(b) for b in blobs]
 
 
