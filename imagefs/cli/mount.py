@@ -192,6 +192,7 @@ def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
     from imagefs.catalog import Catalog
     from imagefs.fuse.adapter import CACHE_TIMEOUT, ImageFS, ImageFUSE, mfusepy
     from imagefs.fuse.library import loop_options
+    from imagefs.services.memtune import start_heap_keeper
 
     catalog = Catalog(p.settings, p.source, mountpoint=p.mountpoint)
     max_read = p.fuse_options.get("max_read")
@@ -208,6 +209,7 @@ def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
             options.setdefault(key, CACHE_TIMEOUT)
         if p.nonempty:                # libfuse 3 mounts over files without being asked
             options["nonempty"] = True
+    keeper = start_heap_keeper()       # a mount lives long: its freed holes go back
     try:
         ImageFUSE(ops, p.mountpoint, raw_fi=True, foreground=True, debug=p.debug,
                      nothreads=p.single_thread, **options)
@@ -220,6 +222,8 @@ def run_fuse(p: Plan, on_ready: Callable[[], None] | None) -> None:
         raise MountError(f"{p.mountpoint}: mounting failed (libfuse error {exc}); "
                          "see the message above", exitcodes.ENVIRONMENT) from None
     finally:
+        if keeper is not None:
+            keeper.stop()
         catalog.close()
 
 

@@ -9,7 +9,8 @@
 * :mod:`~imagefs.services.progress` - a progress bar on a terminal, periodic
   log lines otherwise.
 * :mod:`~imagefs.services.memtune` - glibc allocator tuning for large
-  short-lived buffers.
+  short-lived buffers, and the heap keeper that gives freed holes back
+  once a mount is quiet.
 * :mod:`~imagefs.services.units` - human-readable sizes.
 
 Everything here imports only :mod:`imagefs.errors` and the standard library.
