@@ -12,7 +12,6 @@ import sys
 import textwrap
 
 import pytest
-
 from imagefs.services.memtune import HeapKeeper
 
 pytestmark = pytest.mark.skipif(not HeapKeeper.available(),
