@@ -41,7 +41,8 @@ from pathlib import Path
 
 import contenders as ct
 import measures as ms
-from common import BENCH_DIR, MiB, cpu_ticks, have, log, median, steal_share, wait_until
+from common import (BENCH_DIR, MiB, cpu_ticks, have, log, median, rss_anon_mib, steal_share,
+                    wait_until)
 
 #: name -> (compress argv, decompress argv, suffix): Clonezilla's usual ones.
 CODECS = {
@@ -65,6 +66,9 @@ FAST_RANDOM = ("zstd", "pzstd", "gzip", "lz4", "lzop")
 #: The random-read stage: threads and seconds.
 RANDOM_THREADS = 16
 RANDOM_SECONDS = 10.0
+#: Seconds the mount is left alone after the stage before its memory is read
+#: again: the heap keeper looks once a second and trims on a quiet look.
+QUIET_SECONDS = 3.0
 
 
 def compressed_copy(image: Path, name: str) -> Path:
@@ -244,6 +248,7 @@ def random_stage(image: Path, work: Path, options: str | None, res: dict,
             os.pread(fd, 4096, pages // 2 * 4096)
         log(f"random stage: indexes of {len(fds)} images loaded in "
             f"{time.perf_counter() - t_load:.2f} s")
+        rss_start = rss_anon_mib(m.pid) if m.pid else None
         ticks = cpu_ticks()
         deadline = time.perf_counter() + RANDOM_SECONDS
 
@@ -266,20 +271,31 @@ def random_stage(image: Path, work: Path, options: str | None, res: dict,
         for t in threads:
             t.join()
         steal = steal_share(ticks, cpu_ticks())
+        memory = _daemon_memory(m.pid, rss_start)
         for fd in fds.values():
             os.close(fd)
     finally:
         ct.stop(m)
-    out: dict = {}
+    codecs: dict = {}
     for n, xs in lat.items():
         xs.sort()
         if xs:
-            out[n] = {"reads": len(xs), "p50_ms": 1000 * xs[len(xs) // 2],
-                      "p99_ms": 1000 * xs[min(len(xs) - 1, int(len(xs) * 0.99))]}
-    # Not a codec: table() and the report read it by name.
-    out["steal"] = steal
+            codecs[n] = {"reads": len(xs), "p50_ms": 1000 * xs[len(xs) // 2],
+                         "p99_ms": 1000 * xs[min(len(xs) - 1, int(len(xs) * 0.99))]}
+    out = {"codecs": codecs, "steal": steal, "memory": memory}
     log(f"random 4 KiB over all codec images, {RANDOM_THREADS} threads: {out}")
     return out
+
+
+def _daemon_memory(pid: int | None, start: int | None) -> dict:
+    """The daemon's RssAnon (MiB) when the stage began (indexes loaded), as
+    it ended, and once it has been quiet for QUIET_SECONDS (the mount gives
+    freed heap holes back when quiet: imagefs.services.memtune.HeapKeeper)."""
+    if pid is None:
+        return {}
+    end = rss_anon_mib(pid)
+    time.sleep(QUIET_SECONDS)                # the quiet itself is what is measured
+    return {"start": start, "end": end, "quiet": rss_anon_mib(pid)}
 
 
 def table(res: dict) -> str:
@@ -297,8 +313,9 @@ def table(res: dict) -> str:
              "| tool (s) | last / tool | 16-thread random 4 KiB p50 / p99 (ms), "
              f"{'/'.join(FAST_RANDOM)} | the same, all codecs in one mount |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    rnd = res.get("random") if isinstance(res.get("random"), dict) else {}
-    rnd_all = res.get("random_all") if isinstance(res.get("random_all"), dict) else {}
+    stages = {key: res[key] if isinstance(res.get(key), dict) else {}
+              for key in ("random", "random_all")}
+    rnd, rnd_all = (stages[key].get("codecs", {}) for key in ("random", "random_all"))
     for name in CODECS:
         e = res.get(name)
         if not isinstance(e, dict):
@@ -313,10 +330,16 @@ def table(res: dict) -> str:
                      f"{e['direct_mibps']:.0f} ({e['direct_range']}) | {e['direct_ratio']:.2f}× | "
                      f"{e['first_byte_s']:.3f} | {e['last_byte_s']:.2f} | {e['tool_s']:.2f} | "
                      f"{e['last_vs_tool']:.2f}× | {rtext} |")
-    for key, stage in (("", rnd), (" (all codecs)", rnd_all)):
+    for key, stage in (("", stages["random"]), (" (all codecs)", stages["random_all"])):
         if stage.get("error"):
             lines.append(f"\nrandom stage{key} failed: {stage['error']}")
-        elif stage.get("steal") is not None:
+            continue
+        if stage.get("steal") is not None:
             lines.append(f"\nrandom stage{key}: the hypervisor took {100 * stage['steal']:.0f} % "
                          "of the CPUs' time while it ran (steal, /proc/stat)")
+        mem = stage.get("memory") or {}
+        if mem.get("end") is not None:
+            lines.append(f"\nrandom stage{key}: the daemon's RssAnon {mem['start']} MiB with the "
+                         f"indexes loaded, {mem['end']} MiB at the end, {mem['quiet']} MiB after "
+                         f"{QUIET_SECONDS:.0f} s quiet")
     return "\n".join(lines)

@@ -220,6 +220,18 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
+def rss_anon_mib(pid: int) -> int | None:
+    """RssAnon of a live process (MiB), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) >> 10
+    except OSError:
+        return None
+    return None
+
+
 def cpu_ticks() -> tuple[int, int] | None:
     """(steal, total) clock ticks of all CPUs so far (/proc/stat), None off Linux.
 
