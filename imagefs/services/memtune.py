@@ -46,15 +46,20 @@ ARENA_MAX = 2
 _done = False
 
 
+def _process_libc() -> ctypes.CDLL:
+    """The C library as this process has it loaded.  The process's own
+    symbols hold libc's: no library search (ctypes.util.find_library runs
+    ldconfig, ~8 ms of every start-up)."""
+    return ctypes.CDLL(None)
+
+
 def tune_allocator() -> bool:
     """Raise glibc's mmap/trim thresholds once per process; False if not glibc."""
     global _done
     if _done:
         return True
     try:
-        # The running process's own symbols hold libc's: no library search
-        # (ctypes.util.find_library runs ldconfig, ~8 ms of every start-up).
-        mallopt = ctypes.CDLL(None).mallopt
+        mallopt = _process_libc().mallopt
     except (OSError, AttributeError):
         return False
     ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
@@ -121,8 +126,8 @@ class HeapKeeper:
     *Kept* memory is the resident anonymous memory malloc does not count as
     in use: free holes and the heap's free top, plus what is not malloc's
     at all (Python's object arenas, thread stacks).  The keeper remembers
-    the least it has seen since its last trim (its floor, taken first at
-    :meth:`start`).  When kept memory stands ``limit`` above the floor and
+    the least it has seen since its last trim (its floor, taken first when
+    it is made, before any holes).  When kept memory stands ``limit`` above the floor and
     the process used less than :data:`QUIET_CPU` of a core since the last
     look, it trims: all free pages go back, the top included (a quiet
     process has no burst to keep them for).  Growth a trim cannot give back
@@ -136,7 +141,7 @@ class HeapKeeper:
         self.period = period
         self.quiet_cpu = quiet_cpu
         self.trims = 0
-        self._libc = ctypes.CDLL(None)
+        self._libc = _process_libc()
         self._libc.mallinfo2.restype = _Mallinfo2
         self._libc.malloc_trim.argtypes = [ctypes.c_size_t]
         self._floor = self.kept()
@@ -149,7 +154,7 @@ class HeapKeeper:
         """Whether this libc has mallinfo2 and malloc_trim (glibc >= 2.33)
         and the kernel tells RssAnon."""
         try:
-            libc = ctypes.CDLL(None)
+            libc = _process_libc()
         except OSError:
             return False
         return hasattr(libc, "mallinfo2") and hasattr(libc, "malloc_trim") and _rss_anon() > 0
